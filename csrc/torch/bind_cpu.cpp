@@ -1,0 +1,53 @@
+// CPU implementation of torch.ops.qkernels.matmul: checks, picks the kernel path (AVX2 / NEON /
+// scalar, QKERNELS_CPU_ISA to force one) and splits output columns over at::parallel_for.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+
+#include "../cpu/dispatch.h"
+#include "checks.h"
+
+namespace qk::binding {
+namespace {
+
+cpu::Isa selected_isa() {
+  const char* forced = std::getenv("QKERNELS_CPU_ISA");
+  if (!forced || !*forced) return cpu::best_isa();
+  cpu::Isa isa;
+  TORCH_CHECK_VALUE(cpu::parse_isa(forced, &isa),
+                    "QKERNELS_CPU_ISA expected one of scalar, avx2, neon, got '", forced, "'");
+  TORCH_CHECK_VALUE(cpu::isa_available(isa), "QKERNELS_CPU_ISA=", forced,
+                    " is not available on this CPU or in this build (best here: ",
+                    cpu::isa_name(cpu::best_isa()), ")");
+  return isa;
+}
+
+at::Tensor matmul_cpu(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
+                      const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                      int64_t group_size, const std::optional<at::Tensor>& bias) {
+  const Format format = parse_format(fmt);
+  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
+                    qweight.dim());
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
+  if (params.m == 0) return y.view(out_shape);
+  const cpu::Isa isa = selected_isa();
+  // Split columns of y so that each task streams at least ~64 KiB of weights.
+  const int64_t row_bytes = packed_row_bytes(format, params.k);
+  const int64_t grain = std::max<int64_t>(8, (int64_t(64) << 10) / std::max<int64_t>(row_bytes, 1));
+  Status status = Status::kOk;
+  at::parallel_for(0, params.n, grain, [&](int64_t begin, int64_t end) {
+    const Status local = cpu::qmatmul(isa, params, begin, end);
+    if (local != Status::kOk) status = local;  // any failing chunk is reported below
+  });
+  check_status(status);
+  return y.view(out_shape);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(qkernels, CPU, m) { m.impl("matmul", &matmul_cpu); }
+
+}  // namespace qk::binding

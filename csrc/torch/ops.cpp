@@ -1,0 +1,19 @@
+// The op schemas of qkernels: every torch.ops.qkernels.* is defined here and nowhere else.
+// Backends register implementations in their own files (bind_cpu.cpp, bind_cuda.cu); a backend
+// that was not built registers nothing, and the schema stays.
+#include <torch/library.h>
+
+TORCH_LIBRARY(qkernels, m) {
+  // y[..., n] = x[..., :] @ dequant(W)[n, :] (+ bias[n]), in the dtype of x, fp32 accumulation.
+  // fmt is "int8" | "int4" | "nf4"; qweight/scales/zeros are the canonical tensors of DESIGN.md
+  // section 3: qweight int8 [N, K] or uint8 [N, ceil(K/2)] (low nibble = even k);
+  // scales fp32 [N, G] (nf4: absmax); zeros fp32 [N, G] for int4, None = symmetric (zero 8).
+  m.def(
+      "matmul(Tensor x, str fmt, Tensor qweight, Tensor scales, Tensor? zeros, int group_size, "
+      "Tensor? bias) -> Tensor");
+  // The same computation by the Triton kernels (python/qkernels/triton), registered from Python
+  // for CUDA tensors (and for CPU tensors under TRITON_INTERPRET=1, for tests).
+  m.def(
+      "matmul_triton(Tensor x, str fmt, Tensor qweight, Tensor scales, Tensor? zeros, "
+      "int group_size, Tensor? bias) -> Tensor");
+}

@@ -1,0 +1,19 @@
+"""qkernels: INT8 / INT4 / NF4 weights for LLM linear layers, multiplied by dequantize-fused
+kernels (CUDA, Triton, AVX2/NEON CPU) behind real torch ops and drop-in nn.Linear layers.
+
+    import qkernels as qk
+    qw = qk.quantize(w, "int4", group_size=128)
+    y = qk.matmul(x, qw)                       # x @ dequantize(qw).T
+    qk.quantize_model(model, "nf4", group_size=64)
+"""
+
+from .formats import FORMATS, QuantizedWeight, dequantize, quantize
+from .nn import QKernelsConfig, QuantLinear, quantize_model
+from .ops import available_backends, matmul
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMATS", "QuantizedWeight", "quantize", "dequantize", "matmul", "available_backends",
+    "QuantLinear", "quantize_model", "QKernelsConfig", "__version__",
+]

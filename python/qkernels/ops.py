@@ -1,0 +1,224 @@
+"""The Python face of torch.ops.qkernels.*: thin wrappers, their fake (meta) impls and autograd,
+the backend table, and qk.matmul's choice of backend.
+
+Backends are peers behind one table (``BACKENDS``):
+
+=========  ===============  ============================================================
+name       runs on          what it is
+=========  ===============  ============================================================
+cuda       CUDA tensors     hand-written CUDA impl of torch.ops.qkernels.matmul
+triton     CUDA tensors     Triton kernels (python/qkernels/triton), imported on first use
+cpu        CPU tensors      C++ AVX2 / NEON / scalar impl of torch.ops.qkernels.matmul
+reference  any device       dequantize with formats.py, then F.linear in fp32: the oracle
+=========  ===============  ============================================================
+
+The automatic choice takes the first available backend of ``PREFERENCE[device.type]`` and falls
+back quietly; ``backend=`` or the environment variable QKERNELS_BACKEND force one and raise if
+it cannot run. GEMV-vs-GEMM thresholds live with each backend's kernels (csrc/cpu/dispatch.cpp
+for the CPU), where the measurement that chose them is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+
+from . import _C  # noqa: F401  (registers the torch.ops.qkernels schemas and C++ impls)
+from . import formats
+from .formats import QuantizedWeight
+
+BACKEND_ENV_VAR = "QKERNELS_BACKEND"
+ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --- torch.ops.qkernels.matmul ---------------------------------------------------------------
+
+def check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias):
+    """The whole shape / dtype / device contract of qkernels::matmul, shared by its fake impl
+    and by qk.matmul (so every backend rejects the same inputs with the same message)."""
+    torch._check_value(fmt in formats.FORMATS,
+                       lambda: f"fmt: expected one of {formats.FORMATS}, got {fmt!r}")
+    torch._check_type(x.dtype in ACTIVATION_DTYPES,
+                      lambda: f"x: expected dtype float32, float16 or bfloat16, got {x.dtype}")
+    torch._check_value(x.dim() >= 1, lambda: "x: expected shape [..., K], got a 0-dim tensor")
+    code_dtype = torch.int8 if fmt == "int8" else torch.uint8
+    torch._check_type(qweight.dtype == code_dtype,
+                      lambda: f"qweight: expected dtype {code_dtype} for {fmt}, got {qweight.dtype}")
+    torch._check_value(qweight.dim() == 2,
+                       lambda: f"qweight: expected 2 dims [N, bytes per row], got {qweight.dim()}")
+    n, k = qweight.shape[0], x.shape[-1]
+    torch._check_value(k >= 1, lambda: f"x: expected a last dimension K >= 1, got {k}")
+    row_bytes = formats.packed_row_bytes(fmt, k)
+    torch._check_value(
+        qweight.shape[1] == row_bytes,
+        lambda: f"qweight: expected {row_bytes} bytes per row for x's K={k} in {fmt}, got "
+                f"{qweight.shape[1]} (does x's last dimension match in_features?)")
+    torch._check_value(group_size >= 1, lambda: f"group_size: expected >= 1, got {group_size}")
+    groups = formats.num_groups(k, group_size)
+    scale_name = "absmax" if fmt == "nf4" else "scales"
+    torch._check_type(scales.dtype == torch.float32,
+                      lambda: f"{scale_name}: expected dtype float32, got {scales.dtype}")
+    torch._check_value(tuple(scales.shape) == (n, groups),
+                       lambda: f"{scale_name}: expected shape ({n}, {groups}), got {tuple(scales.shape)}")
+    if zeros is not None:
+        torch._check_value(fmt == "int4", lambda: f"zeros: expected None for {fmt}, got a tensor")
+        torch._check_type(zeros.dtype == torch.float32,
+                          lambda: f"zeros: expected dtype float32, got {zeros.dtype}")
+        torch._check_value(tuple(zeros.shape) == (n, groups),
+                           lambda: f"zeros: expected shape ({n}, {groups}), got {tuple(zeros.shape)}")
+    if bias is not None:
+        torch._check_type(bias.dtype == x.dtype,
+                          lambda: f"bias: expected dtype {x.dtype} (that of x), got {bias.dtype}")
+        torch._check_value(tuple(bias.shape) == (n,),
+                           lambda: f"bias: expected shape ({n},), got {tuple(bias.shape)}")
+    for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
+        torch._check_value(t is None or t.device == x.device,
+                           lambda: f"{name}: expected device {x.device} (that of x), got {t.device}")
+
+
+def matmul_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
+    """torch.ops.qkernels.matmul: y = x @ dequant(W).T (+ bias) with the compiled kernels of
+    x's device (cpu or cuda backend)."""
+    return torch.ops.qkernels.matmul(x, fmt, qweight, scales, zeros, group_size, bias)
+
+
+@torch.library.register_fake("qkernels::matmul")
+def _matmul_fake(x, fmt, qweight, scales, zeros, group_size, bias):
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def matmul_triton_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
+    """torch.ops.qkernels.matmul_triton: the same matmul by the Triton kernels; its impls are
+    registered by python/qkernels/triton on first use."""
+    return torch.ops.qkernels.matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias)
+
+
+@torch.library.register_fake("qkernels::matmul_triton")
+def _matmul_triton_fake(x, fmt, qweight, scales, zeros, group_size, bias):
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def _matmul_setup_context(ctx, inputs, output):
+    x, fmt, qweight, scales, zeros, group_size, bias = inputs
+    ctx.fmt, ctx.group_size, ctx.k = fmt, group_size, x.shape[-1]
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(qweight, scales, zeros)
+
+
+def _matmul_backward(ctx, grad_y):
+    # dx = dy @ W through a dequantized copy of W, one layer at a time (the QLoRA route): the
+    # weights are frozen, so there is no gradient for qweight, scales or zeros.
+    qweight, scales, zeros = ctx.saved_tensors
+    w = formats.dequantize_tensors(ctx.fmt, ctx.k, ctx.group_size, qweight, scales, zeros)
+    grad_x = (grad_y.to(torch.float32) @ w).to(grad_y.dtype) if ctx.needs_input_grad[0] else None
+    grad_bias = None
+    if ctx.has_bias and ctx.needs_input_grad[6]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return grad_x, None, None, None, None, None, grad_bias
+
+
+for _op_name in ("qkernels::matmul", "qkernels::matmul_triton"):
+    torch.library.register_autograd(_op_name, _matmul_backward, setup_context=_matmul_setup_context)
+
+
+# --- backends --------------------------------------------------------------------------------
+
+def _matmul_reference(x, fmt, qweight, scales, zeros, group_size, bias):
+    w = formats.dequantize_tensors(fmt, x.shape[-1], group_size, qweight, scales, zeros)
+    y = F.linear(x.to(torch.float32), w, None if bias is None else bias.to(torch.float32))
+    return y.to(x.dtype)
+
+
+def _matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
+    from . import triton as _registers_triton_impls  # noqa: F401  (first use only: fast import)
+    return matmul_triton_op(x, fmt, qweight, scales, zeros, group_size, bias)
+
+
+@functools.lru_cache(maxsize=None)
+def _has_compiled_impl(dispatch_key: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key("qkernels::matmul", dispatch_key)
+
+
+def _has_triton_kernels() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    name: str
+    device_types: Optional[tuple]   # None: any device
+    is_built: Callable[[], bool]    # compiled or importable in this installation
+    matmul: Callable                # (x, fmt, qweight, scales, zeros, group_size, bias) -> y
+
+    def runs_on(self, device_type: str) -> bool:
+        return (self.device_types is None or device_type in self.device_types) and self.is_built()
+
+
+BACKENDS = {
+    "cuda": Backend("cuda", ("cuda",), lambda: _has_compiled_impl("CUDA"), matmul_op),
+    "triton": Backend("triton", ("cuda",), _has_triton_kernels, _matmul_triton),
+    "cpu": Backend("cpu", ("cpu",), lambda: _has_compiled_impl("CPU"), matmul_op),
+    "reference": Backend("reference", None, lambda: True, _matmul_reference),
+}
+
+# Fastest first, per device type; any other device type gets the reference backend.
+PREFERENCE = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+
+def select_backend(device: torch.device, backend: Optional[str] = None) -> str:
+    """The backend that runs a matmul on ``device``: ``backend`` if given, else
+    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available."""
+    forced = backend or os.environ.get(BACKEND_ENV_VAR) or None
+    if forced is not None:
+        source = "backend" if backend else BACKEND_ENV_VAR
+        if forced not in BACKENDS:
+            raise ValueError(f"{source}: expected one of {tuple(BACKENDS)}, got {forced!r}")
+        if not BACKENDS[forced].runs_on(device.type):
+            raise RuntimeError(f"{source}={forced!r} cannot run on {device.type} tensors in this "
+                               f"installation; available there: {available_backends(device.type)}")
+        return forced
+    for name in PREFERENCE.get(device.type, ("reference",)):
+        if BACKENDS[name].runs_on(device.type):
+            return name
+    return "reference"
+
+
+def available_backends(device_type: Optional[str] = None):
+    """Backends that can run on each device type, fastest first: {"cpu": [...], "cuda": [...]}
+    (CUDA listed only when a GPU is visible). With ``device_type``, that one list."""
+    if device_type is not None:
+        order = PREFERENCE.get(device_type, ("reference",))
+        return [name for name in order if BACKENDS[name].runs_on(device_type)]
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return {dt: available_backends(dt) for dt in device_types}
+
+
+# --- the public matmul -----------------------------------------------------------------------
+
+def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None):
+    """qk.matmul on canonical tensors (scales = absmax for nf4); what QuantLinear calls."""
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    name = select_backend(x.device, backend)
+    return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
+
+
+def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
+           backend: Optional[str] = None) -> torch.Tensor:
+    """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N]."""
+    if not isinstance(qw, QuantizedWeight):
+        raise TypeError(f"qw: expected a QuantizedWeight (from qk.quantize), got {type(qw).__name__}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    return matmul_tensors(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
+                          backend)
