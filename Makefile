@@ -30,7 +30,7 @@ test-native:
 	bash tests/native/run.sh
 
 test-python:
-	cd tests && $(PYTHON) -m pytest -q $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 test: install test-native test-python
 

@@ -21,7 +21,6 @@ for the CPU), where the measurement that chose them is recorded.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 from typing import Callable, Optional
@@ -142,13 +141,12 @@ def _matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
     return matmul_triton_op(x, fmt, qweight, scales, zeros, group_size, bias)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_compiled_impl(dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("qkernels::matmul", dispatch_key)
-
-
-def _has_triton_kernels() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# Installation facts, read once at import (cheap: no GPU query) so that torch.compile sees
+# constants when it traces select_backend.
+_COMPILED_DEVICE_KEYS = frozenset(
+    key for key in ("CPU", "CUDA")
+    if torch._C._dispatch_has_kernel_for_dispatch_key("qkernels::matmul", key))
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +161,9 @@ class Backend:
 
 
 BACKENDS = {
-    "cuda": Backend("cuda", ("cuda",), lambda: _has_compiled_impl("CUDA"), matmul_op),
-    "triton": Backend("triton", ("cuda",), _has_triton_kernels, _matmul_triton),
-    "cpu": Backend("cpu", ("cpu",), lambda: _has_compiled_impl("CPU"), matmul_op),
+    "cuda": Backend("cuda", ("cuda",), lambda: "CUDA" in _COMPILED_DEVICE_KEYS, matmul_op),
+    "triton": Backend("triton", ("cuda",), lambda: _TRITON_IMPORTABLE, _matmul_triton),
+    "cpu": Backend("cpu", ("cpu",), lambda: "CPU" in _COMPILED_DEVICE_KEYS, matmul_op),
     "reference": Backend("reference", None, lambda: True, _matmul_reference),
 }
 
@@ -208,7 +206,10 @@ def available_backends(device_type: Optional[str] = None):
 
 def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None):
     """qk.matmul on canonical tensors (scales = absmax for nf4); what QuantLinear calls."""
-    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    if not torch.compiler.is_compiling():
+        # Under torch.compile the ops' fake impls run these checks while tracing; dynamo itself
+        # cannot trace their message closures.
+        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
     name = select_backend(x.device, backend)
     return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
 
@@ -220,5 +221,9 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
         raise TypeError(f"qw: expected a QuantizedWeight (from qk.quantize), got {type(qw).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    # The packed codes alone cannot tell K from K + 1 (two nibbles a byte): check against qw.
+    if x.dim() >= 1 and x.shape[-1] != qw.shape[1]:
+        raise ValueError(f"x: expected last dimension {qw.shape[1]} (K of qw), got shape "
+                         f"{tuple(x.shape)}")
     return matmul_tensors(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
                           backend)
