@@ -62,10 +62,10 @@ def time_calls(calls, repeats: int = 25, min_calls: int = 32) -> float:
 
 def copy_bandwidth() -> float:
     """GB/s of a 1 GiB device-to-device copy, bytes read + written."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    src = torch.randn(1 << 28, device="cuda")
     dst = torch.empty_like(src)
     us = time_calls([lambda: dst.copy_(src)], repeats=10, min_calls=4)
-    return 2 * src.numel() / us / 1e3
+    return 2 * src.numel() * 4 / us / 1e3
 
 
 def clone_weight(qw):

@@ -141,7 +141,7 @@ def test_any_group_size(fmt, group):
 
 def test_strided_and_batched_x():
     """x with leading dims, a non-contiguous x, and x at an address that is not 16-byte aligned
-    (the generic path) give the same answer as a fresh contiguous copy."""
+    (the generic path)."""
     qw = quantize(256, 1024, ("int4", False), 128)
     x3 = torch.randn(2, 3, 1024, device="cuda", dtype=torch.float16)
     y3 = check(x3, qw)
@@ -149,9 +149,7 @@ def test_strided_and_batched_x():
     wide = torch.randn(4, 2048, device="cuda", dtype=torch.float16)
     check(wide[:, ::2], qw)
     flat = torch.randn(1 + 4 * 1024, device="cuda", dtype=torch.float16)
-    unaligned = flat[1:].view(4, 1024)
-    torch.testing.assert_close(qk.matmul(unaligned, qw, backend="cuda"),
-                               qk.matmul(unaligned.clone(), qw, backend="cuda"))
+    check(flat[1:].view(4, 1024), qw)
 
 
 def test_empty_rows():
