@@ -92,7 +92,7 @@ def test_odd_shapes(k, n, mode, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 31, 32, 33, 100))
+@pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 31, 33, 48, 49, 100))
 def test_rows_of_x(m, mode, dtype):
     """Each M through the GEMV (in tiles of 8 rows) and past it (dequantize + cuBLAS)."""
     qw = quantize(136, 512, mode, 128)
@@ -135,7 +135,7 @@ def test_any_group_size(fmt, group):
                             scales=None if fmt == "nf4" else scales, zeros=zeros,
                             absmax=scales if fmt == "nf4" else None)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
-        for m in (1, 8, 40):
+        for m in (1, 8, 40, 60):
             check(torch.randn(m, k, device="cuda", dtype=dtype), qw)
 
 

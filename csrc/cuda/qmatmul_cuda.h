@@ -12,11 +12,12 @@
 namespace qk::cuda {
 
 // Rows of x up to which launch_gemv is used; above it the binding dequantizes W into a
-// workspace and calls cuBLAS. Measured on an H100 (bench/NOTES.md, "CUDA GEMV"): GEMV reads the
-// weights once per 8 rows of x but the 8-row passes of one weight tile run back to back, so
-// the repeats mostly hit L2. 14336x4096 int4 g128: GEMV M=32 xx us against dequant + cuBLAS
-// yy us; M=64 xx us against yy us.
-constexpr int64_t kGemvMaxRows = 32;
+// workspace and calls cuBLAS. Measured on an H100 (bench/NOTES.md, "CUDA GEMV"), int4 g128 fp16:
+// each extra tile of 8 rows costs the GEMV ~15 us on 14336x4096 (M=8 22.5 us, M=16 37.1, M=32
+// 69.7; its weight re-reads hit L2, the tensor-core pass is the cost), while dequantize + cuBLAS
+// costs 143 us at M=33 and 140 us at M=64; on 4096x4096 GEMV M=32 23.5 us against 40 us, on
+// 28672x8192 252 us against 530 us. The lines cross near M = 64 (4096x4096: near 50).
+constexpr int64_t kGemvMaxRows = 48;
 
 // y[m, :] for all m < p.m: tensor-core GEMV (mma.sync, fp32 accumulation) when x is fp16/bf16
 // and the shape and pointers meet gemv_mma_supported(); a scalar-load warp-per-row kernel
