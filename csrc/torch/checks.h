@@ -70,7 +70,7 @@ inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Te
                       "qkernels.matmul: bias expected a contiguous tensor of shape [", n, "], got ",
                       bias->sizes());
   }
-  for (const at::Tensor* t : {&qweight, &scales}) {
+  for (const at::Tensor* t : {&qweight, &scales, zeros ? &*zeros : &scales, bias ? &*bias : &scales}) {
     TORCH_CHECK_VALUE(t->device() == x2d.device(), "qkernels.matmul: expected all tensors on ",
                       x2d.device(), ", got one on ", t->device());
   }

@@ -1,0 +1,120 @@
+// Device helpers shared by the CUDA kernels: activation-dtype traits, scalar dequantization for
+// the generic paths, and the few PTX instructions the fast GEMV needs. Torch-free.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../core/formats.h"
+
+namespace qk::cuda {
+
+// The NF4 table in constant memory, initialised from the one copy in formats.h. `static`: each
+// translation unit keeps its own, so no relocatable device code is needed.
+static __constant__ float kNF4Constant[16] = {
+    kNF4Table[0],  kNF4Table[1],  kNF4Table[2],  kNF4Table[3],  kNF4Table[4],  kNF4Table[5],
+    kNF4Table[6],  kNF4Table[7],  kNF4Table[8],  kNF4Table[9],  kNF4Table[10], kNF4Table[11],
+    kNF4Table[12], kNF4Table[13], kNF4Table[14], kNF4Table[15]};
+
+// --- activation dtypes ----------------------------------------------------------------------
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ float to_float<half>(half v) { return __half2float(v); }
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ half from_float<half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// --- scalar dequantization (generic paths) --------------------------------------------------
+
+// The code of weight k of a packed row, as the float the group scale multiplies (int4 before
+// its zero point is subtracted).
+template <Format kFmt>
+__device__ __forceinline__ float code_value(const uint8_t* row, int64_t k) {
+  if constexpr (kFmt == Format::kInt8) {
+    return float(static_cast<int8_t>(row[k]));
+  } else {
+    const uint8_t byte = row[k >> 1];
+    const int nibble = (k & 1) ? (byte >> kNibbleBitsHigh) : ((byte >> kNibbleBitsLow) & 0xf);
+    return kFmt == Format::kNF4 ? kNF4Constant[nibble] : float(nibble);
+  }
+}
+
+// w = scale * (code - zero) with zero = 0 for int8 / nf4, zeros[] or 8 (symmetric) for int4.
+template <Format kFmt>
+__device__ __forceinline__ float zero_point(const float* zeros, int64_t index) {
+  if constexpr (kFmt == Format::kInt4) {
+    return zeros ? zeros[index] : kInt4SymmetricZero;
+  } else {
+    return 0.0f;
+  }
+}
+
+// --- PTX for the fast GEMV --------------------------------------------------------------------
+
+// An L2 cache policy that marks lines evict-first (created once per thread, used by every
+// weight load below).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  return policy;
+}
+
+// 16 bytes of weights, each read exactly once per call: skip L1 and mark the lines evict-first
+// in L2 so that x and the scales, which every block re-reads, stay cached.
+__device__ __forceinline__ uint4 load_weights_16B(const void* ptr, uint64_t policy) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(ptr), "l"(policy));
+  return v;
+}
+
+// 16 bytes of activations: read by every block, so through the read-only path and kept in L1.
+__device__ __forceinline__ uint4 load_cached_16B(const void* ptr) {
+  return __ldg(static_cast<const uint4*>(ptr));
+}
+
+// D = A * B + D on the tensor cores, m16n8k16, fp32 accumulators. A: 16 weight rows x 16 k
+// (4 registers of 2 x T), B: 16 k x 8 rows of x (2 registers), D: 4 floats per lane.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
+                                          const uint32_t (&b)[2]);
+template <>
+__device__ __forceinline__ void mma_16816<half>(float (&d)[4], const uint32_t (&a)[4],
+                                                const uint32_t (&b)[2]) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+template <>
+__device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                         const uint32_t (&b)[2]) {
+  asm(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+}  // namespace qk::cuda

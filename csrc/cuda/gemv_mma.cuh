@@ -1,0 +1,299 @@
+// Tensor-core GEMV for few rows of x (decode): y[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n]),
+// reading the canonical packed weights directly (no repack). Torch-free; instantiated per
+// (format, activation dtype) in gemv_mma_<fmt>_<dtype>.cu.
+//
+// Why mma.sync and not FMAs: at M = 8 and 3 TB/s an int4 weight stream asks for ~48 T FMA/s in
+// fp32, more than the H100's ~33 T of CUDA-core FMA; one m16n8k16 mma takes a 16x16 weight tile
+// against all 8 rows of x at once, so the tensor cores do the arithmetic at any M <= 8 and the
+// CUDA cores only unpack. The mma's n = 8 is the row count of x ("swap AB"): A = 16 weight rows,
+// B = x^T, D = y^T.
+//
+// The mma sums over its 16 k-slots, so which physical k a slot holds is ours to choose, as long
+// as the A lane and the B lane that meet in a slot agree. Lane (group = lane / 4, quad = lane % 4)
+// of a warp holds A rows `group` and `group + 8`, B column (x row) `group`, and k-slots
+// {2 quad, 2 quad + 1, 2 quad + 8, 2 quad + 9}. We give each quad a 16-byte chunk of every row it
+// touches: quad q of step s owns chunk 4 s + q (32 k for 4-bit, 16 k for int8), and the slots of
+// one mma are filled with whichever of the chunk's k the unpacking produces as a pair; x is
+// permuted to match with byte_perm (int4, int8) or not at all (nf4).
+#pragma once
+
+#include <algorithm>
+#include <type_traits>
+
+#include "common.cuh"
+#include "gemv_mma.h"
+
+namespace qk::cuda {
+
+// Weights k per 16-byte chunk of a packed row.
+template <Format kFmt>
+constexpr int kChunkK = kFmt == Format::kInt8 ? 16 : 32;
+
+// Weight chunks each lane loads ahead before unpacking (x 2 rows): 4 steps = 128 bytes per lane,
+// 4 KiB per warp in flight.
+constexpr int kUnroll = 4;
+constexpr int kMaxWarps = 8;
+// A warp's x fragment and the NF4 table replicated once per lane (conflict-free lookups).
+constexpr int kNF4TableWords = 256 * 32;
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+// Two activation-dtype values packed in 32 bits, as the mma reads them (low half = first).
+template <typename T>
+struct Pair;
+template <>
+struct Pair<half> {
+  using T2 = half2;
+  // 0x6400 is 1024.0 in fp16, where the spacing is 1: OR-ing a code u < 1024 into the mantissa
+  // gives exactly 1024 + u, an integer-to-half conversion in one logic op.
+  static constexpr uint32_t kMagic = 0x64006400u;
+  static constexpr float kMagicValue = 1024.0f;
+  static __device__ __forceinline__ T2 make(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  // 0x4300 is 128.0 in bf16, spacing 1: the same trick for codes u < 128.
+  static constexpr uint32_t kMagic = 0x43004300u;
+  static constexpr float kMagicValue = 128.0f;
+  static __device__ __forceinline__ T2 make(float lo, float hi) {
+    return __floats2bfloat162_rn(lo, hi);
+  }
+};
+
+template <typename T2>
+__device__ __forceinline__ uint32_t bits(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <typename T2>
+__device__ __forceinline__ T2 pair(uint32_t v) {
+  return *reinterpret_cast<T2*>(&v);
+}
+
+// --- dequantization of one 32-bit word of codes into mma pairs ---------------------------------
+
+// int4, codes k0..k7 (byte j = k_2j | k_2j+1 << 4) -> s * (q - z) for the pairs (k0, k4),
+// (k1, k5), (k2, k6), (k3, k7): one shift + one lop3 per pair gives magic + q, an exact
+// subtraction of magic + round(z) gives the integer q - round(z), and one fma adds the rest,
+// -s * (z - round(z)). Splitting z so keeps the rounded term small: folding all of -z * s (up to
+// 15 s) into the fma constant cost 4-9e-3 norm-wise error in bf16 (CPU simulation of this
+// arithmetic, 200x1024 and 1x4096), 2-3e-3 with the split.
+template <typename T>
+__device__ __forceinline__ void dequant_int4(uint32_t w, typename Pair<T>::T2 magic_zero,
+                                             typename Pair<T>::T2 s, typename Pair<T>::T2 zs,
+                                             uint32_t (&out)[4]) {
+  using T2 = typename Pair<T>::T2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const T2 q = __hsub2(pair<T2>(((w >> (4 * i)) & 0x000f000fu) | Pair<T>::kMagic), magic_zero);
+    out[i] = bits(__hfma2(q, s, zs));
+  }
+}
+
+// nf4, codes as above -> absmax * NF4[q] for the pairs (k0, k1), (k2, k3), (k4, k5), (k6, k7):
+// one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per lane.
+template <typename T>
+__device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
+                                            const uint32_t* lut_lane, uint32_t (&out)[4]) {
+  using T2 = typename Pair<T>::T2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[i] = bits(__hmul2(pair<T2>(lut_lane[((w >> (8 * i)) & 0xffu) * 32]), s));
+  }
+}
+
+// int8, codes k0..k3 -> s * q for the pairs (k0, k2), (k1, k3). fp16: flip the sign bit
+// (u = q + 128 in 0..255), byte_perm u under the 0x64 exponent byte (1024 + u exactly), subtract
+// 1152 exactly, scale. bf16 has only 7 mantissa bits, so u goes through fp32 instead: 0x4B000000
+// is 2^23, spacing 1, and cvt packs two floats into bf16x2.
+template <typename T>
+__device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s, float s_f32,
+                                             uint32_t (&out)[2]) {
+  using T2 = typename Pair<T>::T2;
+  const uint32_t u = w ^ 0x80808080u;
+  if constexpr (std::is_same_v<T, half>) {
+    const T2 bias = Pair<T>::make(1152.0f, 1152.0f);
+    out[0] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias), s));
+    out[1] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias), s));
+  } else {
+    float q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      q[i] = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)) - 8388736.0f) * s_f32;
+    }
+    out[0] = bits(Pair<T>::make(q[0], q[2]));
+    out[1] = bits(Pair<T>::make(q[1], q[3]));
+  }
+}
+
+// --- the kernel ---------------------------------------------------------------------------------
+
+// One block = one tile of 16 weight rows x one tile of 8 rows of x, the warps splitting K in
+// steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight tile
+// run side by side and re-read its weights from L2.
+template <Format kFmt, typename T>
+__global__ void __launch_bounds__(kMaxWarps * 32)
+    gemv_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
+                    int m_tiles,            // ceil(m / 8)
+                    int chunk_group_shift)  // group of chunk c = c >> shift (62: one group)
+{
+  using T2 = typename Pair<T>::T2;
+  constexpr int kK = kChunkK<kFmt>;
+  extern __shared__ uint4 smem[];
+  float4* partial = reinterpret_cast<float4*>(smem);                   // [warps][32] D fragments
+  uint32_t* lut = reinterpret_cast<uint32_t*>(partial + blockDim.x);  // nf4: [256 bytes][32 lanes]
+
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int group = lane / 4, quad = lane % 4;
+  const int64_t n_base = int64_t(blockIdx.x / m_tiles) * 16;
+  const int64_t m_base = int64_t(blockIdx.x % m_tiles) * 8;
+
+  if constexpr (kFmt == Format::kNF4) {
+    for (int i = threadIdx.x; i < kNF4TableWords; i += blockDim.x) {
+      const int byte = i / 32;
+      lut[i] = bits(Pair<T>::make(kNF4Constant[byte & 0xf], kNF4Constant[byte >> 4]));
+    }
+    __syncthreads();
+  }
+
+  // This lane's A rows (weights) and B column (x row). Rows past the end are clamped to a real
+  // row, so every load is in bounds and unconditional; their scale is zeroed below (weights 0)
+  // or their output discarded (x rows).
+  bool row_ok[2];
+  const uint8_t* w_row[2];
+  const float* s_row[2];
+  const float* z_row[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t n = n_base + group + 8 * r;
+    row_ok[r] = n < p.n;
+    const int64_t row = row_ok[r] ? n : p.n - 1;
+    w_row[r] = static_cast<const uint8_t*>(p.qweight) + row * p.qweight_row_stride;
+    s_row[r] = p.scales + row * p.scales_row_stride;
+    z_row[r] = p.zeros ? p.zeros + row * p.scales_row_stride : nullptr;
+  }
+  const int64_t x_row = m_base + group < p.m ? m_base + group : p.m - 1;
+  const T* x = static_cast<const T*>(p.x) + x_row * p.x_row_stride;
+
+  const int64_t chunks = p.k / kK;
+  const uint64_t policy = evict_first_policy();
+  const int64_t steps = (chunks + 3) / 4;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+
+  for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
+    // Fetch: kUnroll steps of weights (2 rows) and their scales, all loads issued before any use.
+    uint4 codes[kUnroll][2];
+    float scale[kUnroll][2];
+    [[maybe_unused]] float zero[kUnroll][2];  // int4 only
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = (step0 + u) * 4 + quad;
+      const int64_t c_in = c < chunks ? c : chunks - 1;
+      const int64_t g = c_in >> chunk_group_shift;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        codes[u][r] = load_weights_16B(w_row[r] + c_in * 16, policy);
+        const bool ok = row_ok[r] && c < chunks;
+        scale[u][r] = ok ? __ldg(s_row[r] + g) : 0.0f;
+        if constexpr (kFmt == Format::kInt4) {
+          zero[u][r] = z_row[r] ? __ldg(z_row[r] + g) : kInt4SymmetricZero;
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = (step0 + u) * 4 + quad;
+      const int64_t c_in = c < chunks ? c : chunks - 1;
+      // x fragment: the same k range of this lane's x row (L1 hits after the first block).
+      uint4 xv[kK / 8];
+#pragma unroll
+      for (int v = 0; v < kK / 8; ++v) xv[v] = load_cached_16B(x + c_in * kK + 8 * v);
+      T2 s2[2];
+      [[maybe_unused]] T2 magic_zero2[2], zs2[2];  // int4: magic + round(z), -s (z - round(z))
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        s2[r] = Pair<T>::make(scale[u][r], scale[u][r]);
+        if constexpr (kFmt == Format::kInt4) {
+          const float z_int = rintf(zero[u][r]);
+          const float zs = -scale[u][r] * (zero[u][r] - z_int);
+          magic_zero2[r] = Pair<T>::make(Pair<T>::kMagicValue + z_int, Pair<T>::kMagicValue + z_int);
+          zs2[r] = Pair<T>::make(zs, zs);
+        }
+      }
+      // Dequant + mma, one 32-bit word of codes per row at a time.
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if constexpr (kFmt == Format::kInt8) {
+          uint32_t a0[2], a1[2];
+          dequant_int8<T>(word(codes[u][0], j), s2[0], scale[u][0], a0);
+          dequant_int8<T>(word(codes[u][1], j), s2[1], scale[u][1], a1);
+          const uint32_t x0 = word(xv[j / 2], 2 * (j % 2)), x1 = word(xv[j / 2], 2 * (j % 2) + 1);
+          const uint32_t a[4] = {a0[0], a1[0], a0[1], a1[1]};
+          const uint32_t b[2] = {__byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632)};
+          mma_16816<T>(acc, a, b);
+        } else {
+          uint32_t a0[4], a1[4];
+          if constexpr (kFmt == Format::kInt4) {
+            dequant_int4<T>(word(codes[u][0], j), magic_zero2[0], s2[0], zs2[0], a0);
+            dequant_int4<T>(word(codes[u][1], j), magic_zero2[1], s2[1], zs2[1], a1);
+          } else {
+            dequant_nf4<T>(word(codes[u][0], j), s2[0], lut + lane, a0);
+            dequant_nf4<T>(word(codes[u][1], j), s2[1], lut + lane, a1);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t a[4] = {a0[2 * h], a1[2 * h], a0[2 * h + 1], a1[2 * h + 1]};
+            uint32_t b[2];
+            if constexpr (kFmt == Format::kInt4) {  // slots hold (k_i, k_i+4): pair x to match
+              const uint32_t lo = word(xv[j], h), hi = word(xv[j], h + 2);
+              b[0] = __byte_perm(lo, hi, 0x5410);
+              b[1] = __byte_perm(lo, hi, 0x7632);
+            } else {  // nf4 slots hold (k_2i, k_2i+1): x in its natural order
+              b[0] = word(xv[j], 2 * h);
+              b[1] = word(xv[j], 2 * h + 1);
+            }
+            mma_16816<T>(acc, a, b);
+          }
+        }
+      }
+    }
+  }
+
+  // Reduce the warps' D fragments through shared memory, add bias, store.
+  partial[threadIdx.x] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  __syncthreads();
+  const float* partial_f = reinterpret_cast<const float*>(partial);
+  for (int t = threadIdx.x; t < 128; t += blockDim.x) {
+    float sum = 0.0f;
+    for (int w = 0; w < warps; ++w) sum += partial_f[w * 128 + t];
+    // D element t % 4 of lane t / 4: row (lane / 4) + 8 * (element >= 2), column 2 (lane % 4) +
+    // element % 2.
+    const int l = t / 4, e = t % 4;
+    const int64_t n = n_base + l / 4 + 8 * (e / 2);
+    const int64_t m = m_base + 2 * (l % 4) + e % 2;
+    if (n < p.n && m < p.m) {
+      if (p.bias) sum += to_float(static_cast<const T*>(p.bias)[n]);
+      static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(sum);
+    }
+  }
+}
+
+template <Format kFmt, typename T>
+cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream) {
+  constexpr int kK = kChunkK<kFmt>;
+  const int64_t steps = (p.k / kK + 3) / 4;
+  const int warps = int(std::min<int64_t>(kMaxWarps, (steps + kUnroll - 1) / kUnroll));
+  const int64_t m_tiles = (p.m + 7) / 8;
+  const int64_t blocks = (p.n + 15) / 16 * m_tiles;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const size_t smem = size_t(warps) * 32 * sizeof(float4) +
+                      (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
+  const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
+  gemv_mma_kernel<kFmt, T>
+      <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
+  return cudaGetLastError();
+}
+
+}  // namespace qk::cuda

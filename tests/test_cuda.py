@@ -1,0 +1,207 @@
+"""The CUDA backend (csrc/cuda, csrc/torch/bind_cuda.cpp) against the fp64 oracle.
+
+Every case checks shape, dtype and device, that y is finite, and its error against x @ W^T in
+fp64 computed from the same rounded x and the dequantized weights. The error is norm-wise,
+||y - ref|| / (||x|| ||W|| / sqrt(K)): the denominator is what ||ref|| is for random data, but it
+cannot collapse when a few outputs happen to cancel to near zero (one output of N = M = 1).
+Bounds, from the roundings the kernels add: fp16 x: the fast path rounds each weight to fp16
+for the tensor cores (2^-11 relative, the int4 zero-point term adds as much again) and y is
+rounded to fp16 (2^-11): a few 1e-4, bound 2e-3. bf16: the same with 2^-8: ~3e-3, bound 1e-2.
+fp32 x: fp32 arithmetic only (K-term sums), bound 2e-5.
+"""
+
+import pytest
+import torch
+
+import qkernels as qk
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+DTYPES = (torch.float16, torch.bfloat16)
+# (fmt, symmetric): the four weight formats the kernels distinguish.
+MODES = (("int8", False), ("int4", False), ("int4", True), ("nf4", False))
+MODE_IDS = ("int8", "int4", "int4sym", "nf4")
+GROUPS = (32, 64, 128, 256, -1)
+ODD_SIZES = (1, 3, 17, 576, 577)
+
+
+def random_weight(n, k, device="cuda"):
+    # Rows of different magnitude, so groups and rows have distinct scales.
+    return torch.randn(n, k, device=device) * (torch.rand(n, 1, device=device) + 0.05)
+
+
+def fp64_reference(x, qw, bias=None):
+    y = x.double() @ qk.dequantize(qw).double().T
+    return y if bias is None else y + bias.double()
+
+
+def rel_err(y, ref, x, w):
+    scale = x.double().norm() * w.double().norm() / x.shape[-1] ** 0.5
+    diff = (y.double() - ref).norm()
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def check(x, qw, bias=None):
+    y = qk.matmul(x, qw, bias=bias, backend="cuda")
+    assert y.shape == (*x.shape[:-1], qw.shape[0])
+    assert y.dtype == x.dtype and y.device == x.device
+    assert bool(torch.isfinite(y).all())
+    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw))
+    assert err < REL_TOL[x.dtype], f"relative error {err:.2e} >= {REL_TOL[x.dtype]:.0e}"
+    return y
+
+
+def quantize(n, k, mode, group):
+    fmt, symmetric = mode
+    return qk.quantize(random_weight(n, k), fmt, group_size=group, symmetric=symmetric)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("m", (1, 2, 5, 8))
+def test_gemv_fast_path(m, mode, group, dtype):
+    """Shapes the tensor-core GEMV takes: K % 32 == 0, power-of-two groups, N not a multiple of
+    16 (a partial row tile), with and without bias."""
+    qw = quantize(200, 1024, mode, group)
+    x = torch.randn(m, 1024, device="cuda", dtype=dtype)
+    check(x, qw)
+    check(x, qw, bias=torch.randn(200, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("n", ODD_SIZES)
+@pytest.mark.parametrize("k", ODD_SIZES + (4096,))
+def test_odd_shapes(k, n, mode, dtype):
+    """Every N, K: the generic kernel where K or the group breaks the fast path's rules."""
+    qw = quantize(n, k, mode, 64)
+    for m in (1, 3, 9):
+        check(torch.randn(m, k, device="cuda", dtype=dtype), qw,
+              bias=torch.randn(n, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 31, 33, 48, 49, 100))
+def test_rows_of_x(m, mode, dtype):
+    """Each M through the GEMV (in tiles of 8 rows) and past it (dequantize + cuBLAS)."""
+    qw = quantize(136, 512, mode, 128)
+    check(torch.randn(m, 512, device="cuda", dtype=dtype), qw,
+          bias=torch.randn(136, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("m", (1, 7, 64))
+def test_fp32_activations(m, mode):
+    qw = quantize(96, 577, mode, 64)
+    check(torch.randn(m, 577, device="cuda"), qw, bias=torch.randn(96, device="cuda"))
+    qw = quantize(96, 1024, mode, 128)
+    check(torch.randn(m, 1024, device="cuda"), qw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", (("int4", False), ("nf4", False)), ids=("int4", "nf4"))
+@pytest.mark.parametrize("shape", ((4096, 4096), (1024, 14336)))
+def test_llm_shapes(shape, mode, dtype):
+    qw = quantize(*shape, mode, 128 if mode[0] == "int4" else 64)
+    for m in (1, 8):
+        check(torch.randn(m, shape[1], device="cuda", dtype=dtype), qw)
+
+
+@pytest.mark.parametrize("fmt", ("int8", "int4", "nf4"))
+@pytest.mark.parametrize("group", (1, 5, 48, 96, 160))
+def test_any_group_size(fmt, group):
+    """Canonical tensors may carry any group size >= 1 (not only those quantize() makes)."""
+    n, k = 40, 320
+    groups = -(-k // group)
+    g = torch.Generator(device="cuda").manual_seed(group)
+    if fmt == "int8":
+        qweight = torch.randint(-127, 128, (n, k), device="cuda", generator=g).to(torch.int8)
+    else:
+        qweight = torch.randint(0, 256, (n, k // 2), device="cuda", generator=g).to(torch.uint8)
+    scales = torch.rand(n, groups, device="cuda", generator=g) + 0.01
+    zeros = torch.rand(n, groups, device="cuda", generator=g) * 15 if fmt == "int4" else None
+    qw = qk.QuantizedWeight(fmt, (n, k), group, qweight,
+                            scales=None if fmt == "nf4" else scales, zeros=zeros,
+                            absmax=scales if fmt == "nf4" else None)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        for m in (1, 8, 40, 60):
+            check(torch.randn(m, k, device="cuda", dtype=dtype), qw)
+
+
+def test_strided_and_batched_x():
+    """x with leading dims, a non-contiguous x, and x at an address that is not 16-byte aligned
+    (the generic path)."""
+    qw = quantize(256, 1024, ("int4", False), 128)
+    x3 = torch.randn(2, 3, 1024, device="cuda", dtype=torch.float16)
+    y3 = check(x3, qw)
+    assert y3.shape == (2, 3, 256)
+    wide = torch.randn(4, 2048, device="cuda", dtype=torch.float16)
+    check(wide[:, ::2], qw)
+    flat = torch.randn(1 + 4 * 1024, device="cuda", dtype=torch.float16)
+    check(flat[1:].view(4, 1024), qw)
+
+
+def test_empty_rows():
+    qw = quantize(64, 256, ("nf4", False), 64)
+    y = qk.matmul(torch.empty(0, 256, device="cuda", dtype=torch.float16), qw, backend="cuda")
+    assert y.shape == (0, 64) and y.is_cuda
+
+
+def test_bad_inputs_raise():
+    qw = quantize(64, 256, ("int4", False), 64)
+    x = torch.randn(2, 256, device="cuda", dtype=torch.float16)
+    op = torch.ops.qkernels.matmul
+    with pytest.raises(ValueError, match="expected all tensors on"):  # direct op call, bias left on the CPU
+        op(x, "int4", qw.qweight, qw.scales, qw.zeros, 64, torch.zeros(64, dtype=torch.float16))
+    with pytest.raises(ValueError, match="expected all tensors on"):
+        op(x, "int4", qw.qweight, qw.scales, qw.zeros.cpu(), 64, None)
+    with pytest.raises(ValueError, match="bytes per row"):
+        op(x[:, :128], "int4", qw.qweight, qw.scales, qw.zeros, 64, None)
+    with pytest.raises(ValueError, match="scales expected shape"):
+        op(x, "int4", qw.qweight, qw.scales, qw.zeros, 32, None)
+    with pytest.raises(TypeError, match="dtype"):
+        op(x.to(torch.float64), "int4", qw.qweight, qw.scales, qw.zeros, 64, None)
+    with pytest.raises(ValueError, match="fmt"):
+        op(x, "int3", qw.qweight, qw.scales, qw.zeros, 64, None)
+
+
+@pytest.mark.parametrize("m", (1, 8, 64))
+def test_cuda_graph_capture(m):
+    qw = quantize(512, 1024, ("int4", False), 128)
+    bias = torch.randn(512, device="cuda", dtype=torch.float16)
+    x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
+    qk.matmul(x, qw, bias=bias, backend="cuda")  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = qk.matmul(x, qw, bias=bias, backend="cuda")
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw))
+    assert err < REL_TOL[torch.float16]
+
+
+def test_torch_compile_fullgraph():
+    qw = quantize(256, 1024, ("nf4", False), 64)
+    bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)
+
+    @torch.compile(fullgraph=True)
+    def layer(x):
+        return torch.relu(qk.matmul(x, qw, bias=bias, backend="cuda")) * 2
+
+    for m in (1, 8, 64):
+        x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+        ref = torch.relu(fp64_reference(x, qw, bias)) * 2
+        assert rel_err(layer(x), ref, x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
