@@ -3,13 +3,30 @@
 #include <cstring>
 #include <initializer_list>
 
+#include "kernels.h"
+
 namespace qk::cpu {
 
 namespace {
 
-// Scalar: the tiled GEMM reuses each dequantized weight across rows of x, which pays from a
-// handful of rows on (4096x4096 int4: GEMV 8x slower than GEMM at M=16, equal near M=4).
-constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 4};
+// gemv_max_rows: measured on one thread of a Zen 3 EPYC (shared, noisy: best of 2 runs of 7),
+// int4 g128, times in ms as GEMV / GEMM.
+
+// Scalar, 1024x4096: M=1 8.2 / 13.5, M=2 16.8 / 17.2, M=4 32.6 / 24.2, M=8 68 / 39,
+// M=16 143 / 67: the tiled GEMM wins from 3 rows on (GEMV is 2.1x slower at M=16).
+constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 2};
+
+#if defined(__x86_64__)
+// AVX2, 4096x4096 cold: M=4 3.5 / 7.1, M=8 7.3 / 8.4, M=12 11.0 / 9.8, M=16 18.5 / 11.4.
+// int8 crosses at the same place (M=8 8.0 / 12.6, M=12 13.2 / 11.3); nf4 g64 a little earlier
+// (M=8 9.2 / 8.8), where the two are within noise.
+constexpr KernelTable kAvx2Kernels{gemv_avx2, gemm_avx2, 8};
+#endif
+#if defined(__aarch64__)
+// NEON: not measured on hardware yet (tested under qemu only); the AVX2 crossover, halved for
+// registers half as wide, is a placeholder to replace with a measurement.
+constexpr KernelTable kNeonKernels{gemv_neon, gemm_neon, 4};
+#endif
 
 }  // namespace
 
@@ -32,11 +49,43 @@ bool parse_isa(const char* name, Isa* isa) {
   return false;
 }
 
-bool isa_available(Isa isa) { return isa == Isa::kScalar; }
+bool isa_available(Isa isa) {
+  switch (isa) {
+    case Isa::kScalar: return true;
+    case Isa::kAvx2:
+#if defined(__x86_64__)
+      // The AVX2 files also use FMA and F16C; CPUs with AVX2 but without them exist (some VIA).
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+             __builtin_cpu_supports("f16c");
+#else
+      return false;
+#endif
+    case Isa::kNeon:
+#if defined(__aarch64__)
+      return true;  // Advanced SIMD is part of the aarch64 base architecture
+#else
+      return false;
+#endif
+  }
+  return false;
+}
 
-Isa best_isa() { return Isa::kScalar; }
+Isa best_isa() {
+  static const Isa best = isa_available(Isa::kAvx2)   ? Isa::kAvx2
+                          : isa_available(Isa::kNeon) ? Isa::kNeon
+                                                      : Isa::kScalar;
+  return best;
+}
 
-const KernelTable& kernels(Isa /*isa*/) { return kScalarKernels; }
+const KernelTable& kernels(Isa isa) {
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx2 && isa_available(isa)) return kAvx2Kernels;
+#endif
+#if defined(__aarch64__)
+  if (isa == Isa::kNeon) return kNeonKernels;
+#endif
+  return kScalarKernels;
+}
 
 Status qmatmul(Isa isa, const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const KernelTable& table = kernels(isa);

@@ -1,0 +1,82 @@
+"""Every CPU kernel path (QKERNELS_CPU_ISA in qkernels._C.cpu_isas()) against an fp64 reference:
+all formats (int4 asymmetric and symmetric, nf4, int8), group sizes, odd shapes on both sides
+of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with and without bias."""
+
+import zlib
+
+import pytest
+import torch
+
+import qkernels as qk
+from qkernels import _C
+
+ISAS = _C.cpu_isas()
+ISA_ENV_VAR = "QKERNELS_CPU_ISA"
+
+# (M, N, K): M on both sides of every path's GEMV/GEMM threshold; odd K (a half-filled last
+# byte), K not a multiple of the group (a ragged last group), N not a multiple of any tile.
+SHAPES = [(1, 17, 577), (2, 33, 31), (3, 64, 1030), (5, 17, 256), (8, 19, 577), (17, 70, 130),
+          (33, 17, 577)]
+FORMATS = [("int4", False), ("int4", True), ("nf4", False), ("int8", False)]
+GROUPS = [32, 64, 128, -1]
+# Norm-wise relative error allowed: fp32 accumulation for fp32 y; for 16-bit y the rounding of
+# the output itself (2^-9 bf16, 2^-11 fp16 per element) on top.
+TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def relative_error(y, reference):
+    return float((y.double() - reference).norm() / reference.norm())
+
+
+@pytest.mark.parametrize("group_size", GROUPS)
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=["int4", "int4-sym", "nf4", "int8"])
+@pytest.mark.parametrize("isa", ISAS)
+def test_cpu_path_matches_fp64(monkeypatch, isa, fmt, symmetric, group_size):
+    monkeypatch.setenv(ISA_ENV_VAR, isa)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-{fmt}-{symmetric}-{group_size}".encode()))
+    for m, n, k in SHAPES:
+        if group_size != -1 and group_size > k:
+            continue  # resolves to per channel: covered by -1
+        w = torch.randn(n, k, generator=gen)
+        qw = qk.quantize(w, fmt, group_size, symmetric=symmetric)
+        w_exact = qk.dequantize(qw).double()
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            x = torch.randn(m, k, generator=gen).to(dtype)
+            for bias in (None, torch.randn(n, generator=gen).to(dtype)):
+                y = qk.matmul(x, qw, bias, backend="cpu")
+                assert y.shape == (m, n) and y.dtype == dtype and y.device == x.device
+                reference = x.double() @ w_exact.T
+                if bias is not None:
+                    reference += bias.double()
+                error = relative_error(y, reference)
+                assert error <= TOLERANCE[dtype], (
+                    f"{isa} {fmt}{'-sym' if symmetric else ''} g={group_size} m={m} n={n} k={k} "
+                    f"x={dtype} bias={bias is not None}: rel err {error:.3g}")
+
+
+def test_unavailable_isa_raises(monkeypatch):
+    missing = next((isa for isa in ("avx2", "neon") if isa not in ISAS), None)
+    if missing is None:
+        pytest.skip("every ISA is available here")
+    monkeypatch.setenv(ISA_ENV_VAR, missing)
+    qw = qk.quantize(torch.randn(8, 64), "int4")
+    with pytest.raises(ValueError, match=ISA_ENV_VAR):
+        qk.matmul(torch.randn(2, 64), qw, backend="cpu")
+
+
+def test_unknown_isa_raises(monkeypatch):
+    monkeypatch.setenv(ISA_ENV_VAR, "avx512")
+    qw = qk.quantize(torch.randn(8, 64), "nf4")
+    with pytest.raises(ValueError, match=ISA_ENV_VAR):
+        qk.matmul(torch.randn(2, 64), qw, backend="cpu")
+
+
+def test_best_isa_is_default(monkeypatch):
+    monkeypatch.delenv(ISA_ENV_VAR, raising=False)
+    assert _C.cpu_best_isa() in ISAS
+    qw = qk.quantize(torch.randn(17, 577), "int4")
+    x = torch.randn(3, 577)
+    monkeypatch.setenv(ISA_ENV_VAR, _C.cpu_best_isa())
+    forced = qk.matmul(x, qw, backend="cpu")
+    monkeypatch.delenv(ISA_ENV_VAR)
+    assert torch.equal(qk.matmul(x, qw, backend="cpu"), forced)
