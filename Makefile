@@ -28,6 +28,7 @@ install: $(if $(findstring .venv,$(PYTHON)),$(CURDIR)/.venv/bin/python)
 
 test-native:
 	bash tests/native/run.sh
+	bash tests/native/nvcc_check.sh
 
 test-python:
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
