@@ -18,7 +18,9 @@ if ((${#need_packages[@]})); then
   SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get install -y --no-install-recommends "${need_packages[@]}" ||
-    { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${need_packages[@]}"; }
+    { $SUDO apt-get update && $SUDO apt-get install -y --no-install-recommends "${need_packages[@]}"; } ||
+    # A machine without a package mirror (the GPU machine) runs the host tests only; CI must not.
+    { [ -z "${CI:-}" ] && echo "WARNING: could not install ${need_packages[*]}: aarch64 tests skipped"; }
 fi
 
 echo "== host ($(uname -m)) =="
@@ -34,6 +36,10 @@ if [ "$(uname -m)" = x86_64 ]; then
 fi
 "$BUILD/host/test_qmatmul"
 
+if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then
+  echo "== aarch64 under qemu: SKIPPED (no cross compiler or qemu; CI installs them) =="
+  exit 0
+fi
 echo "== aarch64 under qemu =="
 cmake -S tests/native -B "$BUILD/aarch64" -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_SYSTEM_NAME=Linux -DCMAKE_SYSTEM_PROCESSOR=aarch64 \
