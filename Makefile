@@ -21,8 +21,8 @@ $(CURDIR)/.venv/bin/python:
 	$(CURDIR)/.venv/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
 
 install: $(if $(findstring .venv,$(PYTHON)),$(CURDIR)/.venv/bin/python)
-	@missing=$$(for dep in $(DEPS); do $(PYTHON) -c "import $${dep%%:*}" 2>/dev/null || echo "$${dep#*:}"; done); \
-	if [ -n "$$missing" ]; then echo "installing: $$missing"; $(PIP) install -q $$missing; fi
+	@missing=$$(for dep in $(foreach d,$(DEPS),'$(d)'); do $(PYTHON) -c "import $${dep%%:*}" 2>/dev/null || echo "$${dep#*:}"; done); \
+	if [ -n "$$missing" ]; then echo "installing: $$missing"; echo "$$missing" | xargs $(PIP) install -q; fi
 	$(PIP) install -q --no-build-isolation --no-deps .
 	@$(PYTHON) -c "import qkernels as qk; print('qkernels', qk.__version__, 'backends:', qk.available_backends())"
 
