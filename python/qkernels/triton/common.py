@@ -28,6 +28,8 @@ FORMAT_INT8: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int8"])
 FORMAT_INT4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int4"])
 FORMAT_NF4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["nf4"])
 INT4_SYMMETRIC_ZERO: tl.constexpr = tl.constexpr(formats.INT4_SYMMETRIC_ZERO)
+FLOAT_2P23_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # 2.0**23 as fp32 bits
+FLOAT_2P23: tl.constexpr = tl.constexpr(8388608.0)
 
 # The interpreter has no SMs; a small count makes the split-K heuristic split small test shapes,
 # so the tests run the split-K reduction without forcing it.
@@ -36,47 +38,99 @@ MAX_SPLIT_K = 16
 
 
 @triton.jit
+def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_start, N, K,
+                group_size, num_groups, FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                SCALE_PER_TILE: tl.constexpr):
+    """W[offs_n, offs_k] in fp32 from its int32 codes [BLOCK_N, len(offs_k)] (int8: -127..127;
+    4-bit: 0..15). Group parameters are loaded once per row when the tile lies in one group
+    (SCALE_PER_TILE), else once per element.
+
+    Integers become floats through the fp32 bit pattern of 2^23 (an integer 0 <= n < 2^23
+    added into its mantissa reads as 2^23 + n): an integer op and an exact subtraction, where a
+    cvt instruction runs at 16 per clock per SM, an eighth of the fp32 rate on sm_90, and would
+    bound the GEMV.
+    """
+    row_ok = offs_n < N
+    if SCALE_PER_TILE:
+        offsets = (offs_n * num_groups + k_start // group_size)[:, None]
+        mask = row_ok[:, None]
+    else:
+        offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
+        mask = row_ok[:, None] & (offs_k[None, :] < K)
+    scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+    if FORMAT == FORMAT_NF4:
+        return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
+    if FORMAT == FORMAT_INT8:
+        values = (codes + (FLOAT_2P23_BITS + 128)).to(tl.float32, bitcast=True) - (FLOAT_2P23 + 128.0)
+        return values * scale
+    values = (codes | FLOAT_2P23_BITS).to(tl.float32, bitcast=True) - FLOAT_2P23
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+    else:
+        zero = INT4_SYMMETRIC_ZERO
+    # scale * (q - zero) as one FMA per weight: q * scale - zero * scale.
+    return tl.fma(values, scale, -zero * scale)
+
+
+@triton.jit
+def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+                            N, K, row_bytes, group_size, num_groups, stride_qn,
+                            FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                            SCALE_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """4-bit formats: (W[offs_n, k_start + 2j], W[offs_n, k_start + 2j + 1]) for
+    j < BLOCK_K / 2, in fp32, [BLOCK_N, BLOCK_K // 2] each: the low and high nibbles of one
+    row-contiguous load of bytes, kept in the load's register layout.
+
+    row_bytes is qweight's bytes per row, passed rather than computed from K so that Triton sees
+    its divisibility by 16 and vectorizes the masked loads. Rows n >= N read scale 0 (so are 0);
+    columns k >= K are finite junk that the caller cancels with zero activations.
+    SCALE_PER_TILE (common.scale_per_tile): the tile lies in one group, so one scale per row.
+    """
+    offs_byte = k_start // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_byte[None, :],
+                     mask=(offs_n < N)[:, None] & (offs_byte[None, :] < row_bytes), other=0)
+    packed = packed.to(tl.int32)
+    offs_even = 2 * offs_byte
+    even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even,
+                       k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
+    odd = _dequantize(packed >> 4, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even + 1,
+                      k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
+    return even, odd
+
+
+@triton.jit
 def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
-                    N, K, group_size, num_groups, stride_qn,
+                    N, K, row_bytes, group_size, num_groups, stride_qn,
                     FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
                     BLOCK_K: tl.constexpr):
-    """W[offs_n, k_start : k_start + BLOCK_K] in fp32, shape [BLOCK_N, BLOCK_K].
-
-    Rows n >= N read scale 0 (so are 0); columns k >= K are finite junk that the caller cancels
-    with zero activations. SCALE_PER_TILE: the tile lies in one group (group_size % BLOCK_K == 0
-    or one group per row), so one scale per row is loaded instead of one per element.
-    """
-    offs_k = k_start + tl.arange(0, BLOCK_K)
-    row_ok = offs_n < N
+    """W[offs_n, k_start : k_start + BLOCK_K] in fp32, [BLOCK_N, BLOCK_K] (edges as in
+    dequantize_nibble_pairs)."""
     if FORMAT == FORMAT_INT8:
+        offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
-                        mask=row_ok[:, None] & (offs_k[None, :] < K), other=0)
-        values = codes.to(tl.float32)
-    else:
-        # Whole bytes along K (wide, vectorizable loads), then low/high nibbles interleaved so
-        # column 2j is the low nibble of byte j.
-        offs_byte = k_start // 2 + tl.arange(0, BLOCK_K // 2)
-        packed = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_byte[None, :],
-                         mask=row_ok[:, None] & (offs_byte[None, :] < (K + 1) // 2), other=0)
-        codes = tl.interleave(packed & 0xF, packed >> 4)
-        if FORMAT == FORMAT_NF4:
-            values = tl.load(nf4_table_ptr + codes)  # 64-byte table: stays in L1
-        else:
-            values = codes.to(tl.float32)
+                        mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
+        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
+                           offs_k, k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS,
+                           SCALE_PER_TILE)
+    even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                                        offs_n, k_start, N, K, row_bytes, group_size,
+                                        num_groups, stride_qn, FORMAT, HAS_ZEROS,
+                                        SCALE_PER_TILE, BLOCK_K)
+    return tl.interleave(even, odd)
 
-    if SCALE_PER_TILE:
-        group_offsets = (offs_n * num_groups + k_start // group_size)[:, None]
-        group_mask = row_ok[:, None]
-    else:
-        group_offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
-        group_mask = row_ok[:, None] & (offs_k[None, :] < K)
-    scale = tl.load(scales_ptr + group_offsets, mask=group_mask, other=0.0)
-    if FORMAT == FORMAT_INT4:
-        if HAS_ZEROS:
-            values -= tl.load(zeros_ptr + group_offsets, mask=group_mask, other=0.0)
-        else:
-            values -= INT4_SYMMETRIC_ZERO
-    return values * scale
+
+@triton.jit
+def load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk):
+    """x[offs_m, offs_k] in fp32, zero outside [M, K]."""
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def load_x_row(x_ptr, offs_k, K, stride_xk):
+    """x[0, offs_k] in fp32, zero past K: 1-D, so its layout follows the weight tile's."""
+    return tl.load(x_ptr + offs_k * stride_xk, mask=offs_k < K, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -165,13 +219,13 @@ def scale_per_tile(group_size: int, num_groups: int, block_k: int) -> bool:
 
 
 def fit_block_k(block_k: int, group_size: int, num_groups: int, min_block_k: int) -> int:
-    """BLOCK_K shrunk to a power-of-two group size below it, so scales load once per tile row;
-    other group sizes keep BLOCK_K and load a scale per element (correct, slower)."""
-    if scale_per_tile(group_size, num_groups, block_k):
-        return block_k
-    if group_size >= min_block_k and group_size & (group_size - 1) == 0 and group_size < block_k:
-        return group_size
-    return block_k
+    """BLOCK_K halved until it divides the group size (so scales load once per tile row), but
+    not below min_block_k; group sizes with no such divisor (odd ones) keep BLOCK_K and load a
+    scale per element (correct, slower)."""
+    fitted = block_k
+    while not scale_per_tile(group_size, num_groups, fitted) and fitted // 2 >= min_block_k:
+        fitted //= 2
+    return fitted if scale_per_tile(group_size, num_groups, fitted) else block_k
 
 
 def split_k_workspace(m: int, n: int, max_tiles: int, device: torch.device):

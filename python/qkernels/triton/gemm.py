@@ -38,7 +38,7 @@ def gemm_kernel(
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
     partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
     tile_counters_ptr,  # int32 [>= output tiles] zeroed (SPLIT_K > 1; otherwise unused)
-    M, N, K, group_size, num_groups,
+    M, N, K, row_bytes, group_size, num_groups,
     stride_xm, stride_xk, stride_qn, stride_ym,
     M_BUCKET,                      # autotune key only (next power of two >= M, capped)
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
@@ -78,7 +78,7 @@ def gemm_kernel(
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
-                            N, K, group_size, num_groups, stride_qn,
+                            N, K, row_bytes, group_size, num_groups, stride_qn,
                             FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
         w = w.to(x_ptr.dtype.element_ty)
         if DOT_IN_FP32:
@@ -208,7 +208,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
         partials, tile_counters = common.split_k_workspace(m, n, max_tiles, x.device)
     args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
             bias if bias is not None else y, y, partials, tile_counters,
-            m, n, k, group_size, num_groups,
+            m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0), m_bucket(m))
     dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,

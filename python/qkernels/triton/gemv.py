@@ -14,7 +14,7 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import dequantize_tile, store_output
+from .common import FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row, store_output
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -39,7 +39,7 @@ def gemv_kernel(
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
     partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
     tile_counters_ptr,  # int32 [>= cdiv(N, BLOCK_N)] zeroed (SPLIT_K > 1; otherwise unused)
-    M, N, K, group_size, num_groups,
+    M, N, K, row_bytes, group_size, num_groups,
     stride_xm, stride_xk, stride_qn, stride_ym,
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
     HAS_ZEROS: tl.constexpr,
@@ -62,19 +62,48 @@ def gemv_kernel(
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
 
-    # Products are summed over K once, after the loop: no cross-thread reduction per tile.
-    acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
+    # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
+    # the weight tile's own register layout. Several rows: each tile's products are summed over
+    # K at once into [BLOCK_M, BLOCK_N] (a 3-D accumulator would take a layout conversion of
+    # every weight tile through shared memory). The 4-bit formats multiply even and odd columns
+    # separately (x read at stride 2), so the unpacked nibbles stay where they were loaded.
+    if BLOCK_M == 1:
+        acc = tl.zeros([BLOCK_N, BLOCK_K if FORMAT == FORMAT_INT8 else BLOCK_K // 2], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for tile in range(first_tile, last_tile):
         k_start = tile * BLOCK_K
-        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
-                            N, K, group_size, num_groups, stride_qn,
-                            FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        acc += x.to(tl.float32)[:, None, :] * w[None, :, :]
+        if FORMAT == FORMAT_INT8:
+            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
+                                k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
+                                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+            offs_k = k_start + tl.arange(0, BLOCK_K)
+            if BLOCK_M == 1:
+                acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
+            else:
+                x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
+                acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+        else:
+            w_even, w_odd = dequantize_nibble_pairs(
+                qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start, N, K,
+                row_bytes, group_size, num_groups, stride_qn,
+                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+            offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
+            if BLOCK_M == 1:
+                # Two updates, two FMAs per byte (a sum of the products first would add one).
+                acc += w_even * load_x_row(x_ptr, offs_even, K, stride_xk)[None, :]
+                acc += w_odd * load_x_row(x_ptr, offs_even + 1, K, stride_xk)[None, :]
+            else:
+                x_even = load_x(x_ptr, offs_m, offs_even, M, K, stride_xm, stride_xk)
+                x_odd = load_x(x_ptr, offs_m, offs_even + 1, M, K, stride_xm, stride_xk)
+                acc += tl.sum(x_even[:, None, :] * w_even[None, :, :]
+                              + x_odd[:, None, :] * w_odd[None, :, :], axis=2)
 
-    store_output(tl.sum(acc, axis=2), y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid_n,
+    if BLOCK_M == 1:
+        out = tl.sum(acc, axis=1)[None, :]
+    else:
+        out = acc
+    store_output(out, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid_n,
                  offs_m, offs_n, M, N, stride_ym, HAS_BIAS, SPLIT_K)
 
 
@@ -176,7 +205,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
                                                            x.device)
     args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
             bias if bias is not None else y, y, partials, tile_counters,
-            m, n, k, group_size, num_groups,
+            m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, BLOCK_M=block_m)
