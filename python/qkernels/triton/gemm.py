@@ -119,8 +119,10 @@ DEFAULT_CONFIGS = {
     8: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 64, 4, 4)),
         (64, _config(64, 128, 64, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
 }
-# fp32 x (rare on GPUs): fp32 tiles need twice the shared memory.
-FP32_CONFIG = _config(64, 64, 32, 4, 3)
+# fp32 x (rare on GPUs): an exact fp32 dot runs on CUDA cores, not tensor cores, so it is a
+# correctness path with one config, the largest that compiles without register spills on sm_80
+# and sm_90 (ptxas: 64x64x32 with 4 warps spills ~400 bytes per thread, with 8 warps none).
+FP32_CONFIG = _config(64, 64, 32, 8, 2)
 
 
 def m_bucket(m: int) -> int:
@@ -134,22 +136,14 @@ def _adapt(config: triton.Config, group_size: int, num_groups: int) -> triton.Co
 
 
 def prune_configs(configs, named_args, **kwargs):
-    """Keep the tile shapes meant for this M bucket, fitted to the groups; fp32 x only takes
-    tiles whose fp32 copies fit shared memory."""
+    """The tile shapes meant for this M bucket, fitted to the groups (fp32 x: FP32_CONFIG)."""
+    group_size, num_groups = named_args["group_size"], named_args["num_groups"]
+    if named_args["x_ptr"].dtype == torch.float32:
+        return [_adapt(FP32_CONFIG, group_size, num_groups)]
     bucket = named_args["M_BUCKET"]
-    fp32 = named_args["x_ptr"].dtype == torch.float32
-    kept = []
-    for config in configs:
-        block_m = config.kwargs["BLOCK_M"]
-        if bucket <= 64 and block_m != bucket:
-            continue
-        if bucket > 64 and block_m < 64:
-            continue
-        if fp32 and config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] > 128 * 64:
-            continue
-        kept.append(_adapt(config, named_args["group_size"], named_args["num_groups"]))
-    return common.unique_configs(kept) or [_adapt(FP32_CONFIG, named_args["group_size"],
-                                                  named_args["num_groups"])]
+    kept = [_adapt(c, group_size, num_groups) for c in configs
+            if (c.kwargs["BLOCK_M"] == bucket if bucket <= 64 else c.kwargs["BLOCK_M"] >= 64)]
+    return common.unique_configs(kept)
 
 
 def default_config(device: torch.device, m: int, dtype: torch.dtype, group_size: int,
