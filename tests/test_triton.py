@@ -16,7 +16,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 import qkernels as qk  # noqa: E402
 from qkernels import formats, ops  # noqa: E402
@@ -242,6 +242,9 @@ def test_config_space_respects_the_workspace_bounds():
     for config in gemm.CONFIG_SPACE + [gemm.FP32_CONFIG]:
         assert min(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) >= gemm.MIN_BLOCK
     assert gemv._adapt(gemv.CONFIG_SPACE[-1], 16, 32, 4).kwargs["BLOCK_K"] == 32
+    # BLOCK_K fitted to 64-wide groups: BLOCK_N grows so each step loads as many bytes.
+    fitted = gemv._adapt(triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}), 1, 64, 4)
+    assert (fitted.kwargs["BLOCK_N"], fitted.kwargs["BLOCK_K"]) == (64, 64)
     assert gemm._adapt(gemm.LARGE_M_CONFIGS[0], 17, 4).kwargs["BLOCK_K"] == 64
 
 

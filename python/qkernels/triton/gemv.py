@@ -18,6 +18,7 @@ from .common import FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
+MAX_BLOCK_N = 128
 # Fp32 accumulator elements per thread (BLOCK_M * BLOCK_N * BLOCK_K / threads): beyond it the
 # accumulator spills.
 MAX_ACC_PER_THREAD = 64
@@ -131,9 +132,12 @@ def _fits_registers(block_m: int, config: triton.Config) -> bool:
 
 
 def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int) -> triton.Config:
-    """The config with BLOCK_K fitted to the groups and the tile shrunk to the register budget."""
+    """The config with BLOCK_K fitted to the groups (BLOCK_N grown to keep the bytes loaded per
+    step), then the tile shrunk to the register budget."""
     kwargs = dict(config.kwargs)
     kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K)
+    kwargs["BLOCK_N"] = min(MAX_BLOCK_N,
+                            kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // kwargs["BLOCK_K"])
     adapted = triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_N"] > MIN_BLOCK_N:
         adapted.kwargs["BLOCK_N"] //= 2
