@@ -61,8 +61,8 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_s
     if FORMAT == FORMAT_NF4:
         return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
     if FORMAT == FORMAT_INT8:
-        values = (codes + (FLOAT_2P23_BITS + 128)).to(tl.float32, bitcast=True) - (FLOAT_2P23 + 128.0)
-        return values * scale
+        biased = (codes + (FLOAT_2P23_BITS + 128)).to(tl.float32, bitcast=True)  # 2^23 + 128 + q
+        return (biased - (FLOAT_2P23 + 128.0)) * scale
     values = (codes | FLOAT_2P23_BITS).to(tl.float32, bitcast=True) - FLOAT_2P23
     if HAS_ZEROS:
         zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
@@ -178,6 +178,10 @@ def autotune_enabled() -> bool:
     return os.environ.get(AUTOTUNE_ENV_VAR, "1") != "0" and not interpreting()
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 @functools.lru_cache(maxsize=None)
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -186,7 +190,7 @@ def _cuda_sm_count(index: int) -> int:
 def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return INTERPRETER_SM_COUNT
-    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_sm_count(_index(device))
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,7 +202,7 @@ def capability(device: torch.device):
     """(major, minor) of a CUDA device; None for the interpreter on CPU tensors."""
     if device.type != "cuda":
         return None
-    return _cuda_capability(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_capability(_index(device))
 
 
 def choose_split_k(output_tiles: int, k_tiles: int, device: torch.device, programs_per_sm: int,

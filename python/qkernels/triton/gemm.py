@@ -30,7 +30,7 @@ MIN_K_TILES_PER_SPLIT = 4
 @triton.jit
 def gemm_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
-    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, unit column stride
+    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
@@ -106,7 +106,8 @@ LARGE_M_CONFIGS = [_config(*c) for c in [
     (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
 ]]
-CONFIG_SPACE = [_config(bm, bn, bk, w, s) for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
+CONFIG_SPACE = [_config(bm, bn, bk, w, s)
+                for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
 CONFIG_SPACE += LARGE_M_CONFIGS
 
 # Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major and M bucket (the first
@@ -167,7 +168,8 @@ def _split_k(args) -> int:
 
 
 _kernel = triton.heuristics({
-    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"], a["BLOCK_K"]),
+    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"],
+                                                      a["BLOCK_K"]),
     "SPLIT_K": _split_k,
 })(gemm_kernel)
 
@@ -204,6 +206,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
             bias if bias is not None else y, y, partials, tile_counters,
             m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0), m_bucket(m))
+    # The interpreter's tl.dot multiplies bf16 bit patterns as integers (numpy has no bf16):
+    # there, bf16 tiles (exact in fp32) go through the fp32 dot.
     dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, DOT_IN_FP32=dot_in_fp32)

@@ -14,7 +14,8 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row, store_output
+from .common import (FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
+                     store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -32,7 +33,7 @@ MIN_BLOCK_K = 32
 @triton.jit
 def gemv_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
-    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, unit column stride
+    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
@@ -163,7 +164,8 @@ def _split_k(args) -> int:
 
 
 _kernel = triton.heuristics({
-    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"], a["BLOCK_K"]),
+    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"],
+                                                      a["BLOCK_K"]),
     "SPLIT_K": _split_k,
 })(gemv_kernel)
 
