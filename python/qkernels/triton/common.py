@@ -1,0 +1,250 @@
+"""What the Triton GEMV (gemv.py) and GEMM (gemm.py) kernels share: dequantizing one weight tile
+from the canonical tensors, the output epilogue (bias, rounding, split-K reduction), and the
+launch-time choices both make (autotune switch, split-K factor, scale layout, workspace).
+
+Canonical tensors (shared/DESIGN.md section 3), read as they are stored:
+  qweight  int8 [N, K] (int8) or uint8 [N, ceil(K/2)] (int4, nf4: byte j = k 2j low nibble,
+           k 2j+1 high nibble), rows contiguous
+  scales   fp32 [N, G] (nf4: absmax), zeros fp32 [N, G] (int4 only; None = symmetric, zero 8)
+
+Nothing here touches the GPU at import: device properties are read on first launch and cached.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import formats
+
+AUTOTUNE_ENV_VAR = "QKERNELS_TRITON_AUTOTUNE"
+INTERPRET_ENV_VAR = "TRITON_INTERPRET"
+
+FORMAT_INT8: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int8"])
+FORMAT_INT4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int4"])
+FORMAT_NF4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["nf4"])
+INT4_SYMMETRIC_ZERO: tl.constexpr = tl.constexpr(formats.INT4_SYMMETRIC_ZERO)
+FLOAT_2P23_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # 2.0**23 as fp32 bits
+FLOAT_2P23: tl.constexpr = tl.constexpr(8388608.0)
+
+# The interpreter has no SMs; a small count makes the split-K heuristic split small test shapes,
+# so the tests run the split-K reduction without forcing it.
+INTERPRETER_SM_COUNT = 4
+MAX_SPLIT_K = 16
+
+
+@triton.jit
+def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_start, N, K,
+                group_size, num_groups, FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                SCALE_PER_TILE: tl.constexpr):
+    """W[offs_n, offs_k] in fp32 from its int32 codes [BLOCK_N, len(offs_k)] (int8: -127..127;
+    4-bit: 0..15). Group parameters are loaded once per row when the tile lies in one group
+    (SCALE_PER_TILE), else once per element.
+
+    Integers become floats through the fp32 bit pattern of 2^23 (an integer 0 <= n < 2^23
+    added into its mantissa reads as 2^23 + n): an integer op and an exact subtraction, where a
+    cvt instruction runs at 16 per clock per SM, an eighth of the fp32 rate on sm_90, and would
+    bound the GEMV.
+    """
+    row_ok = offs_n < N
+    if SCALE_PER_TILE:
+        offsets = (offs_n * num_groups + k_start // group_size)[:, None]
+        mask = row_ok[:, None]
+    else:
+        offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
+        mask = row_ok[:, None] & (offs_k[None, :] < K)
+    scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+    if FORMAT == FORMAT_NF4:
+        return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
+    if FORMAT == FORMAT_INT8:
+        biased = (codes + (FLOAT_2P23_BITS + 128)).to(tl.float32, bitcast=True)  # 2^23 + 128 + q
+        return (biased - (FLOAT_2P23 + 128.0)) * scale
+    values = (codes | FLOAT_2P23_BITS).to(tl.float32, bitcast=True) - FLOAT_2P23
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+    else:
+        zero = INT4_SYMMETRIC_ZERO
+    # scale * (q - zero) as one FMA per weight: q * scale - zero * scale.
+    return tl.fma(values, scale, -zero * scale)
+
+
+@triton.jit
+def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+                            N, K, row_bytes, group_size, num_groups, stride_qn,
+                            FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                            SCALE_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr):
+    """4-bit formats: (W[offs_n, k_start + 2j], W[offs_n, k_start + 2j + 1]) for
+    j < BLOCK_K / 2, in fp32, [BLOCK_N, BLOCK_K // 2] each: the low and high nibbles of one
+    row-contiguous load of bytes, kept in the load's register layout.
+
+    row_bytes is qweight's bytes per row, passed rather than computed from K so that Triton sees
+    its divisibility by 16 and vectorizes the masked loads. Rows n >= N read scale 0 (so are 0);
+    columns k >= K are finite junk that the caller cancels with zero activations.
+    SCALE_PER_TILE (common.scale_per_tile): the tile lies in one group, so one scale per row.
+    """
+    offs_byte = k_start // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_byte[None, :],
+                     mask=(offs_n < N)[:, None] & (offs_byte[None, :] < row_bytes), other=0)
+    packed = packed.to(tl.int32)
+    offs_even = 2 * offs_byte
+    even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even,
+                       k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
+    odd = _dequantize(packed >> 4, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even + 1,
+                      k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
+    return even, odd
+
+
+@triton.jit
+def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+                    N, K, row_bytes, group_size, num_groups, stride_qn,
+                    FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+                    BLOCK_K: tl.constexpr):
+    """W[offs_n, k_start : k_start + BLOCK_K] in fp32, [BLOCK_N, BLOCK_K] (edges as in
+    dequantize_nibble_pairs)."""
+    if FORMAT == FORMAT_INT8:
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
+                        mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
+        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
+                           offs_k, k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS,
+                           SCALE_PER_TILE)
+    even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                                        offs_n, k_start, N, K, row_bytes, group_size,
+                                        num_groups, stride_qn, FORMAT, HAS_ZEROS,
+                                        SCALE_PER_TILE, BLOCK_K)
+    return tl.interleave(even, odd)
+
+
+@triton.jit
+def load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk):
+    """x[offs_m, offs_k] in fp32, zero outside [M, K]."""
+    x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+    return x.to(tl.float32)
+
+
+@triton.jit
+def load_x_row(x_ptr, offs_k, K, stride_xk):
+    """x[0, offs_k] in fp32, zero past K: 1-D, so its layout follows the weight tile's."""
+    return tl.load(x_ptr + offs_k * stride_xk, mask=offs_k < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _write_output(acc, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS: tl.constexpr):
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+@triton.jit
+def store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, tile_id, offs_m, offs_n,
+                 M, N, stride_ym, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr):
+    """y[offs_m, offs_n] = acc (+ bias), rounded once to y's dtype.
+
+    With SPLIT_K > 1, each of the SPLIT_K programs of an output tile adds its fp32 partial sum
+    into ``partials`` (fp32 [M, N], zeroed) and counts itself in ``tile_counters[tile_id]``
+    (int32, zeroed); the last to arrive reads the total and writes y. One launch, no second
+    pass over y, and the output is rounded once, like the unsplit kernel.
+    """
+    if SPLIT_K == 1:
+        _write_output(acc, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
+    else:
+        mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
+        partial_ptrs = partials_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(partial_ptrs, acc, mask=mask, sem="relaxed")
+        # Every thread's adds are issued before the one counter update that releases them.
+        tl.debug_barrier()
+        arrived = tl.atomic_add(tile_counters_ptr + tile_id, 1, sem="acq_rel")
+        if arrived == SPLIT_K - 1:
+            # .cg: read the sums from L2, where the atomics landed, not a stale L1 line.
+            total = tl.load(partial_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
+            _write_output(total, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
+
+
+# --- launch-time choices ------------------------------------------------------------------------
+
+def interpreting() -> bool:
+    return os.environ.get(INTERPRET_ENV_VAR, "0") == "1"
+
+
+def autotune_enabled() -> bool:
+    """Autotune unless QKERNELS_TRITON_AUTOTUNE=0; never under the interpreter, which has no
+    timer to tune with."""
+    return os.environ.get(AUTOTUNE_ENV_VAR, "1") != "0" and not interpreting()
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return INTERPRETER_SM_COUNT
+    return _cuda_sm_count(_index(device))
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability(index: int) -> tuple:
+    return torch.cuda.get_device_capability(index)
+
+
+def capability(device: torch.device):
+    """(major, minor) of a CUDA device; None for the interpreter on CPU tensors."""
+    if device.type != "cuda":
+        return None
+    return _cuda_capability(_index(device))
+
+
+def choose_split_k(output_tiles: int, k_tiles: int, device: torch.device, programs_per_sm: int,
+                   min_k_tiles_per_split: int) -> int:
+    """Smallest power of two that gives every SM ``programs_per_sm`` programs, while each split
+    keeps at least ``min_k_tiles_per_split`` tiles of K (fewer makes the reduction dominate)."""
+    target = programs_per_sm * sm_count(device)
+    split = 1
+    while (output_tiles * split < target and split * 2 <= MAX_SPLIT_K
+           and k_tiles >= 2 * split * min_k_tiles_per_split):
+        split *= 2
+    return split
+
+
+def scale_per_tile(group_size: int, num_groups: int, block_k: int) -> bool:
+    """True when every BLOCK_K tile (starting at a multiple of BLOCK_K) lies inside one group."""
+    return num_groups == 1 or group_size % block_k == 0
+
+
+def fit_block_k(block_k: int, group_size: int, num_groups: int, min_block_k: int) -> int:
+    """BLOCK_K halved until it divides the group size (so scales load once per tile row), but
+    not below min_block_k; group sizes with no such divisor (odd ones) keep BLOCK_K and load a
+    scale per element (correct, slower)."""
+    fitted = block_k
+    while not scale_per_tile(group_size, num_groups, fitted) and fitted // 2 >= min_block_k:
+        fitted //= 2
+    return fitted if scale_per_tile(group_size, num_groups, fitted) else block_k
+
+
+def split_k_workspace(m: int, n: int, max_tiles: int, device: torch.device):
+    """Zeroed fp32 partial sums [M, N] and int32 tile counters [max_tiles], in one allocation
+    (one memset)."""
+    buffer = torch.zeros(m * n + max_tiles, dtype=torch.float32, device=device)
+    return buffer[: m * n], buffer[m * n:].view(torch.int32)
+
+
+def config_key(config: triton.Config) -> tuple:
+    return tuple(sorted(config.kwargs.items())) + (config.num_warps, config.num_stages)
+
+
+def unique_configs(configs) -> list:
+    seen = {}
+    for config in configs:
+        seen.setdefault(config_key(config), config)
+    return list(seen.values())

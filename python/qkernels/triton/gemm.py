@@ -1,0 +1,224 @@
+"""Triton GEMM for many rows of x (prefill): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
+
+Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps: it loads the x
+tile and the packed weight tile, dequantizes the weights in registers (fp32, then rounded to x's
+dtype, the precision the tensor cores take), and accumulates tl.dot in fp32. W is never written
+out dequantized. Programs are ordered in GROUP_M-row bands so a band's weight tiles are reused
+from L2; split-K (reduced by common.store_output) fills the SMs when M is small.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import formats
+from . import common
+from .common import dequantize_tile, store_output
+
+# tl.dot needs every tile dimension >= 16; tile counters are sized for the smallest tiles.
+MIN_BLOCK = 16
+MAX_M_BUCKET = 4096
+# Split-K only pays below this M (above it the output tiles alone fill the GPU), so only here
+# is the workspace allocated.
+SPLIT_K_MAX_M = 256
+PROGRAMS_PER_SM = 1
+MIN_K_TILES_PER_SPLIT = 4
+
+
+@triton.jit
+def gemm_kernel(
+    x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
+    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
+    scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
+    zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
+    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
+    bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
+    y_ptr,              # [M, N] in x's dtype, row stride stride_ym
+    partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
+    tile_counters_ptr,  # int32 [>= output tiles] zeroed (SPLIT_K > 1; otherwise unused)
+    M, N, K, row_bytes, group_size, num_groups,
+    stride_xm, stride_xk, stride_qn, stride_ym,
+    M_BUCKET,                      # autotune key only (next power of two >= M, capped)
+    FORMAT: tl.constexpr,          # formats.FORMAT_IDS
+    HAS_ZEROS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,     # fp32 x (exact "ieee" dot), or bf16 under the interpreter
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,         # row tiles per band of the L2-friendly program order
+    SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
+    SPLIT_K: tl.constexpr,
+):
+    """Program (pid, pid_k): output tile pid in band order, over the pid_k-th of SPLIT_K equal
+    runs of BLOCK_K tiles of K."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    band_size = GROUP_M * num_pid_n
+    first_pid_m = (pid // band_size) * GROUP_M
+    band_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + (pid % band_size) % band_rows
+    pid_n = (pid % band_size) // band_rows
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    first_tile = pid_k * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
+
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for tile in range(first_tile, last_tile):
+        k_start = tile * BLOCK_K
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
+        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+                            N, K, row_bytes, group_size, num_groups, stride_qn,
+                            FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+        w = w.to(x_ptr.dtype.element_ty)
+        if DOT_IN_FP32:
+            acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc,
+                         input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+
+    store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid, offs_m, offs_n,
+                 M, N, stride_ym, HAS_BIAS, SPLIT_K)
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+def _config(block_m, block_n, block_k, num_warps, num_stages):
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                          "GROUP_M": 8}, num_warps=num_warps, num_stages=num_stages)
+
+
+# M <= 64: one row tile of BLOCK_M = the M bucket; weights dominate, so wide K tiles.
+SMALL_M_TILES = [(64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 4, 3),
+                 (256, 64, 8, 3)]
+# M > 64: the usual tensor-core tile shapes.
+LARGE_M_CONFIGS = [_config(*c) for c in [
+    (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
+]]
+CONFIG_SPACE = [_config(bm, bn, bk, w, s)
+                for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
+CONFIG_SPACE += LARGE_M_CONFIGS
+
+# Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major and M bucket (the first
+# entry whose bound >= M). Starting points, not yet measured: replace with the winners
+# bench/triton_dev.py prints on each GPU.
+DEFAULT_CONFIGS = {
+    9: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 128, 4, 4)),
+        (64, _config(64, 128, 64, 4, 4)), (256, _config(128, 128, 64, 8, 3)),
+        (None, _config(128, 256, 64, 8, 3))],
+    8: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 64, 4, 4)),
+        (64, _config(64, 128, 64, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
+}
+# fp32 x (rare on GPUs): an exact fp32 dot runs on CUDA cores, not tensor cores, so it is a
+# correctness path with one config, the largest that compiles without register spills on sm_80
+# and sm_90 (ptxas: 64x64x32 with 4 warps spills ~400 bytes per thread, with 8 warps none).
+FP32_CONFIG = _config(64, 64, 32, 8, 2)
+
+
+def m_bucket(m: int) -> int:
+    return min(max(triton.next_power_of_2(m), MIN_BLOCK), MAX_M_BUCKET)
+
+
+def _adapt(config: triton.Config, group_size: int, num_groups: int) -> triton.Config:
+    kwargs = dict(config.kwargs)
+    kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK)
+    return triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """The tile shapes meant for this M bucket, fitted to the groups (fp32 x: FP32_CONFIG)."""
+    group_size, num_groups = named_args["group_size"], named_args["num_groups"]
+    if named_args["x_ptr"].dtype == torch.float32:
+        return [_adapt(FP32_CONFIG, group_size, num_groups)]
+    bucket = named_args["M_BUCKET"]
+    kept = [_adapt(c, group_size, num_groups) for c in configs
+            if (c.kwargs["BLOCK_M"] == bucket if bucket <= 64 else c.kwargs["BLOCK_M"] >= 64)]
+    return common.unique_configs(kept)
+
+
+def default_config(device: torch.device, m: int, dtype: torch.dtype, group_size: int,
+                   num_groups: int) -> triton.Config:
+    if dtype == torch.float32:
+        return _adapt(FP32_CONFIG, group_size, num_groups)
+    cap = common.capability(device)
+    table = DEFAULT_CONFIGS.get(cap[0], DEFAULT_CONFIGS[8]) if cap else DEFAULT_CONFIGS[8]
+    config = next(c for bound, c in table if bound is None or m <= bound)
+    return _adapt(config, group_size, num_groups)
+
+
+def _split_k(args) -> int:
+    if args.get("SPLIT_K") is not None:
+        return args["SPLIT_K"]  # chosen by the launcher (untuned launch, tests, benchmarks)
+    if args["M"] > SPLIT_K_MAX_M:
+        return 1
+    tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
+    return common.choose_split_k(tiles, triton.cdiv(args["K"], args["BLOCK_K"]),
+                                 args["y_ptr"].device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+
+
+_kernel = triton.heuristics({
+    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"],
+                                                      a["BLOCK_K"]),
+    "SPLIT_K": _split_k,
+})(gemm_kernel)
+
+_autotuned_kernel = triton.autotune(
+    configs=CONFIG_SPACE,
+    key=["M_BUCKET", "N", "K", "FORMAT", "HAS_ZEROS", "group_size"],
+    prune_configs_by={"early_config_prune": prune_configs},
+    # See gemv.py: each tuning run, and the real one after, starts from a zeroed workspace.
+    reset_to_zero=["partials_ptr", "tile_counters_ptr"],
+    restore_value=["partials_ptr", "tile_counters_ptr"],
+)(_kernel)
+
+
+# --- launcher -----------------------------------------------------------------------------------
+
+def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
+           split_k=None):
+    """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with M >= 1, y preallocated in x's
+    dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks); otherwise
+    the autotuned or per-GPU default config and the split-K heuristic decide."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    num_groups = formats.num_groups(k, group_size)
+    tuned = config is None and split_k is None and common.autotune_enabled()
+    if not tuned:
+        config = config or default_config(x.device, m, x.dtype, group_size, num_groups)
+        split_k = split_k or _split_k({"M": m, "N": n, "K": k, "y_ptr": y, **config.kwargs})
+    if split_k == 1 or (tuned and m > SPLIT_K_MAX_M):
+        partials, tile_counters = y, y  # never touched by an unsplit kernel
+    else:
+        max_tiles = triton.cdiv(m, MIN_BLOCK) * triton.cdiv(n, MIN_BLOCK)
+        partials, tile_counters = common.split_k_workspace(m, n, max_tiles, x.device)
+    args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
+            bias if bias is not None else y, y, partials, tile_counters,
+            m, n, k, qweight.shape[1], group_size, num_groups,
+            x.stride(0), x.stride(1), qweight.stride(0), y.stride(0), m_bucket(m))
+    # The interpreter's tl.dot multiplies bf16 bit patterns as integers (numpy has no bf16):
+    # there, bf16 tiles (exact in fp32) go through the fp32 dot.
+    dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
+    meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
+                HAS_BIAS=bias is not None, DOT_IN_FP32=dot_in_fp32)
+
+    def grid(meta):
+        tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
+        return (tiles, meta["SPLIT_K"])
+
+    if tuned:
+        _autotuned_kernel[grid](*args, **meta)
+    else:
+        _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
+                      num_warps=config.num_warps, num_stages=config.num_stages)
+    return y

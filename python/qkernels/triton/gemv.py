@@ -1,0 +1,227 @@
+"""Triton GEMV for few rows of x (decode): y[M, N] = x[M, K] @ dequant(W[N, K]).T, M <= 16.
+
+Memory-bound: every weight byte is read once, so the kernel streams W in wide row-contiguous
+tiles, dequantizes in registers and does the M multiply-adds per weight on CUDA cores (tensor
+cores would pad M to 16 and route W through shared memory). Split-K spreads short-and-wide
+shapes (small N, long K) over all SMs; common.store_output reduces the splits in one launch.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import formats
+from . import common
+from .common import (FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
+                     store_output)
+
+# Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
+MIN_BLOCK_N = 8
+MAX_BLOCK_N = 128
+# Fp32 accumulator elements per thread (BLOCK_M * BLOCK_N * BLOCK_K / threads): beyond it the
+# accumulator spills.
+MAX_ACC_PER_THREAD = 64
+# Split-K targets: enough programs per SM to keep loads in flight, and splits long enough that
+# the atomic reduction stays a small part of the work.
+PROGRAMS_PER_SM = 4
+MIN_K_TILES_PER_SPLIT = 4
+MIN_BLOCK_K = 32
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
+    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
+    scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
+    zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
+    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
+    bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
+    y_ptr,              # [M, N] in x's dtype, row stride stride_ym
+    partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
+    tile_counters_ptr,  # int32 [>= cdiv(N, BLOCK_N)] zeroed (SPLIT_K > 1; otherwise unused)
+    M, N, K, row_bytes, group_size, num_groups,
+    stride_xm, stride_xk, stride_qn, stride_ym,
+    FORMAT: tl.constexpr,          # formats.FORMAT_IDS
+    HAS_ZEROS: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
+    SPLIT_K: tl.constexpr,
+):
+    """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
+    SPLIT_K equal runs of BLOCK_K tiles of K."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
+    first_tile = pid_k * tiles_per_split
+    last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
+
+    # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
+    # the weight tile's own register layout. Several rows: each tile's products are summed over
+    # K at once into [BLOCK_M, BLOCK_N] (a 3-D accumulator would take a layout conversion of
+    # every weight tile through shared memory). The 4-bit formats multiply even and odd columns
+    # separately (x read at stride 2), so the unpacked nibbles stay where they were loaded.
+    if BLOCK_M == 1:
+        acc = tl.zeros([BLOCK_N, BLOCK_K if FORMAT == FORMAT_INT8 else BLOCK_K // 2], tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for tile in range(first_tile, last_tile):
+        k_start = tile * BLOCK_K
+        if FORMAT == FORMAT_INT8:
+            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
+                                k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
+                                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+            offs_k = k_start + tl.arange(0, BLOCK_K)
+            if BLOCK_M == 1:
+                acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
+            else:
+                x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
+                acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+        else:
+            w_even, w_odd = dequantize_nibble_pairs(
+                qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start, N, K,
+                row_bytes, group_size, num_groups, stride_qn,
+                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+            offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
+            if BLOCK_M == 1:
+                # Two updates, two FMAs per byte (a sum of the products first would add one).
+                acc += w_even * load_x_row(x_ptr, offs_even, K, stride_xk)[None, :]
+                acc += w_odd * load_x_row(x_ptr, offs_even + 1, K, stride_xk)[None, :]
+            else:
+                x_even = load_x(x_ptr, offs_m, offs_even, M, K, stride_xm, stride_xk)
+                x_odd = load_x(x_ptr, offs_m, offs_even + 1, M, K, stride_xm, stride_xk)
+                acc += tl.sum(x_even[:, None, :] * w_even[None, :, :]
+                              + x_odd[:, None, :] * w_odd[None, :, :], axis=2)
+
+    if BLOCK_M == 1:
+        out = tl.sum(acc, axis=1)[None, :]
+    else:
+        out = acc
+    store_output(out, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid_n,
+                 offs_m, offs_n, M, N, stride_ym, HAS_BIAS, SPLIT_K)
+
+
+# --- configs ------------------------------------------------------------------------------------
+
+CONFIG_SPACE = [
+    triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=num_warps, num_stages=2)
+    for block_n in (8, 16, 32)
+    for block_k in (128, 256)
+    for num_warps in (4, 8)
+]
+
+# Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major. Starting points, not
+# yet measured: replace with the winners bench/triton_dev.py prints on each GPU.
+DEFAULT_CONFIGS = {
+    9: triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=4, num_stages=2),
+    8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
+}
+FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
+
+
+def _fits_registers(block_m: int, config: triton.Config) -> bool:
+    tile = block_m * config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"]
+    return tile <= MAX_ACC_PER_THREAD * 32 * config.num_warps
+
+
+def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int) -> triton.Config:
+    """The config with BLOCK_K fitted to the groups (BLOCK_N grown to keep the bytes loaded per
+    step), then the tile shrunk to the register budget."""
+    kwargs = dict(config.kwargs)
+    kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K)
+    kwargs["BLOCK_N"] = min(MAX_BLOCK_N,
+                            kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // kwargs["BLOCK_K"])
+    adapted = triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_N"] > MIN_BLOCK_N:
+        adapted.kwargs["BLOCK_N"] //= 2
+    while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_K"] > MIN_BLOCK_K:
+        adapted.kwargs["BLOCK_K"] //= 2
+    return adapted
+
+
+def prune_configs(configs, named_args, **kwargs):
+    """Fit each config to the groups and registers; drop duplicates."""
+    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
+    adapted = [_adapt(c, block_m, named_args["group_size"], named_args["num_groups"])
+               for c in configs]
+    return common.unique_configs(adapted)
+
+
+def _split_k(args) -> int:
+    if args.get("SPLIT_K") is not None:
+        return args["SPLIT_K"]  # chosen by the launcher (untuned launch, tests, benchmarks)
+    return common.choose_split_k(triton.cdiv(args["N"], args["BLOCK_N"]),
+                                 triton.cdiv(args["K"], args["BLOCK_K"]), args["y_ptr"].device,
+                                 PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+
+
+_kernel = triton.heuristics({
+    "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"],
+                                                      a["BLOCK_K"]),
+    "SPLIT_K": _split_k,
+})(gemv_kernel)
+
+_autotuned_kernel = triton.autotune(
+    configs=CONFIG_SPACE,
+    key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "group_size"],
+    prune_configs_by={"early_config_prune": prune_configs},
+    # Tuning runs the kernel repeatedly: hand each run, and the real one after, the zeroed
+    # workspace it expects (restore_value also covers Triton versions that skip the reset
+    # before the final run).
+    reset_to_zero=["partials_ptr", "tile_counters_ptr"],
+    restore_value=["partials_ptr", "tile_counters_ptr"],
+)(_kernel)
+
+
+def default_config(device: torch.device, block_m: int, group_size: int, num_groups: int):
+    cap = common.capability(device)
+    config = DEFAULT_CONFIGS.get(cap[0], FALLBACK_CONFIG) if cap else FALLBACK_CONFIG
+    return _adapt(config, block_m, group_size, num_groups)
+
+
+# --- launcher -----------------------------------------------------------------------------------
+
+def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
+           split_k=None):
+    """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
+    x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
+    otherwise the autotuned or per-GPU default config and the split-K heuristic decide."""
+    m, k = x.shape
+    n = qweight.shape[0]
+    num_groups = formats.num_groups(k, group_size)
+    block_m = triton.next_power_of_2(m)
+    tuned = config is None and split_k is None and common.autotune_enabled()
+    if not tuned:
+        config = config or default_config(x.device, block_m, group_size, num_groups)
+        split_k = split_k or common.choose_split_k(
+            triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
+            x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+    if split_k == 1:
+        partials, tile_counters = y, y  # never touched by an unsplit kernel
+    else:  # also when tuning: the split depends on the tile shape being tried
+        partials, tile_counters = common.split_k_workspace(m, n, triton.cdiv(n, MIN_BLOCK_N),
+                                                           x.device)
+    args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
+            bias if bias is not None else y, y, partials, tile_counters,
+            m, n, k, qweight.shape[1], group_size, num_groups,
+            x.stride(0), x.stride(1), qweight.stride(0), y.stride(0))
+    meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
+                HAS_BIAS=bias is not None, BLOCK_M=block_m)
+
+    def grid(meta):
+        return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
+
+    if tuned:
+        _autotuned_kernel[grid](*args, **meta)
+    else:
+        _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
+                      num_warps=config.num_warps, num_stages=config.num_stages)
+    return y

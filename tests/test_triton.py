@@ -1,0 +1,340 @@
+"""torch.ops.qkernels.matmul_triton: the Triton GEMV and GEMM kernels against the fp64 oracle.
+
+Where there is no GPU the kernels run in Triton's interpreter on CPU tensors. The interpreter
+is chosen when a kernel is decorated, so TRITON_INTERPRET=1 is set here, before
+qkernels.triton is imported, and only when CUDA is unavailable: on such a machine nothing else
+in the session can use compiled Triton anyway (torch.compile on CPU generates C++), and on a GPU
+machine the variable stays unset, so these same tests (and every other file) run compiled
+kernels on CUDA tensors. Shapes are tiny because the interpreter runs each program in numpy.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+import qkernels as qk  # noqa: E402
+from qkernels import formats, ops  # noqa: E402
+from qkernels import triton as qk_triton  # noqa: E402  (registers matmul_triton's impls)
+from qkernels.triton import common, gemm, gemv  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNELS = {"gemv": gemv, "gemm": gemm}
+FORMATS = [("int8", False), ("int4", False), ("int4", True), ("nf4", False)]
+FORMAT_IDS = [f"{fmt}{'-sym' if sym else ''}" for fmt, sym in FORMATS]
+# group_size as passed to the op: powers of two, per channel (-1 -> K), and an odd size whose
+# groups straddle every K tile (the per-element scale path).
+GROUP_SIZES = [32, 64, 128, -1, 17]
+
+# Norm-wise relative error bounds against fp64 from the same rounded x. fp32: accumulation order
+# only (the GEMM's dot is exact fp32 "ieee"). fp16 / bf16: the output is rounded once to the
+# activation dtype (unit roundoff 2^-11 / 2^-8) and the GEMM also rounds each weight to it before
+# the tensor-core dot; the two roundings give ~3e-4 (fp16) and ~2e-3 (bf16) on random data. The
+# interpreter rounds fp32 -> bf16 by truncation (the GPU rounds to nearest), a bias of ~2^-8 per
+# rounding, ~6e-3 in all: under the bound.
+REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(autouse=True)
+def _untuned(monkeypatch):
+    # Each test shape would be a new autotune key; tests run the default configs (the autotuned
+    # path has its own test).
+    monkeypatch.setenv(common.AUTOTUNE_ENV_VAR, "0")
+
+
+def random_quantized(n, k, fmt, group_size, symmetric=False, device=DEVICE, seed=0):
+    """A QuantizedWeight with uniformly random codes (every code, both nibbles), scales spread
+    over two decades and float zero points: any group size, unlike qk.quantize."""
+    gen = torch.Generator().manual_seed(seed)
+    group_size = k if group_size == -1 else group_size
+    groups = formats.num_groups(k, group_size)
+    scales = torch.rand(n, groups, generator=gen) * 0.1 + 0.001
+    if fmt == "int8":
+        codes = torch.randint(-127, 128, (n, k), generator=gen)
+    else:
+        codes = torch.randint(0, 16, (n, k), generator=gen)
+    zeros = None
+    if fmt == "int4" and not symmetric:
+        zeros = torch.rand(n, groups, generator=gen) * 15
+    qw = formats.QuantizedWeight(
+        fmt, (n, k), group_size, formats.pack_codes(codes, fmt),
+        scales=None if fmt == "nf4" else scales, zeros=zeros,
+        absmax=scales if fmt == "nf4" else None)
+    return qw.to(device)
+
+
+def sample_inputs(m, n, k, fmt, symmetric=False, group_size=32, dtype=torch.float16, bias=False,
+                  seed=0):
+    qw = random_quantized(n, k, fmt, group_size, symmetric, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(m, k, generator=gen).to(dtype).to(DEVICE)
+    b = torch.randn(n, generator=gen).to(dtype).to(DEVICE) if bias else None
+    return x, qw, b
+
+
+def fp64_reference(x, qw, bias=None):
+    y = x.double() @ qk.dequantize(qw).double().T
+    return y if bias is None else y + bias.double()
+
+
+def rel_err(y, ref):
+    diff, scale = (y.double() - ref).norm(), ref.norm()
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def triton_op(x, qw, bias=None):
+    return ops.matmul_triton_op(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size,
+                                bias)
+
+
+def run_kernel(kernel, x, qw, bias=None, config=None, split_k=None):
+    """One kernel, bypassing the GEMV/GEMM choice by M."""
+    y = torch.empty(x.shape[0], qw.shape[0], dtype=x.dtype, device=x.device)
+    return kernel.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
+                         formats.nf4_table(x.device), y, config=config, split_k=split_k)
+
+
+def assert_close(y, x, qw, bias=None):
+    assert y.shape == (x.shape[0], qw.shape[0]) and y.dtype == x.dtype and y.device == x.device
+    err = rel_err(y, fp64_reference(x, qw, bias))
+    assert err <= REL_TOL[x.dtype], f"relative error {err:.2e} > {REL_TOL[x.dtype]:.0e}"
+
+
+# --- every format and group size, both kernels -----------------------------------------------
+
+@pytest.mark.parametrize("group_size", GROUP_SIZES)
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("m,n,k", [(1, 17, 577), (3, 64, 129), (33, 5, 300)])
+def test_formats_and_groups(fmt, symmetric, group_size, m, n, k):
+    x, qw, _ = sample_inputs(m, n, k, fmt, symmetric, group_size)
+    assert_close(triton_op(x, qw), x, qw)
+
+
+# Odd sizes (1, prime, one past a multiple of 64): every M, N and K value at least twice, on
+# both sides of the GEMV/GEMM threshold.
+ODD_SHAPES = [(1, 1, 1), (1, 3, 17), (1, 64, 3), (3, 17, 1), (3, 1, 577), (3, 64, 64),
+              (17, 3, 3), (17, 17, 577), (17, 1, 64), (33, 64, 17), (33, 1, 1), (33, 17, 64)]
+
+
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+@pytest.mark.parametrize("m,n,k", ODD_SHAPES)
+def test_odd_shapes(fmt, symmetric, m, n, k):
+    x, qw, _ = sample_inputs(m, n, k, fmt, symmetric, group_size=64)
+    assert_close(triton_op(x, qw), x, qw)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+def test_dtypes_with_bias(kernel, dtype, fmt, symmetric):
+    # (Tests without bias are all the others.)
+    m = 3 if kernel == "gemv" else 20
+    x, qw, b = sample_inputs(m, 33, 577, fmt, symmetric, 64, dtype, bias=True)
+    assert_close(run_kernel(KERNELS[kernel], x, qw, b), x, qw, b)
+
+
+def test_real_weights_through_quantize():
+    w = torch.randn(40, 200) * torch.rand(40, 1) * 0.1
+    for fmt, symmetric in FORMATS:
+        qw = qk.quantize(w, fmt, 64 if fmt != "int8" else None, symmetric=symmetric).to(DEVICE)
+        for m in (2, 24):
+            x = torch.randn(m, 200).half().to(DEVICE)
+            assert_close(triton_op(x, qw), x, qw)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+def test_identity_rows_recover_the_weights(kernel, fmt, symmetric):
+    # x = I (fp32) picks out columns of W one at a time: each output is one product, so it
+    # checks nibble order, group indexing, zero points and the NF4 constants element by element.
+    # Exact, except that asymmetric int4 computes scale * (q - zero) as one FMA,
+    # q * scale - zero * scale: within an ulp of zero * scale of the reference's rounding.
+    k = 19
+    qw = random_quantized(7, k, fmt, 4, symmetric)
+    rows = torch.eye(k, device=DEVICE)[:4] if kernel == "gemv" else torch.eye(k, device=DEVICE)
+    y = run_kernel(KERNELS[kernel], rows, qw)
+    expected = qk.dequantize(qw).T[: rows.shape[0]]
+    if qw.zeros is None:
+        assert torch.equal(y, expected)
+    else:
+        ulp_of_shift = 2.0**-23 * (qw.zeros * qw.scales).max()
+        assert (y - expected).abs().max() <= ulp_of_shift
+
+
+# --- tile shapes, split-K, the GEMV/GEMM choice ------------------------------------------------
+
+def _all_configs(kernel):
+    if kernel is gemv:
+        return [gemv._adapt(c, 4, 64, 3) for c in gemv.CONFIG_SPACE]
+    return [gemm._adapt(c, 64, 3) for c in gemm.CONFIG_SPACE] + [gemm.FP32_CONFIG]
+
+
+@pytest.mark.parametrize("kernel,config", [(k, c) for k in (gemv, gemm) for c in
+                                           common.unique_configs(_all_configs(k))],
+                         ids=lambda v: getattr(v, "__name__", None) or str(v).replace(" ", ""))
+def test_every_config_in_the_tuning_space(kernel, config):
+    # The autotuner may pick any of them on a GPU; each must be correct, edges included.
+    m = 4 if kernel is gemv else 37
+    x, qw, _ = sample_inputs(m, 70, 150, "int4", group_size=64)
+    assert_close(run_kernel(kernel, x, qw, config=config, split_k=1), x, qw)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("split_k", [1, 2, 3, 16])
+@pytest.mark.parametrize("fmt,symmetric", [("int4", False), ("nf4", False)])
+def test_split_k(kernel, split_k, fmt, symmetric):
+    # 16 splits of fewer K tiles: empty splits must still count themselves in.
+    m = 2 if kernel == "gemv" else 20
+    x, qw, b = sample_inputs(m, 40, 300, fmt, symmetric, 32, bias=True)
+    assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
+
+
+def test_split_k_heuristic_splits_long_thin_shapes():
+    assert common.choose_split_k(1, 64, torch.device("cpu"), 4, 4) == 16
+    assert common.choose_split_k(1, 8, torch.device("cpu"), 4, 4) == 2
+    assert common.choose_split_k(1000, 64, torch.device("cpu"), 4, 4) == 1
+
+
+@pytest.mark.parametrize("m", [1, qk_triton.GEMV_MAX_M, qk_triton.GEMV_MAX_M + 1, 16])
+def test_both_kernels_agree_around_the_threshold(m):
+    x, qw, _ = sample_inputs(m, 48, 256, "int4", group_size=128)
+    assert_close(run_kernel(gemv, x, qw), x, qw)
+    assert_close(run_kernel(gemm, x, qw), x, qw)
+
+
+@pytest.mark.parametrize("kernel,m", [(gemv, 2), (gemm, 20)], ids=["gemv", "gemm"])
+def test_autotuned_path_with_a_stub_timer(monkeypatch, kernel, m):
+    # The tuning machinery (pruner, heuristics, grid, workspace reset) without a GPU timer: each
+    # pruned config runs twice, as a benchmark would, dirtying the split-K workspace; the tuned
+    # launch that follows must still start from zeros.
+    tuner = kernel._autotuned_kernel
+    timed = []
+
+    def stub_bench(kernel_call, quantiles):
+        kernel_call()
+        kernel_call()
+        timed.append(1)
+        return [float(len(timed))] * 3  # the first config wins
+
+    monkeypatch.setattr(common, "autotune_enabled", lambda: True)
+    monkeypatch.setattr(tuner, "cache", {})
+    # do_bench is an instance attribute or a cached_property, by Triton version: either way the
+    # instance dict wins.
+    monkeypatch.setitem(vars(tuner), "do_bench", stub_bench)
+    x, qw, b = sample_inputs(m, 24, 256, "int4", group_size=64, bias=True)
+    assert_close(run_kernel(kernel, x, qw, b), x, qw, b)
+    assert len(timed) > 1 and len(tuner.cache) == 1
+    assert_close(run_kernel(kernel, x, qw, b), x, qw, b)  # cached config, no tuning
+    assert len(tuner.cache) == 1
+
+
+def test_config_space_respects_the_workspace_bounds():
+    # Tile counters are sized for the smallest tiles; the pruner keeps BLOCK_K >= the minimum.
+    for config in gemv.CONFIG_SPACE:
+        assert config.kwargs["BLOCK_N"] >= gemv.MIN_BLOCK_N
+    for config in gemm.CONFIG_SPACE + [gemm.FP32_CONFIG]:
+        assert min(config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]) >= gemm.MIN_BLOCK
+    assert gemv._adapt(gemv.CONFIG_SPACE[-1], 16, 32, 4).kwargs["BLOCK_K"] == 32
+    # BLOCK_K fitted to 64-wide groups: BLOCK_N grows so each step loads as many bytes.
+    fitted = gemv._adapt(triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}), 1, 64, 4)
+    assert (fitted.kwargs["BLOCK_N"], fitted.kwargs["BLOCK_K"]) == (64, 64)
+    assert gemm._adapt(gemm.LARGE_M_CONFIGS[0], 17, 4).kwargs["BLOCK_K"] == 64
+
+
+# --- the op's contract -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_shape", [(), (2, 3), (1, 1, 4)])
+def test_leading_dimensions_are_kept(batch_shape):
+    qw = random_quantized(5, 40, "int4", 32)
+    x = torch.randn(*batch_shape, 40).half().to(DEVICE)
+    y = triton_op(x, qw)
+    assert y.shape == (*batch_shape, 5)
+    assert rel_err(y.reshape(-1, 5), fp64_reference(x.reshape(-1, 40), qw)) <= 2e-3
+
+
+def test_empty_batch():
+    qw = random_quantized(5, 40, "nf4", 32)
+    assert triton_op(torch.randn(0, 40, device=DEVICE).half(), qw).shape == (0, 5)
+
+
+@pytest.mark.parametrize("m", [3, 20])
+def test_non_contiguous_inputs(m):
+    qw = random_quantized(6, 64, "int8", 16)
+    x = torch.randn(64, m, device=DEVICE).half().T  # [m, 64], stride (1, m)
+    assert_close(triton_op(x, qw), x, qw)
+    strided = qw.qweight.T.contiguous().T  # same bytes, column-major
+    assert_close(ops.matmul_triton_op(x, "int8", strided, qw.scales, None, 16, None), x, qw)
+
+
+@pytest.mark.parametrize("m", [2, 20])
+def test_opcheck(m):
+    x, qw, b = sample_inputs(m, 24, 96, "int4", group_size=32, bias=True)
+    torch.library.opcheck(torch.ops.qkernels.matmul_triton.default,
+                          (x, "int4", qw.qweight, qw.scales, qw.zeros, 32, b))
+
+
+def test_gradient_reaches_x_and_bias():
+    x, qw, b = sample_inputs(3, 24, 96, "nf4", group_size=32, dtype=torch.float32, bias=True)
+    x.requires_grad_(True)
+    b.requires_grad_(True)
+    triton_op(x, qw, b).sum().backward()
+    w = qk.dequantize(qw)
+    assert torch.allclose(x.grad, w.sum(0).expand_as(x), rtol=1e-5, atol=1e-6)
+    assert torch.equal(b.grad, torch.full_like(b, 3.0))
+
+
+# --- GPU only ----------------------------------------------------------------------------------
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("m", [1, 64])
+def test_autotuned_launch(monkeypatch, m):
+    monkeypatch.setenv(common.AUTOTUNE_ENV_VAR, "1")
+    x, qw, b = sample_inputs(m, 256, 512, "int4", group_size=128, bias=True)
+    for _ in range(2):  # tuning run, then the cached config
+        assert_close(triton_op(x, qw, b), x, qw, b)
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+def test_torch_compile_fullgraph(fmt, symmetric):
+    qw = random_quantized(64, 256, fmt, 64, symmetric)
+
+    @torch.compile(fullgraph=True)
+    def f(x):
+        return torch.relu(ops.matmul_triton_op(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
+                                               qw.group_size, None))
+
+    for m in (1, 3, 40):
+        x = torch.randn(m, 256, device="cuda", dtype=torch.float16)
+        y = f(x)
+        assert rel_err(y, fp64_reference(x, qw).relu()) <= REL_TOL[torch.float16]
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_graph_capture():
+    x, qw, b = sample_inputs(2, 512, 1024, "nf4", group_size=64, bias=True)
+    y = triton_op(x, qw, b)  # warm-up: compiles, caches the NF4 table
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = triton_op(x, qw, b)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, x, qw, b)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_qk_matmul_triton_backend():
+    x, qw, _ = sample_inputs(5, 64, 256, "int4", group_size=64)
+    assert_close(qk.matmul(x, qw, backend="triton"), x, qw)
