@@ -92,10 +92,10 @@ class QuantLinear(nn.Module):
                                **{name: getattr(self, name) for name in self._canonical_names})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        torch._check_value(
-            x.shape[-1] == self.in_features,
-            lambda: f"x: expected last dimension {self.in_features} (in_features), got "
-                    f"{tuple(x.shape)}")
+        # A plain `if`, not torch._check_value: dynamo cannot trace a message closure over x.
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
+                             f"{tuple(x.shape)}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
         scales = self.absmax if self.fmt == "nf4" else self.scales
         zeros = getattr(self, "zeros", None) if self.fmt == "int4" else None

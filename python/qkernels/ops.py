@@ -176,9 +176,13 @@ PREFERENCE = {
 }
 
 
+# torch.compile evaluates the choice once, while tracing, and bakes it into the graph: the
+# dispatcher queries behind is_built() cannot be traced, and the choice is host-side anyway.
+@torch.compiler.assume_constant_result
 def select_backend(device: torch.device, backend: Optional[str] = None) -> str:
     """The backend that runs a matmul on ``device``: ``backend`` if given, else
-    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available."""
+    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available.
+    Under torch.compile this is read once, when the graph is traced."""
     forced = backend or os.environ.get(BACKEND_ENV_VAR) or None
     if forced is not None:
         source = "backend" if backend else BACKEND_ENV_VAR
@@ -208,7 +212,10 @@ def available_backends(device_type: Optional[str] = None):
 
 def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None):
     """qk.matmul on canonical tensors (scales = absmax for nf4); what QuantLinear calls."""
-    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    # Under torch.compile the op's fake impl runs the same checks while the graph is traced;
+    # tracing them here would break the graph (dynamo cannot trace their message closures).
+    if not torch.compiler.is_compiling():
+        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
     name = select_backend(x.device, backend)
     return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
 
