@@ -21,7 +21,6 @@ for the CPU), where the measurement that chose them is recorded.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import os
 from typing import Callable, Optional
@@ -142,13 +141,12 @@ def _matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
     return matmul_triton_op(x, fmt, qweight, scales, zeros, group_size, bias)
 
 
-@functools.lru_cache(maxsize=None)
-def _has_compiled_impl(dispatch_key: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key("qkernels::matmul", dispatch_key)
-
-
-def _has_triton_kernels() -> bool:
-    return importlib.util.find_spec("triton") is not None
+# What this installation has, fixed for the life of the process: read once at import (a
+# dispatcher query and a sys.path lookup; no device access, no triton import) so that
+# torch.compile can trace backend selection, which the queries themselves would graph-break.
+_COMPILED_IMPLS = {key: torch._C._dispatch_has_kernel_for_dispatch_key("qkernels::matmul", key)
+                   for key in ("CPU", "CUDA")}
+_TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,9 +161,9 @@ class Backend:
 
 
 BACKENDS = {
-    "cuda": Backend("cuda", ("cuda",), lambda: _has_compiled_impl("CUDA"), matmul_op),
-    "triton": Backend("triton", ("cuda",), _has_triton_kernels, _matmul_triton),
-    "cpu": Backend("cpu", ("cpu",), lambda: _has_compiled_impl("CPU"), matmul_op),
+    "cuda": Backend("cuda", ("cuda",), lambda: _COMPILED_IMPLS["CUDA"], matmul_op),
+    "triton": Backend("triton", ("cuda",), lambda: _TRITON_IMPORTABLE, _matmul_triton),
+    "cpu": Backend("cpu", ("cpu",), lambda: _COMPILED_IMPLS["CPU"], matmul_op),
     "reference": Backend("reference", None, lambda: True, _matmul_reference),
 }
 
@@ -176,13 +174,9 @@ PREFERENCE = {
 }
 
 
-# torch.compile evaluates the choice once, while tracing, and bakes it into the graph: the
-# dispatcher queries behind is_built() cannot be traced, and the choice is host-side anyway.
-@torch.compiler.assume_constant_result
 def select_backend(device: torch.device, backend: Optional[str] = None) -> str:
     """The backend that runs a matmul on ``device``: ``backend`` if given, else
-    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available.
-    Under torch.compile this is read once, when the graph is traced."""
+    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available."""
     forced = backend or os.environ.get(BACKEND_ENV_VAR) or None
     if forced is not None:
         source = "backend" if backend else BACKEND_ENV_VAR
