@@ -230,7 +230,10 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
     replaced_bytes = packed_bytes = 0
     with Progress(console=console, transient=True, disable=not verbose) as progress:
         for name, module, settings in progress.track(targets, description="quantizing"):
-            replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
+            try:
+                replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
+            except (TypeError, ValueError) as error:  # e.g. overrides that combine badly
+                raise type(error)(f"{name}: {error}") from error
             replaced_bytes += memory.tensor_bytes(module.weight)
             packed_bytes += replacement.quantized_weight.nbytes
             parent_name, _, child_name = name.rpartition(".")

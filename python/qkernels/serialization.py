@@ -114,7 +114,11 @@ def load_quantized(model_or_config, path: Union[str, os.PathLike],
 
 
 def _replace_with_quantized(model: nn.Module, name: str, layer: dict, stored: dict) -> None:
-    module = model.get_submodule(name)
+    try:
+        module = model.get_submodule(name)
+    except AttributeError as error:
+        raise ValueError(f"model: expected a module {name!r} (quantized in the file), got none "
+                         f"({error})") from error
     if not isinstance(module, (nn.Linear, QuantLinear)):
         raise ValueError(f"model: expected an nn.Linear at {name!r} (quantized in the file), got "
                          f"{type(module).__name__}")
