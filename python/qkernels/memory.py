@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 
-from rich.table import Table
 from torch import nn
 
 
@@ -30,7 +29,10 @@ class MemoryReport:
     def total_bytes(self) -> int:
         return self.quantized_bytes + self.dense_linear_bytes + self.other_bytes
 
-    def table(self, title: str = "memory") -> Table:
+    def table(self, title: str = "memory"):
+        """A rich Table of the report (rich imported here: `import qkernels` stays fast)."""
+        from rich.table import Table
+
         table = Table(title=title)
         for column in ("part", "modules", "MiB"):
             table.add_column(column, justify="left" if column == "part" else "right")

@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import sys
 from typing import Optional, Sequence, Union
 
 import torch
-from rich.console import Console
-from rich.progress import Progress
 from torch import nn
 
 from . import formats, memory, ops
@@ -223,22 +222,27 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
         else:
             targets.append((name, module, settings))
 
-    console = Console(stderr=True)
     if verbose is None:
-        verbose = console.is_terminal and len(targets) >= PROGRESS_MIN_LAYERS
-    before = memory.memory_report(model) if verbose else None
+        verbose = sys.stderr.isatty() and len(targets) >= PROGRESS_MIN_LAYERS
+    steps = targets
+    if verbose:
+        # rich is imported only when shown: `import qkernels` stays fast.
+        from rich.console import Console
+        from rich.progress import track
+        console = Console(stderr=True)
+        before = memory.memory_report(model)
+        steps = track(targets, description="quantizing", console=console, transient=True)
     replaced_bytes = packed_bytes = 0
-    with Progress(console=console, transient=True, disable=not verbose) as progress:
-        for name, module, settings in progress.track(targets, description="quantizing"):
-            try:
-                replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
-            except (TypeError, ValueError) as error:  # e.g. overrides that combine badly
-                raise type(error)(f"{name}: {error}") from error
-            replaced_bytes += memory.tensor_bytes(module.weight)
-            packed_bytes += replacement.quantized_weight.nbytes
-            parent_name, _, child_name = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child_name, replacement)
+    for name, module, settings in steps:
+        try:
+            replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
+        except (TypeError, ValueError) as error:  # e.g. overrides that combine badly
+            raise type(error)(f"{name}: {error}") from error
+        replaced_bytes += memory.tensor_bytes(module.weight)
+        packed_bytes += replacement.quantized_weight.nbytes
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child_name, replacement)
     if verbose:
         after = memory.memory_report(model)
         console.print(f"qkernels: quantized {len(targets)} linear layers: weights "
