@@ -143,14 +143,23 @@ def test_save_load_round_trip_identical_logits_and_bytes(fmt, group_size, tmp_pa
     qk.save_quantized(copy.deepcopy(model), tmp_path / "b.safetensors")
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
 
-    from_config = qk.load_quantized(tiny_config(), tmp_path / "a.safetensors").eval()
-    from_fp_model = qk.load_quantized(tiny_model(seed=5), tmp_path / "a.safetensors")
-    for loaded in (from_config, from_fp_model):
-        assert torch.equal(logits(loaded, ids), expected)
-        assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
-        assert str(loaded) == str(model)
-    qk.save_quantized(from_config, tmp_path / "c.safetensors")
+    loaded = qk.load_quantized(tiny_model(seed=5), tmp_path / "a.safetensors")
+    assert torch.equal(logits(loaded, ids), expected)
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert str(loaded) == str(model)
+    qk.save_quantized(loaded, tmp_path / "c.safetensors")
     assert (tmp_path / "c.safetensors").read_bytes() == (tmp_path / "a.safetensors").read_bytes()
+
+
+def test_load_from_transformers_config_builds_empty_model(tmp_path):
+    pytest.importorskip("accelerate")   # init_empty_weights builds the model without memory
+    model = qk.quantize_model(tiny_model(), "nf4", group_size=32)
+    qk.save_quantized(model, tmp_path / "model.safetensors")
+    loaded = qk.load_quantized(tiny_config(), tmp_path / "model.safetensors").eval()
+    ids = sample_ids()
+    assert torch.equal(logits(loaded, ids), logits(model, ids))
+    assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    assert not any(t.is_meta for t in (*loaded.parameters(), *loaded.buffers()))
 
 
 def test_load_rejects_newer_version_foreign_files_and_other_models(tmp_path):
@@ -215,6 +224,39 @@ def test_backward_input_gradient_matches_fp64_dequantized_model(fmt):
     assert model.model.norm.weight.grad is not None
 
 
+def capture(fn, static_input):
+    """A CUDA graph of fn(static_input), warmed up on a side stream as capture requires."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(static_input)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_output = fn(static_input)
+    return graph, static_output
+
+
+@pytest.mark.cuda
+@needs_cuda_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 7, 300])   # GEMV and GEMM kernel shapes
+def test_cuda_graph_capture_of_quantized_layers(rows, dtype):
+    torch.manual_seed(0)
+    stack = nn.Sequential(nn.Linear(576, 200), nn.SiLU(), nn.Linear(200, 577), nn.SiLU(),
+                          nn.Linear(577, 96))
+    stack = qk.quantize_model(stack, qk.QKernelsConfig(
+        fmt="int4", group_size=128, module_overrides={"2": {"fmt": "nf4", "group_size": 64},
+                                                      "4": {"fmt": "int8"}})).to("cuda", dtype)
+    static_x = torch.randn(rows, 576, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        graph, static_y = capture(stack, static_x)
+        fresh = torch.randn(rows, 576, device="cuda", dtype=dtype)
+        static_x.copy_(fresh)
+        graph.replay()
+        torch.testing.assert_close(static_y, stack(fresh))
+
+
 @pytest.mark.cuda
 @needs_cuda_gpu
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -224,18 +266,12 @@ def test_cuda_graph_capture_replays_forward(fmt, group_size, dtype):
     static_ids = sample_ids().cuda()
     expected = logits(model, static_ids)
     with torch.no_grad():
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):   # warm-up outside the graph, as capture requires
-            model(static_ids, use_cache=False)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_logits = model(static_ids, use_cache=False).logits
+        graph, static_logits = capture(lambda ids: model(ids, use_cache=False).logits,
+                                       static_ids)
         fresh = sample_ids(seed=9).cuda()
         static_ids.copy_(fresh)
         graph.replay()
-    torch.testing.assert_close(static_logits, logits(model, fresh), rtol=0, atol=0)
+    torch.testing.assert_close(static_logits, logits(model, fresh))
     assert not torch.equal(static_logits, expected)
 
 
