@@ -5,15 +5,19 @@ kernels (CUDA, Triton, AVX2/NEON CPU) behind real torch ops and drop-in nn.Linea
     qw = qk.quantize(w, "int4", group_size=128)
     y = qk.matmul(x, qw)                       # x @ dequantize(qw).T
     qk.quantize_model(model, "nf4", group_size=64)
+    qk.save_quantized(model, "model.safetensors"); qk.load_quantized(empty_model, "model.safetensors")
 """
 
 from .formats import FORMATS, QuantizedWeight, dequantize, quantize
+from .memory import MemoryReport, memory_report
 from .nn import QKernelsConfig, QuantLinear, quantize_model
 from .ops import available_backends, matmul
+from .serialization import load_quantized, save_quantized
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FORMATS", "QuantizedWeight", "quantize", "dequantize", "matmul", "available_backends",
-    "QuantLinear", "quantize_model", "QKernelsConfig", "__version__",
+    "QuantLinear", "quantize_model", "QKernelsConfig", "save_quantized", "load_quantized",
+    "memory_report", "MemoryReport", "__version__",
 ]

@@ -210,8 +210,11 @@ def _grouped(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def _expand(per_group: torch.Tensor, group_size: int, k: int) -> torch.Tensor:
-    """[N, G] -> [N, K]: each group's value repeated over its columns."""
-    return per_group.repeat_interleave(group_size, dim=1)[:, :k]
+    """[N, G] -> [N, K]: each group's value repeated over its columns. A gather, not
+    repeat_interleave + slice: torch.compile (inductor, torch 2.13) miscomputes that slice fused
+    into a pointwise op when K % group_size != 0 (tests/test_model.py compiles a ragged model)."""
+    group_of_column = torch.arange(k, device=per_group.device) // group_size
+    return per_group[:, group_of_column]
 
 
 def quantize(w: torch.Tensor, fmt: str, group_size: Optional[int] = None, *,

@@ -5,13 +5,18 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import sys
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from . import formats, ops
+from . import formats, memory, ops
 from .formats import QuantizedWeight
+
+
+# quantize_model's progress bar and summary show by default only for models this large.
+PROGRESS_MIN_LAYERS = 32
 
 
 class QuantLinear(nn.Module):
@@ -92,10 +97,10 @@ class QuantLinear(nn.Module):
                                **{name: getattr(self, name) for name in self._canonical_names})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        torch._check_value(
-            x.shape[-1] == self.in_features,
-            lambda: f"x: expected last dimension {self.in_features} (in_features), got "
-                    f"{tuple(x.shape)}")
+        # A plain `if`, not torch._check_value: dynamo cannot trace a message closure over x.
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
+                             f"{tuple(x.shape)}")
         bias = None if self.bias is None else self.bias.to(x.dtype)
         scales = self.absmax if self.fmt == "nf4" else self.scales
         zeros = getattr(self, "zeros", None) if self.fmt == "int4" else None
@@ -181,12 +186,17 @@ def _matches(module_name: str, pattern: str) -> bool:
 
 def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4",
                    group_size: Optional[int] = None, skip: Sequence[str] = ("lm_head",),
-                   symmetric: bool = False, backend: Optional[str] = None) -> nn.Module:
+                   symmetric: bool = False, backend: Optional[str] = None,
+                   verbose: Optional[bool] = None) -> nn.Module:
     """Replace every nn.Linear of ``model`` in place by a QuantLinear and return the model.
 
     ``config`` is a QKernelsConfig, or a format name with ``group_size``, ``skip`` (module name
     patterns left in full precision), ``symmetric`` and ``backend`` given alongside. Linear
     layers whose weight is shared with another module (tied embeddings) are left alone.
+
+    ``verbose``: show a progress bar and print a memory summary (replaced weights, packed bytes,
+    layers left in full precision) to stderr. None: only on a terminal, for models with at least
+    PROGRESS_MIN_LAYERS linear layers. qk.memory_report(model) gives the figures as data.
     """
     if isinstance(config, str):
         config = QKernelsConfig(fmt=config, group_size=group_size, symmetric=symmetric,
@@ -194,19 +204,52 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
     elif not isinstance(config, QKernelsConfig):
         raise TypeError(f"config: expected a format name or a QKernelsConfig, got "
                         f"{type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     uses = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         uses[id(param)] = uses.get(id(param), 0) + 1
 
-    targets = []
+    targets, kept = [], {}   # kept: name -> why that nn.Linear stays in full precision
     for name, module in model.named_modules():
-        if type(module) is nn.Linear and uses.get(id(module.weight), 0) == 1:
-            settings = config.settings_for(name)
-            if settings is not None:
-                targets.append((name, module, settings))
-    for name, module, settings in targets:
-        replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
+        if type(module) is not nn.Linear:
+            continue
+        settings = config.settings_for(name)
+        if uses.get(id(module.weight), 0) > 1:
+            kept[name] = "tied weight"
+        elif settings is None:
+            kept[name] = "skipped"
+        else:
+            targets.append((name, module, settings))
+
+    if verbose is None:
+        verbose = sys.stderr.isatty() and len(targets) >= PROGRESS_MIN_LAYERS
+    steps = targets
+    if verbose:
+        # rich is imported only when shown: `import qkernels` stays fast.
+        from rich.console import Console
+        from rich.progress import track
+        console = Console(stderr=True)
+        before = memory.memory_report(model)
+        steps = track(targets, description="quantizing", console=console, transient=True)
+    replaced_bytes = packed_bytes = 0
+    for name, module, settings in steps:
+        try:
+            replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
+        except (TypeError, ValueError) as error:  # e.g. overrides that combine badly
+            raise type(error)(f"{name}: {error}") from error
+        replaced_bytes += memory.tensor_bytes(module.weight)
+        packed_bytes += replacement.quantized_weight.nbytes
         parent_name, _, child_name = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child_name, replacement)
+    if verbose:
+        after = memory.memory_report(model)
+        console.print(f"qkernels: quantized {len(targets)} linear layers: weights "
+                      f"{replaced_bytes / 2**20:.2f} MiB -> {packed_bytes / 2**20:.2f} MiB packed; "
+                      f"model {before.total_bytes / 2**20:.2f} -> "
+                      f"{after.total_bytes / 2**20:.2f} MiB")
+        if kept:
+            console.print("left in full precision: " +
+                          ", ".join(f"{name} ({why})" for name, why in kept.items()))
     return model

