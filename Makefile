@@ -11,7 +11,8 @@ PYTHON := $(shell if $(HOST_PYTHON) -c "import torch" >/dev/null 2>&1; then comm
 PIP := $(PYTHON) -m pip
 # Import name:requirement of what the build and the tests need; only missing ones are installed.
 DEPS := scikit_build_core:scikit-build-core>=0.10 ninja:ninja numpy:numpy rich:rich>=13 \
-        safetensors:safetensors pytest:pytest>=8 hypothesis:hypothesis>=6.100
+        safetensors:safetensors pytest:pytest>=8 hypothesis:hypothesis>=6.100 \
+        transformers:transformers>=4.50 accelerate:accelerate>=0.26
 PYTEST_ARGS ?=
 
 .PHONY: install test test-native test-python bench clean
