@@ -28,7 +28,7 @@ at::Tensor matmul_cpu(const at::Tensor& x, c10::string_view fmt, const at::Tenso
                       int64_t group_size, const std::optional<at::Tensor>& bias) {
   const Format format = parse_format(fmt);
   TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
-                    qweight.dim());
+                    num(qweight.dim()));
   auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
   at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
   const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);

@@ -21,7 +21,7 @@ at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tens
                        int64_t group_size, const std::optional<at::Tensor>& bias) {
   const Format format = parse_format(fmt);
   TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
-                    qweight.dim());
+                    num(qweight.dim()));
   TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul: expected all tensors on ", qweight.device(),
                     ", got x on ", x.device());
   const c10::cuda::CUDAGuard device_guard(x.device());

@@ -12,6 +12,17 @@
 
 namespace qk::binding {
 
+// Integers go into error messages as strings: on the GPU machine (torch 2.11 cu130), streaming an
+// int64 into a c10 error message crashed inside std::ostream::_M_insert<long> (cause not found;
+// default symbol visibility did not change it).
+inline std::string num(int64_t value) { return std::to_string(value); }
+
+inline std::string shape(at::IntArrayRef sizes) {
+  std::string text = "[";
+  for (size_t i = 0; i < sizes.size(); ++i) text += (i ? ", " : "") + std::to_string(sizes[i]);
+  return text + "]";
+}
+
 inline Format parse_format(c10::string_view fmt) {
   if (fmt == "int8") return Format::kInt8;
   if (fmt == "int4") return Format::kInt4;
@@ -37,22 +48,23 @@ inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Te
                                  int64_t group_size, const std::optional<at::Tensor>& bias,
                                  const at::Tensor& y) {
   const int64_t k = x2d.size(1);
-  TORCH_CHECK_VALUE(k >= 1, "qkernels.matmul: x expected a last dimension >= 1, got ", k);
+  TORCH_CHECK_VALUE(k >= 1, "qkernels.matmul: x expected a last dimension >= 1, got ", num(k));
   TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims [N, ",
-                    fmt == Format::kInt8 ? "K" : "ceil(K/2)", "], got ", qweight.sizes());
+                    fmt == Format::kInt8 ? "K" : "ceil(K/2)", "], got ", shape(qweight.sizes()));
   const int64_t n = qweight.size(0);
   const at::ScalarType code_type = fmt == Format::kInt8 ? at::kChar : at::kByte;
   TORCH_CHECK_TYPE(qweight.scalar_type() == code_type, "qkernels.matmul: qweight expected dtype ",
                    code_type, " for this format, got ", qweight.scalar_type());
   TORCH_CHECK_VALUE(qweight.size(1) == packed_row_bytes(fmt, k), "qkernels.matmul: qweight expected ",
-                    packed_row_bytes(fmt, k), " bytes per row for K=", k, ", got ", qweight.size(1));
-  TORCH_CHECK_VALUE(group_size >= 1, "qkernels.matmul: group_size expected >= 1, got ", group_size);
+                    num(packed_row_bytes(fmt, k)), " bytes per row for K=", num(k), ", got ",
+                    num(qweight.size(1)));
+  TORCH_CHECK_VALUE(group_size >= 1, "qkernels.matmul: group_size expected >= 1, got ", num(group_size));
   const int64_t groups = num_groups(k, group_size);
   TORCH_CHECK_TYPE(scales.scalar_type() == at::kFloat,
                    "qkernels.matmul: scales expected dtype float32, got ", scales.scalar_type());
   TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == groups,
-                    "qkernels.matmul: scales expected shape [", n, ", ", groups, "], got ",
-                    scales.sizes());
+                    "qkernels.matmul: scales expected shape [", num(n), ", ", num(groups), "], got ",
+                    shape(scales.sizes()));
   TORCH_CHECK_VALUE(qweight.is_contiguous() && scales.is_contiguous(),
                     "qkernels.matmul: qweight and scales expected contiguous tensors");
   if (zeros) {
@@ -61,14 +73,14 @@ inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Te
                      "qkernels.matmul: zeros expected dtype float32, got ", zeros->scalar_type());
     TORCH_CHECK_VALUE(zeros->sizes() == scales.sizes() && zeros->is_contiguous(),
                       "qkernels.matmul: zeros expected a contiguous tensor of shape ",
-                      scales.sizes(), ", got ", zeros->sizes());
+                      shape(scales.sizes()), ", got ", shape(zeros->sizes()));
   }
   if (bias) {
     TORCH_CHECK_TYPE(bias->scalar_type() == x2d.scalar_type(), "qkernels.matmul: bias expected dtype ",
                      x2d.scalar_type(), " (that of x), got ", bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
-                      "qkernels.matmul: bias expected a contiguous tensor of shape [", n, "], got ",
-                      bias->sizes());
+                      "qkernels.matmul: bias expected a contiguous tensor of shape [", num(n), "], got ",
+                      shape(bias->sizes()));
   }
   for (const at::Tensor* t : {&qweight, &scales, zeros ? &*zeros : &scales, bias ? &*bias : &scales}) {
     TORCH_CHECK_VALUE(t->device() == x2d.device(), "qkernels.matmul: expected all tensors on ",
