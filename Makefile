@@ -21,7 +21,7 @@ $(CURDIR)/.venv/bin/python:
 	$(HOST_PYTHON) -m venv $(CURDIR)/.venv
 	$(CURDIR)/.venv/bin/python -m pip install -q "torch==$(TORCH_VERSION)"
 
-install: $(if $(findstring .venv,$(PYTHON)),$(CURDIR)/.venv/bin/python)
+install: $(filter $(CURDIR)/.venv/bin/python,$(PYTHON))
 	@missing=$$(for dep in $(foreach d,$(DEPS),'$(d)'); do $(PYTHON) -c "import $${dep%%:*}" 2>/dev/null || echo "$${dep#*:}"; done); \
 	if [ -n "$$missing" ]; then echo "installing: $$missing"; echo "$$missing" | xargs $(PIP) install -q; fi
 	$(PIP) install -q --no-build-isolation --no-deps .
