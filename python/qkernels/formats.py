@@ -57,7 +57,15 @@ NF4_TABLE = (
 
 
 def nf4_table(device=None) -> torch.Tensor:
-    return torch.tensor(NF4_TABLE, dtype=torch.float32, device=device)
+    """NF4_TABLE as a float32 tensor, made once per device (so that CUDA-graph capture of the
+    reference backend copies nothing from the host). Read-only by convention."""
+    key = str(torch.device(device) if device is not None else torch.device("cpu"))
+    if key not in _NF4_TABLES:
+        _NF4_TABLES[key] = torch.tensor(NF4_TABLE, dtype=torch.float32, device=device)
+    return _NF4_TABLES[key]
+
+
+_NF4_TABLES: dict = {}
 
 
 def packed_row_bytes(fmt: str, k: int) -> int:

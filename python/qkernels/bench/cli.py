@@ -93,7 +93,9 @@ def run(args) -> dict:
     shapes = _shapes(args.shapes) if args.shapes else suite["shapes"]
     batches = [int(m) for m in args.batch.split(",")] if args.batch else suite["batches"]
     available = ops.available_backends(device.type)
-    wanted = args.backends.split(",") if args.backends else available
+    # The reference backend is the tests' oracle, not a contender: benchmarked only on request.
+    contenders = [b for b in available if b != "reference"] or available
+    wanted = args.backends.split(",") if args.backends else contenders
     for name in wanted:
         if name not in available:
             raise SystemExit(f"--backends: {name!r} cannot run on {device.type} here; "
