@@ -94,7 +94,8 @@ def test_odd_shapes(k, n, mode, dtype):
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 31, 33, 48, 49, 100))
 def test_rows_of_x(m, mode, dtype):
-    """Each M through the GEMV (in tiles of 8 rows) and past it (dequantize + cuBLAS)."""
+    """Each M through the dispatch: the GEMV (in tiles of 8 rows), the GEMM, and past it
+    dequantize + cuBLAS."""
     qw = quantize(136, 512, mode, 128)
     check(torch.randn(m, 512, device="cuda", dtype=dtype), qw,
           bias=torch.randn(136, device="cuda", dtype=dtype))

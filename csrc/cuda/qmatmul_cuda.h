@@ -11,22 +11,26 @@
 
 namespace qk::cuda {
 
-// Rows of x up to which launch_gemv is used; above it the tensor-core GEMM where
-// gemm_supported(), else W is dequantized into a workspace and handed to cuBLAS.
-// GEMV alone, measured on an H100 (bench/NOTES.md, "CUDA GEMV"), int4 g128 fp16: each extra
-// tile of 8 rows costs the GEMV ~15 us on 14336x4096 (M=8 22.5 us, M=16 37.1, M=32 69.7).
-// (Placeholder pending the GEMM measurement: see bench/NOTES.md, "CUDA GEMM".)
-constexpr int64_t kGemvMaxRows = 8;
+// Dispatch by the rows of x (M) between the GEMV, the tensor-core GEMM and dequantize + cuBLAS.
+// Thresholds from bench/cuda_gemm.py on an H100 (fp16 x, cold L2, graph replay; every path forced
+// at every M: bench/results/h100/gemm_dev.md; "CUDA GEMM" in bench/NOTES.md).
 
-// Where the GEMM does not apply (fp32 x, odd K or groups): GEMV up to here, then dequantize +
-// cuBLAS. GEMV as above against dequantize + cuBLAS at 143 us (M=33) and 140 us (M=64) on
-// 14336x4096; 4096x4096 GEMV M=32 23.5 us against 40 us; 28672x8192 252 us against 530 us: the
-// lines cross near M = 64 (4096x4096: near 50).
-constexpr int64_t kGemvMaxRowsWithoutGemm = 48;
+// Rows up to which the GEMV runs. int4 g128 at M = 16: GEMV 36.5 us against GEMM 52.9 on
+// 14336x4096 (12.7 / 18.2 on 4096x4096, 130 / 183 on 28672x8192); at M = 32 the GEMM wins
+// (54.1 against 69.0). int8 per channel likewise (M = 16: 37.7 / 44.9). nf4's GEMV pays a
+// shared-memory lookup per byte and already loses at M = 16 (54.1 against 47.7; 172 / 162).
+inline int64_t gemv_max_rows(Format fmt) { return fmt == Format::kNF4 ? 8 : 16; }
 
-// Rows of x from which dequantize + cuBLAS replaces the fused GEMM.
-// (Placeholder pending the GEMM measurement: see bench/NOTES.md, "CUDA GEMM".)
-constexpr int64_t kGemmMaxRows = 1 << 30;
+// Rows up to which the GEMM runs (where gemm_supported()); above, dequantize + cuBLAS.
+// M = 128, int4: GEMM 97.4 us against 103.0 (14336x4096), 87.6 / 108.8 (4096x14336), 369 / 389
+// (28672x8192), but 34.4 / 28.4 on 4096x4096; M = 256: dequantize + cuBLAS wins on every shape
+// and format (14336x4096 int4: 110.5 against 191.5).
+constexpr int64_t kGemmMaxRows = 128;
+
+// Where the GEMM does not apply (fp32 x, K not a multiple of 32, other group sizes): GEMV up to
+// here, then dequantize + cuBLAS, which costs 102-110 us up to M = 128 on 14336x4096 int4 against
+// the GEMV's 69 (M = 32) and 129 (M = 64); 4096x4096: 27 against 23 and 40.
+constexpr int64_t kGemvMaxRowsWithoutGemm = 40;
 
 // y[m, :] for all m < p.m: tensor-core GEMV (mma.sync, fp32 accumulation) when x is fp16/bf16
 // and the shape and pointers meet gemv_mma_supported(); a scalar-load warp-per-row kernel
