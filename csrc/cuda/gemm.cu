@@ -33,19 +33,19 @@ bool gemm_supported(const QMatmulParams& p) {
   return half_x && p.y_dtype == p.x_dtype && p.k % chunk_k == 0 &&
          (pow2_groups || p.group_size >= p.k) && aligned_16B(p.qweight) &&
          p.qweight_row_stride % 16 == 0 && aligned_16B(p.x) && p.x_row_stride % 8 == 0 &&
-         p.n <= int64_t(65535) * kGemmBlockW;
+         p.n <= int64_t(65535) * gemm_block_w(64);  // the narrowest block: gridDim.y
 }
 
 GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block) {
   GemmPlan plan{0, 1};
   // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
   // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).
-  int rows = p.m <= 32 ? 16 : p.m <= 64 ? 32 : 64;
+  int rows = p.m <= 16 ? 16 : p.m <= 64 ? 32 : 64;
   while (rows > 16 && gemm_smem_bytes(p.fmt, rows) > smem_per_block) rows /= 2;
   if (gemm_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
   plan.x_rows_per_warp = rows;
-  const int64_t tiles = (p.m + 2 * plan.x_rows_per_warp - 1) / (2 * plan.x_rows_per_warp) *
-                        ((p.n + kGemmBlockW - 1) / kGemmBlockW);
+  const int64_t tiles = (p.m + gemm_block_x(rows) - 1) / gemm_block_x(rows) *
+                        ((p.n + gemm_block_w(rows) - 1) / gemm_block_w(rows));
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
   // Split K so that one wave of blocks covers the GPU as fully as it can without a second,
   // partial wave (two blocks per SM fit for the short tiles, one for the tallest), keeping >= 4

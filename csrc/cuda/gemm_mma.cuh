@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   const int group = lane / 4, quad = lane % 4;
   const int warp_w = warp % Tile::kWarpsW, warp_x = warp / Tile::kWarpsW;
   const int64_t m_block = int64_t(blockIdx.x) * Tile::kBlockX;
-  const int64_t n_block = int64_t(blockIdx.y) * kGemmBlockW;
+  const int64_t n_block = int64_t(blockIdx.y) * Tile::kBlockW;
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
   const int64_t kb_begin = int64_t(blockIdx.z) * k_blocks_per_split;
   const int num_kb = int(min64(k_blocks - kb_begin, k_blocks_per_split));
@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
     }
     uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
 #pragma unroll
-    for (int i = tid; i < kGemmBlockW * Tile::kWRowChunks; i += Tile::kThreads) {
+    for (int i = tid; i < Tile::kBlockW * Tile::kWRowChunks; i += Tile::kThreads) {
       const int r = i / Tile::kWRowChunks, c = i % Tile::kWRowChunks;
       const int64_t n = min64(n_block + r, p.n - 1);
       const int64_t byte = kb * Tile::kWRowBytes + c * 16;
@@ -275,7 +275,7 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
   if (error != cudaSuccess) return error;
   const int64_t m_tiles = (p.m + Tile::kBlockX - 1) / Tile::kBlockX;
-  const int64_t n_tiles = (p.n + kGemmBlockW - 1) / kGemmBlockW;
+  const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
   const int64_t per_split = (k_blocks + split_k - 1) / split_k;
   if (m_tiles > 0x7fffffff || n_tiles > 65535) return cudaErrorInvalidConfiguration;
