@@ -15,11 +15,11 @@ namespace qk::cuda {
 // Thresholds from bench/cuda_gemm.py on an H100 (fp16 x, cold L2, graph replay; every path forced
 // at every M: bench/results/h100/gemm_dev.md; "CUDA GEMM" in bench/NOTES.md).
 
-// Rows up to which the GEMV runs. int4 g128 at M = 16: GEMV 36.5 us against GEMM 52.9 on
-// 14336x4096 (12.7 / 18.2 on 4096x4096, 130 / 183 on 28672x8192); at M = 32 the GEMM wins
-// (54.1 against 69.0). int8 per channel likewise (M = 16: 37.7 / 44.9). nf4's GEMV pays a
-// shared-memory lookup per byte and already loses at M = 16 (54.1 against 47.7; 172 / 162).
-inline int64_t gemv_max_rows(Format fmt) { return fmt == Format::kNF4 ? 8 : 16; }
+// Rows up to which the GEMV runs. At M = 9..16 it runs two 8-row tiles, the cost of M = 16, where
+// the GEMM (v3) wins on the large shapes: int4 g128 33.3 us against 35.8 on 14336x4096, 30.3 /
+// 32.5 on 4096x14336, 110 / 130 on 28672x8192 (nf4 and int8 by more); it loses on 4096x4096
+// (14.7 / 12.8). At M = 8 the GEMV takes 21.7 us on 14336x4096, the GEMM as long as at 16.
+constexpr int64_t kGemvMaxRows = 8;
 
 // Rows up to which the GEMM runs (where gemm_supported()); above, dequantize + cuBLAS.
 // M = 128, int4: GEMM 97.4 us against 103.0 (14336x4096), 87.6 / 108.8 (4096x14336), 369 / 389

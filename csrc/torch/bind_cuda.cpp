@@ -33,7 +33,7 @@ Path choose_path(const QMatmulParams& p, bool gemm_ok) {
                       "got '", forced, "'");
     if (gemm_ok) return Path::kGemm;
   }
-  if (p.m <= cuda::gemv_max_rows(p.fmt)) return Path::kGemv;
+  if (p.m <= cuda::kGemvMaxRows) return Path::kGemv;
   if (gemm_ok && p.m <= cuda::kGemmMaxRows) return Path::kGemm;
   if (!gemm_ok && p.m <= cuda::kGemvMaxRowsWithoutGemm) return Path::kGemv;
   return Path::kDequantCublas;
