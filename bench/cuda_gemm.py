@@ -67,7 +67,8 @@ def main():
                 times = {path: time_path(path, x, weights, m) for path in ("gemm", "dequant")}
                 if m <= GEMV_MAX_ROWS:
                     times["gemv"] = time_path("gemv", x, weights, m)
-                times["auto"] = timed([lambda q=q: qk.matmul(x, q, backend="cuda") for q in weights], m)
+                times["auto"] = timed([lambda q=q: qk.matmul(x, q, backend="cuda")
+                                       for q in weights], m)
                 row = dict(shape=f"{n}x{k}", m=m, fmt=label, linear_us=linear[m], **{
                     f"{path}_us": us for path, us in times.items()})
                 row["best"] = min(times, key=times.get)

@@ -101,7 +101,9 @@ __global__ void __launch_bounds__(kDequantThreads)
   } else if constexpr (kFmt == Format::kNF4) {
     const uint32_t w = __ldg(reinterpret_cast<const uint32_t*>(codes) + c);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) out[j] = bits(__hmul2(pair<T2>(nf4_pairs[(w >> (8 * j)) & 0xffu]), s2));
+    for (int j = 0; j < 4; ++j) {
+      out[j] = bits(__hmul2(pair<T2>(nf4_pairs[(w >> (8 * j)) & 0xffu]), s2));
+    }
   } else {
     const uint2 w = __ldg(reinterpret_cast<const uint2*>(codes) + c);
 #pragma unroll
@@ -119,7 +121,8 @@ __global__ void __launch_bounds__(kDequantThreads)
 // one group (the group a multiple of 8, or one group per row), aligned code rows and output.
 bool vector_kernel_applies(const QMatmulParams& p, const void* w_out, DType out_dtype) {
   const int64_t code_bytes = p.fmt == Format::kInt8 ? 8 : 4;  // per 8 weights
-  return out_dtype != DType::kF32 && p.k % 8 == 0 && (p.group_size % 8 == 0 || p.group_size >= p.k) &&
+  return out_dtype != DType::kF32 && p.k % 8 == 0 &&
+         (p.group_size % 8 == 0 || p.group_size >= p.k) &&
          reinterpret_cast<uintptr_t>(p.qweight) % code_bytes == 0 &&
          p.qweight_row_stride % code_bytes == 0 && aligned_16B(w_out);
 }

@@ -3,6 +3,6 @@
 #include "gemm_mma.cuh"
 
 namespace qk::cuda {
-template cudaError_t launch_gemm_mma<Format::kInt4, __nv_bfloat16>(const QMatmulParams&, int, int, float*,
-                                                           cudaStream_t);
+template cudaError_t launch_gemm_mma<Format::kInt4, __nv_bfloat16>(const QMatmulParams&, int, int,
+                                                   float*, cudaStream_t);
 }  // namespace qk::cuda
