@@ -94,7 +94,8 @@ def test_odd_shapes(k, n, mode, dtype):
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("m", (1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 31, 33, 48, 49, 100))
 def test_rows_of_x(m, mode, dtype):
-    """Each M through the GEMV (in tiles of 8 rows) and past it (dequantize + cuBLAS)."""
+    """Each M through the dispatch: the GEMV (in tiles of 8 rows), the GEMM, and past it
+    dequantize + cuBLAS."""
     qw = quantize(136, 512, mode, 128)
     check(torch.randn(m, 512, device="cuda", dtype=dtype), qw,
           bias=torch.randn(136, device="cuda", dtype=dtype))
@@ -205,3 +206,77 @@ def test_torch_compile_fullgraph():
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         ref = torch.relu(fp64_reference(x, qw, bias)) * 2
         assert rel_err(layer(x), ref, x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
+
+
+# --- the tensor-core GEMM and the dequantize + cuBLAS path, each forced at every M ----------------
+# QKERNELS_CUDA_KERNEL (csrc/torch/bind_cuda.cpp) forces one path wherever it applies, so small M
+# reaches the GEMM and large M the GEMV's neighbours without depending on the dispatch thresholds.
+GEMM_ROWS = (9, 16, 17, 64, 100, 256, 1000, 4096)
+
+
+@pytest.fixture
+def force_kernel(monkeypatch):
+    def force(name):
+        monkeypatch.setenv("QKERNELS_CUDA_KERNEL", name)
+    return force
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("m", GEMM_ROWS)
+def test_gemm_rows_of_x(m, mode, dtype, force_kernel):
+    """Every tile height (M <= 32, <= 64, more), partial tiles of x rows and of weight rows
+    (N = 200), K = 1056 (8.25 blocks of 128 k, a ragged last group), split-K (9 k-blocks)."""
+    force_kernel("gemm")
+    qw = quantize(200, 1056, mode, 128 if mode[0] != "nf4" else 64)
+    check(torch.randn(m, 1056, device="cuda", dtype=dtype), qw,
+          bias=torch.randn(200, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("k", (576, 2048))
+def test_gemm_groups(k, mode, group, dtype, force_kernel):
+    """Groups 32-256 and per channel; K = 576 (4.5 k-blocks, no split) and 2048 (split)."""
+    force_kernel("gemm")
+    qw = quantize(577, k, mode, group)
+    for m in (17, 300):
+        check(torch.randn(m, k, device="cuda", dtype=dtype), qw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("k", (576, 577, 1024))
+def test_dequantize_path(k, mode, dtype, force_kernel):
+    """Dequantize + cuBLAS: the vector kernel (K = 576, 1024) and the generic one (577); groups
+    that are not a power of two are in test_any_group_size."""
+    force_kernel("dequant")
+    for group in (32, 128, -1):
+        qw = quantize(136, k, mode, group)
+        check(torch.randn(65, k, device="cuda", dtype=dtype), qw,
+              bias=torch.randn(136, device="cuda", dtype=dtype))
+
+
+def test_forced_kernel_name_is_checked(force_kernel):
+    force_kernel("cublas")
+    qw = quantize(64, 256, ("int4", False), 64)
+    with pytest.raises(ValueError, match="QKERNELS_CUDA_KERNEL expected"):
+        qk.matmul(torch.randn(2, 256, device="cuda", dtype=torch.float16), qw, backend="cuda")
+
+
+@pytest.mark.parametrize("m", (64, 1000))
+def test_gemm_cuda_graph_capture(m, force_kernel):
+    """The split-K workspace is allocated and zeroed inside the captured region."""
+    force_kernel("gemm")
+    qw = quantize(512, 2048, ("int4", False), 128)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    qk.matmul(x, qw, backend="cuda")
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = qk.matmul(x, qw, backend="cuda")
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert rel_err(y, fp64_reference(x, qw), x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]

@@ -1,9 +1,15 @@
-// CUDA implementation of torch.ops.qkernels.matmul: checks (checks.h), then the GEMV kernels for
-// up to cuda::kGemvMaxRows rows of x, or a dequantized copy of W and cuBLAS for more, on the
-// current stream of x's device.
+// CUDA implementation of torch.ops.qkernels.matmul: checks (checks.h), then, on the current
+// stream of x's device, the GEMV kernels for few rows of x, the tensor-core GEMM for more, or a
+// dequantized copy of W and cuBLAS (thresholds in csrc/cuda/qmatmul_cuda.h).
+//
+// QKERNELS_CUDA_KERNEL=gemv|gemm|dequant forces one path wherever it applies (the GEMM needs
+// gemm_supported()), so tests and benchmarks can reach every kernel at every M.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include "../cuda/qmatmul_cuda.h"
 #include "checks.h"
@@ -14,6 +20,39 @@ namespace {
 void check_launch(cudaError_t error) {
   TORCH_CHECK(error == cudaSuccess, "qkernels.matmul: CUDA kernel launch failed: ",
               cudaGetErrorString(error));
+}
+
+enum class Path { kGemv, kGemm, kDequantCublas };
+
+Path choose_path(const QMatmulParams& p, bool gemm_ok) {
+  if (const char* forced = std::getenv("QKERNELS_CUDA_KERNEL"); forced && *forced) {
+    if (std::strcmp(forced, "gemv") == 0) return Path::kGemv;
+    if (std::strcmp(forced, "dequant") == 0) return Path::kDequantCublas;
+    TORCH_CHECK_VALUE(std::strcmp(forced, "gemm") == 0,
+                      "qkernels.matmul: QKERNELS_CUDA_KERNEL expected 'gemv', 'gemm' or 'dequant', "
+                      "got '", forced, "'");
+    if (gemm_ok) return Path::kGemm;
+  }
+  if (p.m <= cuda::kGemvMaxRows) return Path::kGemv;
+  if (gemm_ok && p.m <= cuda::kGemmMaxRows) return Path::kGemm;
+  if (!gemm_ok && p.m <= cuda::kGemvMaxRowsWithoutGemm) return Path::kGemv;
+  return Path::kDequantCublas;
+}
+
+cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device) {
+  int sm_count = 0, smem_per_block = 0;
+  check_launch(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+  check_launch(
+      cudaDeviceGetAttribute(&smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return cuda::plan_gemm(p, sm_count, smem_per_block);
+}
+
+void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
+              cudaStream_t stream) {
+  at::Tensor workspace;  // split-K partial sums, added atomically: must start at zero
+  if (plan.split_k > 1) workspace = at::zeros({p.m, p.n}, x2d.options().dtype(at::kFloat));
+  check_launch(cuda::launch_gemm(p, plan, plan.split_k > 1 ? workspace.data_ptr<float>() : nullptr,
+                                 stream));
 }
 
 at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
@@ -31,16 +70,20 @@ at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tens
   if (params.m == 0) return y.view(out_shape);
   check_status(validate(params));
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (params.m <= cuda::kGemvMaxRows) {
-    check_launch(cuda::launch_gemv(params, stream));
-  } else {
-    // Until the tensor-core GEMM exists: W in x's dtype in a workspace, then cuBLAS.
-    at::Tensor w = at::empty({params.n, params.k}, x2d.options());
-    check_launch(cuda::launch_dequantize(params, w.data_ptr(), params.x_dtype, stream));
-    if (bias) {
-      at::addmm_out(y, *bias, x2d, w.t());
-    } else {
-      at::mm_out(y, x2d, w.t());
+  cuda::GemmPlan plan{0, 1};
+  if (cuda::gemm_supported(params)) plan = plan_gemm(params, x2d.get_device());
+  switch (choose_path(params, plan.x_rows_per_warp > 0)) {
+    case Path::kGemv: check_launch(cuda::launch_gemv(params, stream)); break;
+    case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
+    case Path::kDequantCublas: {
+      at::Tensor w = at::empty({params.n, params.k}, x2d.options());
+      check_launch(cuda::launch_dequantize(params, w.data_ptr(), params.x_dtype, stream));
+      if (bias) {
+        at::addmm_out(y, *bias, x2d, w.t());
+      } else {
+        at::mm_out(y, x2d, w.t());
+      }
+      break;
     }
   }
   return y.view(out_shape);

@@ -1,0 +1,82 @@
+// launch_gemm: which shapes the tensor-core GEMM (gemm_mma.cuh) takes, its launch plan (tile
+// height, split-K), and the kernel that turns split-K partial sums into y.
+#include "common.cuh"
+#include "gemm_mma.h"
+#include "gemv_mma.h"
+#include "qmatmul_cuda.h"
+#include "static_switch.h"
+
+namespace qk::cuda {
+namespace {
+
+constexpr int kFinalizeThreads = 256;
+
+// y[m, n] = T(workspace[m, n] + bias[n]).
+template <typename T>
+__global__ void __launch_bounds__(kFinalizeThreads)
+    split_k_finalize_kernel(const QMatmulParams p, const float* workspace) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= p.m * p.n) return;
+  const int64_t m = i / p.n, n = i % p.n;
+  float v = workspace[i];
+  if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
+  static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
+}
+
+}  // namespace
+
+bool gemm_supported(const QMatmulParams& p) {
+  // Whole 16-byte chunks of codes and of x per row, and a quad's 32 k inside one group.
+  const int64_t chunk_k = p.fmt == Format::kInt8 ? 16 : 32;
+  const bool half_x = p.x_dtype == DType::kF16 || p.x_dtype == DType::kBF16;
+  const bool pow2_groups = p.group_size % 32 == 0 && (p.group_size & (p.group_size - 1)) == 0;
+  return half_x && p.y_dtype == p.x_dtype && p.k % chunk_k == 0 &&
+         (pow2_groups || p.group_size >= p.k) && aligned_16B(p.qweight) &&
+         p.qweight_row_stride % 16 == 0 && aligned_16B(p.x) && p.x_row_stride % 8 == 0 &&
+         p.n <= int64_t(65535) * gemm_block_w(64);  // the narrowest block: gridDim.y
+}
+
+GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block) {
+  GemmPlan plan{0, 1};
+  // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
+  // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).
+  int rows = p.m <= 16 ? 16 : p.m <= 64 ? 32 : 64;
+  while (rows > 16 && gemm_smem_bytes(p.fmt, rows) > smem_per_block) rows /= 2;
+  if (gemm_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
+  plan.x_rows_per_warp = rows;
+  const int64_t tiles = (p.m + gemm_block_x(rows) - 1) / gemm_block_x(rows) *
+                        ((p.n + gemm_block_w(rows) - 1) / gemm_block_w(rows));
+  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  // Split K so that one wave of blocks covers the GPU as fully as it can without a second,
+  // partial wave (two blocks per SM fit for the short tiles, one for the tallest), keeping >= 4
+  // k-blocks per split so the pipeline fills.
+  const int64_t resident = int64_t(sm_count) * gemm_blocks_per_sm(rows);
+  plan.split_k = int(std::max<int64_t>(1, std::min<int64_t>(resident / tiles, k_blocks / 4)));
+  return plan;
+}
+
+cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* workspace,
+                        cudaStream_t stream) {
+  if (plan.x_rows_per_warp == 0 || (plan.split_k > 1 && workspace == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  const cudaError_t error = QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
+    return p.x_dtype == DType::kF16
+               ? launch_gemm_mma<kFmt, half>(p, plan.x_rows_per_warp, plan.split_k, workspace,
+                                             stream)
+               : launch_gemm_mma<kFmt, __nv_bfloat16>(p, plan.x_rows_per_warp, plan.split_k,
+                                                      workspace, stream);
+  });
+  if (error != cudaSuccess || plan.split_k == 1) return error;
+  const int64_t blocks = (p.m * p.n + kFinalizeThreads - 1) / kFinalizeThreads;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (p.x_dtype == DType::kF16) {
+    split_k_finalize_kernel<half><<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, workspace);
+  } else {
+    split_k_finalize_kernel<__nv_bfloat16>
+        <<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, workspace);
+  }
+  return cudaGetLastError();
+}
+
+}  // namespace qk::cuda

@@ -1,0 +1,80 @@
+// Declarations of the tensor-core GEMM (gemm_mma.cuh) for the dispatcher in gemm.cu: its tile
+// shapes, and one launcher per (format, activation dtype), each instantiated in its own .cu file.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "../core/qmatmul.h"
+#include "unpack.cuh"
+
+namespace qk::cuda {
+
+// Every block is 8 warps; a warp computes 32 weight rows (two mma tiles of 16) x x_rows_per_warp
+// rows of x (16, 32 or 64) over its share of K, in steps of 128 k.
+constexpr int kGemmWarpRowsW = 32;
+constexpr int kGemmBlockK = 128;
+constexpr int kGemmWarps = 8;
+
+// Short tiles put all 8 warps along N (256 weight rows x x_rows_per_warp rows of x), so each
+// weight is unpacked once per block: with 2 warps along M both unpacked the same weights, and at
+// M <= 32 the unpacking is what the GEMM spends its time on (v2 in bench/NOTES.md). The tallest
+// tile keeps 4 x 2 warps (128 x 128), where the unpack is amortised over 64 rows of x per warp.
+constexpr int gemm_warps_x(int x_rows_per_warp) { return x_rows_per_warp <= 32 ? 1 : 2; }
+constexpr int gemm_block_w(int x_rows_per_warp) {
+  return kGemmWarpRowsW * kGemmWarps / gemm_warps_x(x_rows_per_warp);
+}
+constexpr int gemm_block_x(int x_rows_per_warp) {
+  return x_rows_per_warp * gemm_warps_x(x_rows_per_warp);
+}
+// Blocks per SM the GEMM is compiled for (__launch_bounds__), by tile height: see GemmTile.
+constexpr int gemm_blocks_per_sm(int x_rows_per_warp) { return x_rows_per_warp <= 32 ? 2 : 1; }
+
+// The block's shape for x_rows_per_warp = kWarpRowsX and its shared memory.
+template <Format kFmt, int kWarpRowsX>
+struct GemmTile {
+  static constexpr int kWarpsX = gemm_warps_x(kWarpRowsX), kWarpsW = kGemmWarps / kWarpsX;
+  static constexpr int kThreads = 32 * kGemmWarps;
+  static constexpr int kWarpRowsW = kGemmWarpRowsW;
+  static constexpr int kBlockW = gemm_block_w(kWarpRowsX);
+  static constexpr int kBlockX = gemm_block_x(kWarpRowsX);
+  static constexpr int kXTiles = kWarpRowsX / 8;  // mma n = 8 rows of x each
+  // Short tiles are latency-bound (8 warps per SM measured 0.5 TB/s of weights at M = 32): two
+  // blocks per SM for them, which caps registers at 128 per thread and shared memory at ~113 KiB
+  // per block (int8 with 32 rows of x needs 120 KiB: one block). Three stages: four of the tallest
+  // tile would not fit an A100's 164 KiB with nf4's table.
+  static constexpr int kMinBlocksPerSM = gemm_blocks_per_sm(kWarpRowsX);
+  static constexpr int kStages = 3;
+  static constexpr int kXRowBytes = kGemmBlockK * 2;                         // 16 chunks
+  static constexpr int kWRowBytes = kFmt == Format::kInt8 ? kGemmBlockK : kGemmBlockK / 2;
+  static constexpr int kWRowChunks = kWRowBytes / 16;                        // 8 or 4
+  static constexpr int kXStageBytes = kBlockX * kXRowBytes;
+  static constexpr int kWStageBytes = kBlockW * kWRowBytes;
+  static constexpr int kTableBytes = kFmt == Format::kNF4 ? kNF4TableWords * 4 : 0;
+  static constexpr int kSmemBytes = kStages * (kXStageBytes + kWStageBytes) + kTableBytes;
+};
+
+// Dynamic shared memory of launch_gemm_mma's kernel for this format and tile height.
+inline int gemm_smem_bytes(Format fmt, int x_rows_per_warp) {
+  auto bytes = [&](auto fmt_tag) {
+    constexpr Format kFmt = decltype(fmt_tag)::value;
+    return x_rows_per_warp == 16   ? GemmTile<kFmt, 16>::kSmemBytes
+           : x_rows_per_warp == 32 ? GemmTile<kFmt, 32>::kSmemBytes
+                                   : GemmTile<kFmt, 64>::kSmemBytes;
+  };
+  switch (fmt) {
+    case Format::kInt8: return bytes(std::integral_constant<Format, Format::kInt8>{});
+    case Format::kInt4: return bytes(std::integral_constant<Format, Format::kInt4>{});
+    default: return bytes(std::integral_constant<Format, Format::kNF4>{});
+  }
+}
+
+// T = half or __nv_bfloat16. x_rows_per_warp (16, 32 or 64) picks the tile (GemmTile);
+// split_k > 1 splits K over gridDim.z, each split adding its partial sums
+// to `workspace` (fp32 [m, n], zeroed by the caller) instead of writing y.
+template <Format kFmt, typename T>
+cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
+                            float* workspace, cudaStream_t stream);
+
+}  // namespace qk::cuda

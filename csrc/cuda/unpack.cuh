@@ -1,0 +1,129 @@
+// In-register unpacking of packed weight codes into pairs of fp16 / bf16 values, as the tensor
+// cores read them (mma.sync A or B fragments), shared by the GEMV (gemv_mma.cuh), the GEMM
+// (gemm_mma.cuh) and the dequantize kernel. Torch-free.
+#pragma once
+
+#include <type_traits>
+
+#include "common.cuh"
+
+namespace qk::cuda {
+
+// The NF4 table as 256 value pairs (one per code byte: low nibble first), replicated once per lane
+// so that the lookups of a warp never conflict on a bank: entry byte of lane l at [byte * 32 + l].
+constexpr int kNF4TableWords = 256 * 32;
+
+__device__ __forceinline__ uint32_t word(const uint4& v, int j) {
+  return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w;
+}
+
+// Two activation-dtype values packed in 32 bits, as the mma reads them (low half = first).
+template <typename T>
+struct Pair;
+template <>
+struct Pair<half> {
+  using T2 = half2;
+  // 0x6400 is 1024.0 in fp16, where the spacing is 1: OR-ing a code u < 1024 into the mantissa
+  // gives exactly 1024 + u, an integer-to-half conversion in one logic op.
+  static constexpr uint32_t kMagic = 0x64006400u;
+  static constexpr float kMagicValue = 1024.0f;
+  static __device__ __forceinline__ T2 make(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+};
+template <>
+struct Pair<__nv_bfloat16> {
+  using T2 = __nv_bfloat162;
+  // 0x4300 is 128.0 in bf16, spacing 1: the same trick for codes u < 128.
+  static constexpr uint32_t kMagic = 0x43004300u;
+  static constexpr float kMagicValue = 128.0f;
+  static __device__ __forceinline__ T2 make(float lo, float hi) {
+    return __floats2bfloat162_rn(lo, hi);
+  }
+};
+
+template <typename T2>
+__device__ __forceinline__ uint32_t bits(T2 v) {
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+template <typename T2>
+__device__ __forceinline__ T2 pair(uint32_t v) {
+  return *reinterpret_cast<T2*>(&v);
+}
+
+// --- dequantization of one 32-bit word of codes into mma pairs ---------------------------------
+
+// int4, codes k0..k7 (byte j = k_2j | k_2j+1 << 4) -> s * (q - z) for the pairs (k0, k4),
+// (k1, k5), (k2, k6), (k3, k7): one shift + one lop3 per pair gives magic + q, an exact
+// subtraction of magic + round(z) gives the integer q - round(z), and one fma adds the rest,
+// -s * (z - round(z)). Splitting z so keeps the rounded term small: folding all of -z * s (up to
+// 15 s) into the fma constant cost 4-9e-3 norm-wise error in bf16 (CPU simulation of this
+// arithmetic, 200x1024 and 1x4096), 2-3e-3 with the split.
+template <typename T>
+__device__ __forceinline__ void dequant_int4(uint32_t w, typename Pair<T>::T2 magic_zero,
+                                             typename Pair<T>::T2 s, typename Pair<T>::T2 zs,
+                                             uint32_t (&out)[4]) {
+  using T2 = typename Pair<T>::T2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const T2 q = __hsub2(pair<T2>(((w >> (4 * i)) & 0x000f000fu) | Pair<T>::kMagic), magic_zero);
+    out[i] = bits(__hfma2(q, s, zs));
+  }
+}
+
+// nf4, codes as above -> absmax * NF4[q] for the pairs (k0, k1), (k2, k3), (k4, k5), (k6, k7):
+// one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per lane.
+template <typename T>
+__device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
+                                            const uint32_t* lut_lane, uint32_t (&out)[4]) {
+  using T2 = typename Pair<T>::T2;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[i] = bits(__hmul2(pair<T2>(lut_lane[((w >> (8 * i)) & 0xffu) * 32]), s));
+  }
+}
+
+// int8, codes k0..k3 -> s * q for the pairs (k0, k2), (k1, k3). fp16: flip the sign bit
+// (u = q + 128 in 0..255), byte_perm u under the 0x64 exponent byte (1024 + u exactly), subtract
+// 1152 exactly, scale. bf16 has only 7 mantissa bits, so u goes through fp32 instead: 0x4B000000
+// is 2^23, spacing 1, and cvt packs two floats into bf16x2.
+template <typename T>
+__device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s, float s_f32,
+                                             uint32_t (&out)[2]) {
+  using T2 = typename Pair<T>::T2;
+  const uint32_t u = w ^ 0x80808080u;
+  if constexpr (std::is_same_v<T, half>) {
+    const T2 bias = Pair<T>::make(1152.0f, 1152.0f);
+    out[0] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias), s));
+    out[1] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias), s));
+  } else {
+    float q[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      q[i] = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)) - 8388736.0f) * s_f32;
+    }
+    out[0] = bits(Pair<T>::make(q[0], q[2]));
+    out[1] = bits(Pair<T>::make(q[1], q[3]));
+  }
+}
+
+// The per-group constants of dequant_int4 from a scale and a zero point in quantized units.
+template <typename T>
+__device__ __forceinline__ void int4_group_constants(float scale, float zero,
+                                                     typename Pair<T>::T2& magic_zero,
+                                                     typename Pair<T>::T2& zs) {
+  const float z_int = rintf(zero);
+  const float z_frac_scaled = -scale * (zero - z_int);
+  magic_zero = Pair<T>::make(Pair<T>::kMagicValue + z_int, Pair<T>::kMagicValue + z_int);
+  zs = Pair<T>::make(z_frac_scaled, z_frac_scaled);
+}
+
+// Fills the per-lane NF4 pair table (kNF4TableWords words of shared memory) cooperatively; the
+// caller synchronises before the first lookup.
+template <typename T>
+__device__ __forceinline__ void fill_nf4_pair_table(uint32_t* table, int thread, int threads) {
+  for (int i = thread; i < kNF4TableWords; i += threads) {
+    const int byte = i / 32;
+    table[i] = bits(Pair<T>::make(kNF4Constant[byte & 0xf], kNF4Constant[byte >> 4]));
+  }
+}
+
+}  // namespace qk::cuda
