@@ -2,7 +2,9 @@
 all formats (int4 asymmetric and symmetric, nf4, int8), group sizes, odd shapes on both sides
 of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with and without bias."""
 
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,3 +101,12 @@ def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale):
     for row in range(3):
         error = relative_error(y[row], reference[row])
         assert error <= TOLERANCE[torch.float32], f"{isa} {fmt} x*{x_scale:g} row {row}: rel err {error:.3g}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the ELF dependencies of the extension")
+def test_extension_parallelises_with_torch_openmp():
+    # at::parallel_for is a header template: with torch's OpenMP backend the binding must be
+    # built with OpenMP, or every CPU matmul silently runs on one thread.
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch is not built with the OpenMP parallel backend")
+    assert b"libgomp.so" in Path(_C.__file__).read_bytes(), "qkernels._C was built without OpenMP"
