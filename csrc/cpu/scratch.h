@@ -1,5 +1,5 @@
 // Per-thread scratch memory for the SIMD kernels (converted and permuted activations, per-group
-// sums of x, GEMM accumulators). Sized by x and by tiles, never by the weight; it grows and is
+// sums of x, GEMM accumulators / GEMV outputs). Sized by x and by tiles, never by the weight; it grows and is
 // reused.
 //
 // Defined in scratch.cpp, a file compiled without ISA flags, so that no std::vector code is
