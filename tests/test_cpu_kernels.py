@@ -2,7 +2,9 @@
 all formats (int4 asymmetric and symmetric, nf4, int8), group sizes, odd shapes on both sides
 of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with and without bias."""
 
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -80,3 +82,31 @@ def test_best_isa_is_default(monkeypatch):
     forced = qk.matmul(x, qw, backend="cpu")
     monkeypatch.delenv(ISA_ENV_VAR)
     assert torch.equal(qk.matmul(x, qw, backend="cpu"), forced)
+
+
+@pytest.mark.parametrize("fmt", ["int4", "nf4"])
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("x_scale", [1e-36, 1e30])
+def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale):
+    # The AVX2 4-bit GEMV scales a permuted copy of x by up to 16^-6; x near the bottom of the
+    # fp32 range must not lose bits to subnormals (it takes the unscaled path), nor x near the top.
+    monkeypatch.setenv(ISA_ENV_VAR, isa)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-{fmt}-{x_scale}".encode()))
+    w = torch.randn(19, 577, generator=gen)
+    qw = qk.quantize(w, fmt, 64)
+    x = torch.randn(3, 577, generator=gen) * x_scale
+    x[1, 5] = 1.0  # one normal value in a row of tiny ones: the row must still be exact
+    y = qk.matmul(x, qw, backend="cpu")
+    reference = x.double() @ qk.dequantize(qw).double().T
+    for row in range(3):
+        error = relative_error(y[row], reference[row])
+        assert error <= TOLERANCE[torch.float32], f"{isa} {fmt} x*{x_scale:g} row {row}: rel err {error:.3g}"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="checks the ELF dependencies of the extension")
+def test_extension_parallelises_with_torch_openmp():
+    # at::parallel_for is a header template: with torch's OpenMP backend the binding must be
+    # built with OpenMP, or every CPU matmul silently runs on one thread.
+    if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("torch is not built with the OpenMP parallel backend")
+    assert b"libgomp.so" in Path(_C.__file__).read_bytes(), "qkernels._C was built without OpenMP"

@@ -98,6 +98,26 @@ inline void store_from_f32(void* base, DType dtype, int64_t index, int64_t count
   }
 }
 
+// Widest column range store_columns takes: the GEMM tile and the GEMV output chunk.
+constexpr int64_t kMaxStoreColumns = 64;
+
+// y[i, n0 : n0 + columns] = out[i, :columns] + bias[n0 : n0 + columns] for every row i, in y's
+// dtype. out: [m, out_stride] fp32, biased in place; columns <= kMaxStoreColumns.
+inline void store_columns(const QMatmulParams& p, int64_t n0, int64_t columns, float* out,
+                          int64_t out_stride) {
+  alignas(32) float bias[kMaxStoreColumns];
+  if (p.bias) load_as_f32(p.bias, p.y_dtype, n0, columns, bias);
+  const int64_t y_bytes = dtype_bytes(p.y_dtype);
+  for (int64_t i = 0; i < p.m; ++i) {
+    float* out_row = out + i * out_stride;
+    if (p.bias) {
+      for (int64_t j = 0; j < columns; ++j) out_row[j] += bias[j];
+    }
+    auto* y = static_cast<uint8_t*>(p.y) + i * p.y_row_stride * y_bytes;
+    store_from_f32(y, p.y_dtype, n0, columns, out_row);
+  }
+}
+
 // x as fp32 rows: x itself when it is fp32, else a converted copy in per-thread scratch.
 struct F32Rows {
   const float* base;

@@ -20,6 +20,8 @@ constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 2};
 // AVX2, 4096x4096 cold: M=4 3.5 / 7.1, M=8 7.3 / 8.4, M=12 11.0 / 9.8, M=16 18.5 / 11.4.
 // int8 crosses at the same place (M=8 8.0 / 12.6, M=12 13.2 / 11.3); nf4 g64 a little earlier
 // (M=8 9.2 / 8.8), where the two are within noise.
+// Re-measured after the GEMV block path (512x4096 in cache, us): int4 M=6 626 / 611, M=8
+// 843 / 766; nf4 M=8 789 / 939; int8 M=8 791 / 991. The crossover stays near 8.
 constexpr KernelTable kAvx2Kernels{gemv_avx2, gemm_avx2, 8};
 #endif
 #if defined(__aarch64__)

@@ -25,6 +25,7 @@ namespace {
 constexpr int kRows = 6;          // microkernel: 6 rows x 16 columns = 12 accumulators
 constexpr int kPanelN = 16;       // + 2 weight vectors + 1 broadcast = 15 of 16 ymm registers
 constexpr int64_t kTileN = 64;    // 4 panels
+static_assert(kTileN <= kMaxStoreColumns, "store_columns takes one tile of columns");
 constexpr int64_t kTileK = 256;   // a multiple of every power-of-two group size up to 256
 
 // --- dequantize: 8 columns x a run of k, into a panel ---------------------------------------
@@ -195,8 +196,6 @@ Status gemm_avx2(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const F32Rows x = activations_as_f32(p);
   float* acc = scratch_floats(ScratchSlot::kAccumulators, size_t(p.m * kTileN));
   alignas(64) float tile[kTileN * kTileK];  // 64 KiB
-  alignas(32) float bias[kTileN];
-  const int64_t y_bytes = dtype_bytes(p.y_dtype);
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileN) {
     const int64_t columns = min_i64(kTileN, n_end - n0);
     const int64_t panels = (columns + kPanelN - 1) / kPanelN;
@@ -213,16 +212,7 @@ Status gemm_avx2(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
         }
       }
     }
-    // Store: acc + bias, converted to y's dtype.
-    if (p.bias) load_as_f32(p.bias, p.y_dtype, n0, columns, bias);
-    for (int64_t i = 0; i < p.m; ++i) {
-      float* acc_row = acc + i * kTileN;
-      if (p.bias) {
-        for (int64_t j = 0; j < columns; ++j) acc_row[j] += bias[j];
-      }
-      auto* y = static_cast<uint8_t*>(p.y) + i * p.y_row_stride * y_bytes;
-      store_from_f32(y, p.y_dtype, n0, columns, acc_row);
-    }
+    store_columns(p, n0, columns, acc, kTileN);  // acc + bias, converted to y's dtype
   }
   return Status::kOk;
 }

@@ -1,5 +1,6 @@
-// Per-thread scratch memory for the SIMD kernels (converted activations, per-group sums of x,
-// GEMM accumulators). Sized by x and by tiles, never by the weight; it grows and is reused.
+// Per-thread scratch memory for the SIMD kernels (converted and permuted activations, per-group
+// sums of x, GEMM accumulators / GEMV outputs). Sized by x and by tiles, never by the weight; it grows and is
+// reused.
 //
 // Defined in scratch.cpp, a file compiled without ISA flags, so that no std::vector code is
 // instantiated inside an -mavx2 translation unit: such inline template code is emitted as a
@@ -10,7 +11,13 @@
 
 namespace qk::cpu {
 
-enum class ScratchSlot : int { kActivations = 0, kGroupSums = 1, kAccumulators = 2, kCount = 3 };
+enum class ScratchSlot : int {
+  kActivations = 0,
+  kGroupSums = 1,
+  kAccumulators = 2,
+  kPermutedActivations = 3,
+  kCount = 4
+};
 
 // At least `count` floats, 64-byte aligned, valid until the next call with the same slot on
 // this thread; contents unspecified.
