@@ -12,7 +12,7 @@ PIP := $(PYTHON) -m pip
 # Import name:requirement of what the build and the tests need; only missing ones are installed.
 DEPS := scikit_build_core:scikit-build-core>=0.10 ninja:ninja numpy:numpy rich:rich>=13 \
         safetensors:safetensors pytest:pytest>=8 hypothesis:hypothesis>=6.100 \
-        transformers:transformers>=4.50 accelerate:accelerate>=0.26
+        transformers:transformers>=4.50 accelerate:accelerate>=0.26 gguf:gguf>=0.10
 PYTEST_ARGS ?=
 
 .PHONY: install test test-native test-python bench clean

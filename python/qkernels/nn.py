@@ -61,6 +61,9 @@ class QuantLinear(nn.Module):
                 requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        # Act-order checkpoints (GPTQ desc_act): the weight's columns are stored sorted by
+        # group and x is gathered the same way (qkernels.importers.gptq). None: no gather.
+        self.register_buffer("input_perm", None)
 
     # The canonical tensors, by name: a fixed set per format, registered in __init__.
     @property
@@ -80,8 +83,16 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
-                       backend: Optional[str] = None) -> "QuantLinear":
+                       backend: Optional[str] = None,
+                       input_perm: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """A layer holding qw's tensors (not copied). input_perm: int64 [K], for a weight whose
+        columns were permuted (qw = W[:, input_perm]); the layer then computes
+        x[..., input_perm] @ dequantize(qw).T = x @ W.T."""
         n, k = qw.shape
+        if input_perm is not None and (input_perm.dtype != torch.int64
+                                       or tuple(input_perm.shape) != (k,)):
+            raise ValueError(f"input_perm: expected int64 of shape ({k},), got "
+                             f"{input_perm.dtype} of shape {tuple(input_perm.shape)}")
         layer = cls(k, n, bias=bias is not None, fmt=qw.fmt, group_size=-1, symmetric=qw.symmetric,
                     device="meta", dtype=None if bias is None else bias.dtype, backend=backend)
         layer.group_size = qw.group_size
@@ -89,6 +100,7 @@ class QuantLinear(nn.Module):
             layer._buffers[name] = tensor
         if bias is not None:
             layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        layer.input_perm = input_perm
         return layer
 
     @property
@@ -101,6 +113,8 @@ class QuantLinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
                              f"{tuple(x.shape)}")
+        if self.input_perm is not None:
+            x = x.index_select(-1, self.input_perm)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         scales = self.absmax if self.fmt == "nf4" else self.scales
         zeros = getattr(self, "zeros", None) if self.fmt == "int4" else None
@@ -122,9 +136,10 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         mode = ", symmetric=True" if self.symmetric else ""
         backend = f", backend={self.backend!r}" if self.backend else ""
+        permuted = ", input_perm=True" if self.input_perm is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, fmt={self.fmt!r}, group_size={self.group_size}"
-                f"{mode}{backend}")
+                f"{mode}{backend}{permuted}")
 
 
 @dataclasses.dataclass

@@ -132,7 +132,8 @@ def _replace_with_quantized(model: nn.Module, name: str, layer: dict, stored: di
     qw = QuantizedWeight(layer["fmt"], shape, layer["group_size"], **canonical)
     bias = stored[f"{name}.bias"] if layer["bias"] else None
     backend = module.backend if isinstance(module, QuantLinear) else None
-    replacement = QuantLinear.from_quantized(qw, bias, backend=backend)
+    replacement = QuantLinear.from_quantized(qw, bias, backend=backend,
+                                             input_perm=stored.get(f"{name}.input_perm"))
     parent_name, _, child_name = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child_name, replacement)
 
