@@ -266,3 +266,11 @@ def test_double_quant_rejects_bad_input():
     with pytest.raises(ValueError, match=r"absmax_scales: expected shape \(1,\)"):
         qk.ops.matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes, qw.absmax_scales.repeat(2),
                                      qw.absmax_offsets, 32)
+
+
+def test_double_quant_layer_compiles_fullgraph():
+    # N * G = 67 * 37 is not a multiple of 256: the decode pads and slices inside the graph.
+    layer = qk.QuantLinear.from_linear(torch.nn.Linear(577, 67), "nf4", 16, double_quant=True)
+    x = torch.randn(3, 577)
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)
