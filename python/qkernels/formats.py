@@ -15,6 +15,10 @@ nf4      qweight uint8 [N, K/2],     absmax[n, gi] * NF4_TABLE[q]
          absmax fp32 [N, G]
 =======  ==========================  =====================================================
 
+4-bit packing: byte j of a row holds k = 2j in bits 0-3 and k = 2j+1 in bits 4-7; an odd K
+leaves the high nibble of the last byte 0. These constants exist once here; the C++ copy in
+csrc/core/formats.h is checked against them by tests/test_formats.py.
+
 nf4 with double quantization (QLoRA's nested statistics) replaces ``absmax`` by 8-bit codes:
 ``absmax_codes`` uint8 [N, G], and per block of DOUBLE_QUANT_BLOCK consecutive codes (row-major
 over [N, G]) an fp32 ``absmax_scales`` and ``absmax_offsets`` [B], B = ceil(N * G / 256), in
@@ -25,10 +29,10 @@ the log2 domain:
 
 8 + 64 / 256 bits per group instead of 32: at group 64, 0.129 instead of 0.5 bits per weight.
 The code is affine in log2(absmax) (min/max per block, round to nearest), so every absmax keeps
-the same relative precision, 2^(range / 510) - 1 at worst (0.9% for a block spanning three
-decades). An affine code of absmax itself loses the small absmax of a block that also holds
-large ones: on weights whose row scales span 0-0.1 it made the worst row's error 2.7x that of
-plain nf4; in log2 the worst row matches plain nf4. (bitsandbytes gets the same effect from a
+the same relative precision: 2^(r / 510) - 1 at worst in a block whose log2 range is r (1.4%
+for a block spanning three decades). An affine code of absmax itself loses the small absmax
+of a block that also holds large ones: on weights whose row scales span 0-0.1 it made the
+worst row's error 2.7x that of plain nf4; in log2 the worst row matches plain nf4. (bitsandbytes gets the same effect from a
 "dynamic" 8-bit code with an exponent, after subtracting the tensor's mean absmax.)
 """
 
