@@ -135,6 +135,9 @@ def load_gguf(path: Union[str, os.PathLike], dtype: torch.dtype = torch.float32,
     names map to the model's as transformers maps them, including its per-architecture
     reordering of rows (llama's q/k projections), which is applied to the packed rows.
     """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: expected a GGUF file, got {path!r}")
     try:
         import gguf
         from accelerate import init_empty_weights
@@ -143,9 +146,6 @@ def load_gguf(path: Union[str, os.PathLike], dtype: torch.dtype = torch.float32,
     except ImportError as error:
         raise ImportError(f"load_gguf needs the packages gguf, transformers and accelerate "
                           f"({error})") from error
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: expected a GGUF file, got {path!r}")
     directory, file_name = os.path.split(os.path.abspath(path))
     config = AutoConfig.from_pretrained(directory, gguf_file=file_name)
     with init_empty_weights():
