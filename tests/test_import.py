@@ -328,3 +328,47 @@ def test_awq_rejects_bad_input():
         gptq_import.from_awq(qweight, qzeros, scales[:1], group_size=32)
     with pytest.raises(TypeError, match="group_size: expected an int"):
         gptq_import.from_awq(qweight, qzeros, scales, group_size="32")
+
+
+@pytest.mark.parametrize("method", ["gptq", "awq"])
+def test_replace_packed_linears_in_a_model(method):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.GELU(),
+                                torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(8, 3))
+    tensors, references = {"3.weight": torch.randn(3, 8), "3.bias": torch.randn(3)}, {}
+    for name, (k, n) in (("0", (64, 16)), ("2", (16, 8))):
+        if method == "gptq":
+            (qweight, qzeros, scales, g_idx), references[name] = _gptq_checkpoint(
+                k, n, 16, act_order=True, checkpoint_format="gptq")
+            tensors[f"{name}.g_idx"] = g_idx
+        else:
+            (qweight, qzeros, scales), references[name] = _awq_checkpoint(k, n, 16)
+        tensors |= {f"{name}.qweight": qweight, f"{name}.qzeros": qzeros,
+                    f"{name}.scales": scales}
+    tensors["0.bias"] = torch.randn(16)
+
+    rest = gptq_import.replace_packed_linears(model, tensors, method=method, group_size=16)
+    assert set(rest) == {"3.weight", "3.bias"}
+    model.load_state_dict(rest, strict=False)
+    assert isinstance(model[0], qk.QuantLinear) and isinstance(model[2], qk.QuantLinear)
+    assert type(model[3]) is torch.nn.Linear
+
+    x = torch.randn(5, 64)
+    hidden = torch.nn.functional.gelu(x.double() @ references["0"].T + tensors["0.bias"].double())
+    expected = (hidden @ references["2"].T) @ tensors["3.weight"].double().T + tensors["3.bias"]
+    with torch.no_grad():
+        got = model(x)
+    assert float((got.double() - expected).norm() / expected.norm()) < 1e-5
+
+
+def test_replace_packed_linears_rejects_bad_input():
+    (qweight, qzeros, scales, g_idx), _ = _gptq_checkpoint(64, 16, 16, False, "gptq")
+    tensors = {"0.qweight": qweight, "0.qzeros": qzeros, "0.scales": scales}
+    with pytest.raises(ValueError, match="method: expected 'gptq' or 'awq'"):
+        gptq_import.replace_packed_linears(torch.nn.Sequential(torch.nn.Linear(64, 16)),
+                                           tensors, method="exl2", group_size=16)
+    with pytest.raises(ValueError, match=r"0: expected \(out_features, in_features\) = \(16, 32\)"):
+        gptq_import.replace_packed_linears(torch.nn.Sequential(torch.nn.Linear(32, 16)),
+                                           tensors, method="gptq", group_size=16)
+    with pytest.raises(ValueError, match=r"0: qzeros: expected shape \(2, 2\)"):
+        gptq_import.replace_packed_linears(torch.nn.Sequential(torch.nn.Linear(64, 16)),
+                                           tensors, method="gptq", group_size=32)

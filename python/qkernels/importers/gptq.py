@@ -25,9 +25,11 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch import nn
 
 from .. import formats
 from ..formats import QuantizedWeight
+from ..nn import QuantLinear
 
 NIBBLES_PER_WORD = 8
 GPTQ_FORMATS = ("gptq", "gptq_v2")
@@ -153,3 +155,42 @@ def _check_scales(scales, shape):
     if tuple(scales.shape) != tuple(shape):
         raise ValueError(f"scales: expected shape {tuple(shape)} [G, N], got "
                          f"{tuple(scales.shape)}")
+
+
+def replace_packed_linears(model: nn.Module, tensors: dict, *, method: str, group_size: int,
+                           checkpoint_format: str = "gptq",
+                           backend: Optional[str] = None) -> dict:
+    """Replace, in place, every nn.Linear ``name`` of ``model`` for which ``tensors`` (a
+    checkpoint's state dict, e.g. read with safetensors) holds ``name.qweight`` by a
+    QuantLinear imported from ``name.qweight / .qzeros / .scales`` (and ``.g_idx``, ``.bias``).
+
+    method: "gptq" or "awq"; group_size and checkpoint_format as in from_gptq / from_awq (the
+    checkpoint's quantization config gives them). Returns the tensors it did not use, for
+    model.load_state_dict.
+    """
+    if method not in ("gptq", "awq"):
+        raise ValueError(f"method: expected 'gptq' or 'awq', got {method!r}")
+    rest = dict(tensors)
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Linear or f"{name}.qweight" not in rest:
+            continue
+        packed = [rest.pop(f"{name}.{key}") for key in ("qweight", "qzeros", "scales")]
+        g_idx = rest.pop(f"{name}.g_idx", None)
+        try:
+            if method == "gptq":
+                qw, perm = from_gptq(*packed, g_idx, group_size=group_size,
+                                     checkpoint_format=checkpoint_format)
+            else:
+                qw, perm = from_awq(*packed, group_size=group_size), None
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{name}: {error}") from error
+        if qw.shape != (module.out_features, module.in_features):
+            raise ValueError(f"{name}: expected (out_features, in_features) = "
+                             f"{(module.out_features, module.in_features)}, got {qw.shape} "
+                             f"from the checkpoint")
+        bias = rest.pop(f"{name}.bias", None)
+        replacement = QuantLinear.from_quantized(qw, bias, backend=backend, input_perm=perm)
+        parent_name, _, child_name = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child_name,
+                replacement)
+    return rest
