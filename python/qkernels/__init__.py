@@ -6,9 +6,11 @@ kernels (CUDA, Triton, AVX2/NEON CPU) behind real torch ops and drop-in nn.Linea
     y = qk.matmul(x, qw)                       # x @ dequantize(qw).T
     qk.quantize_model(model, "nf4", group_size=64)
     qk.save_quantized(model, "model.safetensors"); qk.load_quantized(empty_model, "model.safetensors")
+    model = qk.load_gguf("model.Q4_1.gguf")    # GGUF Q8_0 / Q4_0 / Q4_1 weights, not dequantized
 """
 
 from .formats import FORMATS, QuantizedWeight, dequantize, quantize
+from .importers import load_gguf
 from .memory import MemoryReport, memory_report
 from .nn import QKernelsConfig, QuantLinear, quantize_model
 from .ops import available_backends, matmul
@@ -19,5 +21,5 @@ __version__ = "0.1.0"
 __all__ = [
     "FORMATS", "QuantizedWeight", "quantize", "dequantize", "matmul", "available_backends",
     "QuantLinear", "quantize_model", "QKernelsConfig", "save_quantized", "load_quantized",
-    "memory_report", "MemoryReport", "__version__",
+    "memory_report", "MemoryReport", "load_gguf", "__version__",
 ]

@@ -31,9 +31,12 @@ class QuantLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "int4",
                  group_size: Optional[int] = None, symmetric: bool = False, device=None,
-                 dtype: Optional[torch.dtype] = None, backend: Optional[str] = None):
+                 dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
+                 double_quant: bool = False):
         super().__init__()
         formats.check_format(fmt)
+        if double_quant and fmt != "nf4":
+            raise ValueError(f"double_quant: only nf4 has double quantization, got fmt={fmt!r}")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features, out_features: expected >= 1, got "
                              f"({in_features}, {out_features})")
@@ -43,15 +46,23 @@ class QuantLinear(nn.Module):
         self.fmt = fmt
         self.group_size = formats.resolve_group_size(fmt, group_size, in_features)
         self.symmetric = symmetric
+        self.double_quant = double_quant
         self.backend = backend
         groups = formats.num_groups(in_features, self.group_size)
         code_dtype = torch.int8 if fmt == "int8" else torch.uint8
         row_bytes = formats.packed_row_bytes(fmt, in_features)
         self.register_buffer(
             "qweight", torch.zeros(out_features, row_bytes, dtype=code_dtype, device=device))
-        scale_name = "absmax" if fmt == "nf4" else "scales"
-        self.register_buffer(
-            scale_name, torch.ones(out_features, groups, dtype=torch.float32, device=device))
+        if double_quant:   # all codes and log2 parameters 0: absmax 1, as for the other formats
+            blocks = formats.num_groups(out_features * groups, formats.DOUBLE_QUANT_BLOCK)
+            self.register_buffer("absmax_codes", torch.zeros(out_features, groups,
+                                                             dtype=torch.uint8, device=device))
+            self.register_buffer("absmax_scales", torch.zeros(blocks, device=device))
+            self.register_buffer("absmax_offsets", torch.zeros(blocks, device=device))
+        else:
+            scale_name = "absmax" if fmt == "nf4" else "scales"
+            self.register_buffer(
+                scale_name, torch.ones(out_features, groups, dtype=torch.float32, device=device))
         if fmt == "int4" and not symmetric:
             self.register_buffer("zeros", torch.full((out_features, groups),
                                                      formats.INT4_SYMMETRIC_ZERO, device=device))
@@ -61,34 +72,51 @@ class QuantLinear(nn.Module):
                 requires_grad=False)
         else:
             self.register_parameter("bias", None)
+        # Act-order checkpoints (GPTQ desc_act): the weight's columns are stored sorted by
+        # group and x is gathered the same way (qkernels.importers.gptq). None: no gather.
+        self.register_buffer("input_perm", None)
 
     # The canonical tensors, by name: a fixed set per format, registered in __init__.
     @property
     def _canonical_names(self) -> tuple:
+        if self.double_quant:
+            return ("qweight",) + formats.DOUBLE_QUANT_NAMES
         names = ("qweight", "absmax" if self.fmt == "nf4" else "scales")
         return names + (("zeros",) if self.fmt == "int4" and not self.symmetric else ())
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str = "int4", group_size: Optional[int] = None,
-                    symmetric: bool = False, backend: Optional[str] = None) -> "QuantLinear":
+                    symmetric: bool = False, backend: Optional[str] = None,
+                    double_quant: bool = False) -> "QuantLinear":
         """Quantize an nn.Linear (its weight, round-to-nearest) into a new QuantLinear on the
-        same device; the bias is kept in its dtype."""
+        same device; the bias is kept in its dtype. double_quant: nf4 absmax in 8 bits."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        qw = formats.quantize(linear.weight.detach(), fmt, group_size, symmetric=symmetric)
+        qw = formats.quantize(linear.weight.detach(), fmt, group_size, symmetric=symmetric,
+                              double_quant=double_quant)
         return cls.from_quantized(qw, linear.bias, backend=backend)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
-                       backend: Optional[str] = None) -> "QuantLinear":
+                       backend: Optional[str] = None,
+                       input_perm: Optional[torch.Tensor] = None) -> "QuantLinear":
+        """A layer holding qw's tensors (not copied). input_perm: int64 [K], for a weight whose
+        columns were permuted (qw = W[:, input_perm]); the layer then computes
+        x[..., input_perm] @ dequantize(qw).T = x @ W.T."""
         n, k = qw.shape
+        if input_perm is not None and (input_perm.dtype != torch.int64
+                                       or tuple(input_perm.shape) != (k,)):
+            raise ValueError(f"input_perm: expected int64 of shape ({k},), got "
+                             f"{input_perm.dtype} of shape {tuple(input_perm.shape)}")
         layer = cls(k, n, bias=bias is not None, fmt=qw.fmt, group_size=-1, symmetric=qw.symmetric,
-                    device="meta", dtype=None if bias is None else bias.dtype, backend=backend)
+                    device="meta", dtype=None if bias is None else bias.dtype, backend=backend,
+                    double_quant=qw.double_quant)
         layer.group_size = qw.group_size
         for name, tensor in qw.tensors().items():
             layer._buffers[name] = tensor
         if bias is not None:
             layer.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+        layer.input_perm = input_perm
         return layer
 
     @property
@@ -101,7 +129,13 @@ class QuantLinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
                              f"{tuple(x.shape)}")
+        if self.input_perm is not None:
+            x = x.index_select(-1, self.input_perm)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.double_quant:
+            return ops.matmul_nf4_dq_tensors(x, self.qweight, self.absmax_codes,
+                                             self.absmax_scales, self.absmax_offsets,
+                                             self.group_size, bias, self.backend)
         scales = self.absmax if self.fmt == "nf4" else self.scales
         zeros = getattr(self, "zeros", None) if self.fmt == "int4" else None
         return ops.matmul_tensors(x, self.fmt, self.qweight, scales, zeros, self.group_size, bias,
@@ -121,10 +155,12 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         mode = ", symmetric=True" if self.symmetric else ""
+        mode += ", double_quant=True" if self.double_quant else ""
         backend = f", backend={self.backend!r}" if self.backend else ""
+        permuted = ", input_perm=True" if self.input_perm is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, fmt={self.fmt!r}, group_size={self.group_size}"
-                f"{mode}{backend}")
+                f"{mode}{backend}{permuted}")
 
 
 @dataclasses.dataclass

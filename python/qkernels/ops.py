@@ -105,6 +105,48 @@ def _matmul_triton_fake(x, fmt, qweight, scales, zeros, group_size, bias):
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
+def check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                      bias):
+    """The contract of qkernels::matmul_nf4_dq_triton: check_matmul_args for nf4, with the
+    absmax given as 8-bit codes and per-block scales and offsets (formats.decode_absmax)."""
+    torch._check_type(absmax_codes.dtype == torch.uint8,
+                      lambda: f"absmax_codes: expected dtype uint8, got {absmax_codes.dtype}")
+    n, groups = qweight.shape[0], formats.num_groups(x.shape[-1], group_size)
+    torch._check_value(tuple(absmax_codes.shape) == (n, groups),
+                       lambda: f"absmax_codes: expected shape ({n}, {groups}), got "
+                               f"{tuple(absmax_codes.shape)}")
+    blocks = formats.num_groups(n * groups, formats.DOUBLE_QUANT_BLOCK)
+    for name, t in (("absmax_scales", absmax_scales), ("absmax_offsets", absmax_offsets)):
+        torch._check_type(t.dtype == torch.float32,
+                          lambda: f"{name}: expected dtype float32, got {t.dtype}")
+        torch._check_value(tuple(t.shape) == (blocks,),
+                           lambda: f"{name}: expected shape ({blocks},), got {tuple(t.shape)}")
+        torch._check_value(t.device == x.device,
+                           lambda: f"{name}: expected device {x.device} (that of x), got {t.device}")
+    torch._check_value(absmax_codes.device == x.device,
+                       lambda: f"absmax_codes: expected device {x.device} (that of x), got "
+                               f"{absmax_codes.device}")
+    # The rest of the contract is nf4's; a zero-copy fp32 view of the right shape stands in for
+    # the decoded absmax.
+    check_matmul_args(x, "nf4", qweight, absmax_scales[:1].expand(n, groups), None, group_size,
+                      bias)
+
+
+def matmul_nf4_dq_triton_op(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                            bias=None):
+    """torch.ops.qkernels.matmul_nf4_dq_triton: nf4 with double-quantized absmax, read as it is
+    stored by the Triton kernels (registered by python/qkernels/triton on first use)."""
+    return torch.ops.qkernels.matmul_nf4_dq_triton(x, qweight, absmax_codes, absmax_scales,
+                                                   absmax_offsets, group_size, bias)
+
+
+@torch.library.register_fake("qkernels::matmul_nf4_dq_triton")
+def _matmul_nf4_dq_triton_fake(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
+                               group_size, bias):
+    check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
 def _matmul_setup_context(ctx, inputs, output):
     x, fmt, qweight, scales, zeros, group_size, bias = inputs
     ctx.fmt, ctx.group_size, ctx.k = fmt, group_size, x.shape[-1]
@@ -113,19 +155,43 @@ def _matmul_setup_context(ctx, inputs, output):
 
 
 def _matmul_backward(ctx, grad_y):
-    # dx = dy @ W through a dequantized copy of W, one layer at a time (the QLoRA route): the
-    # weights are frozen, so there is no gradient for qweight, scales or zeros.
     qweight, scales, zeros = ctx.saved_tensors
+    grad_x, grad_bias = _input_and_bias_grads(ctx, grad_y, qweight, scales, zeros)
+    return grad_x, None, None, None, None, None, grad_bias
+
+
+def _input_and_bias_grads(ctx, grad_y, qweight, scales, zeros):
+    # dx = dy @ W through a dequantized copy of W, one layer at a time (the QLoRA route): the
+    # weights are frozen, so there is no gradient for qweight, scales or zeros. x is input 0
+    # and bias input 6 of every matmul op.
     w = formats.dequantize_tensors(ctx.fmt, ctx.k, ctx.group_size, qweight, scales, zeros)
     grad_x = (grad_y.to(torch.float32) @ w).to(grad_y.dtype) if ctx.needs_input_grad[0] else None
     grad_bias = None
     if ctx.has_bias and ctx.needs_input_grad[6]:
         grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
-    return grad_x, None, None, None, None, None, grad_bias
+    return grad_x, grad_bias
 
 
 for _op_name in ("qkernels::matmul", "qkernels::matmul_triton"):
     torch.library.register_autograd(_op_name, _matmul_backward, setup_context=_matmul_setup_context)
+
+
+def _matmul_nf4_dq_setup_context(ctx, inputs, output):
+    x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size, bias = inputs
+    ctx.fmt, ctx.group_size, ctx.k = "nf4", group_size, x.shape[-1]
+    ctx.has_bias = bias is not None
+    ctx.save_for_backward(qweight, absmax_codes, absmax_scales, absmax_offsets)
+
+
+def _matmul_nf4_dq_backward(ctx, grad_y):
+    qweight, absmax_codes, absmax_scales, absmax_offsets = ctx.saved_tensors
+    absmax = formats.decode_absmax(absmax_codes, absmax_scales, absmax_offsets)
+    grad_x, grad_bias = _input_and_bias_grads(ctx, grad_y, qweight, absmax, None)
+    return grad_x, None, None, None, None, None, grad_bias
+
+
+torch.library.register_autograd("qkernels::matmul_nf4_dq_triton", _matmul_nf4_dq_backward,
+                                setup_context=_matmul_nf4_dq_setup_context)
 
 
 # --- backends --------------------------------------------------------------------------------
@@ -214,6 +280,48 @@ def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backen
     return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
 
 
+def _matmul_nf4_dq_reference(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
+                             group_size, bias):
+    absmax = formats.decode_absmax(absmax_codes, absmax_scales, absmax_offsets)
+    return _matmul_reference(x, "nf4", qweight, absmax, None, group_size, bias)
+
+
+def _matmul_nf4_dq_triton(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                          bias):
+    from . import triton as _registers_triton_impls  # noqa: F401  (first use only: fast import)
+    return matmul_nf4_dq_triton_op(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
+                                   group_size, bias)
+
+
+def _matmul_nf4_dq_decoded(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                           bias):
+    # The C++ kernels (cpu, cuda) take fp32 absmax only: decode it on each call (N * G values,
+    # ~1/K of the weight's work) until they read the codes themselves.
+    absmax = formats.decode_absmax(absmax_codes, absmax_scales, absmax_offsets)
+    return matmul_op(x, "nf4", qweight, absmax, None, group_size, bias)
+
+
+# How each backend runs nf4 with double-quantized absmax (the same arguments, in the order of
+# qkernels::matmul_nf4_dq_triton).
+NF4_DQ_MATMULS = {
+    "cuda": _matmul_nf4_dq_decoded,
+    "triton": _matmul_nf4_dq_triton,
+    "cpu": _matmul_nf4_dq_decoded,
+    "reference": _matmul_nf4_dq_reference,
+}
+
+
+def matmul_nf4_dq_tensors(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                          bias=None, backend=None):
+    """qk.matmul of a double-quantized nf4 weight, on its canonical tensors."""
+    if not torch.compiler.is_compiling():
+        check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                          bias)
+    name = select_backend(x.device, backend)
+    return NF4_DQ_MATMULS[name](x, qweight, absmax_codes, absmax_scales, absmax_offsets,
+                                group_size, bias)
+
+
 def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
            backend: Optional[str] = None) -> torch.Tensor:
     """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N]."""
@@ -225,5 +333,8 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
     if x.dim() >= 1 and x.shape[-1] != qw.shape[1]:
         raise ValueError(f"x: expected last dimension {qw.shape[1]} (K of qw), got shape "
                          f"{tuple(x.shape)}")
+    if qw.double_quant:
+        return matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes, qw.absmax_scales,
+                                     qw.absmax_offsets, qw.group_size, bias, backend)
     return matmul_tensors(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
                           backend)

@@ -23,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import formats
 from .formats import QuantizedWeight
 from .nn import QuantLinear
 
@@ -127,12 +128,13 @@ def _replace_with_quantized(model: nn.Module, name: str, layer: dict, stored: di
         raise ValueError(f"model: expected {name!r} of (out_features, in_features) = "
                          f"{(layer['out_features'], layer['in_features'])} as in the file, got "
                          f"{shape}")
-    canonical = {key: stored[f"{name}.{key}"] for key in ("qweight", "scales", "zeros", "absmax")
+    canonical = {key: stored[f"{name}.{key}"] for key in formats.CANONICAL_NAMES
                  if f"{name}.{key}" in stored}
     qw = QuantizedWeight(layer["fmt"], shape, layer["group_size"], **canonical)
     bias = stored[f"{name}.bias"] if layer["bias"] else None
     backend = module.backend if isinstance(module, QuantLinear) else None
-    replacement = QuantLinear.from_quantized(qw, bias, backend=backend)
+    replacement = QuantLinear.from_quantized(qw, bias, backend=backend,
+                                             input_perm=stored.get(f"{name}.input_perm"))
     parent_name, _, child_name = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child_name, replacement)
 

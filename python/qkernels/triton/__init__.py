@@ -38,6 +38,18 @@ def _device_guard(device: torch.device):
 
 def matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
     """Impl of qkernels::matmul_triton (arguments already checked by ops.check_matmul_args)."""
+    return _launch(x, fmt, qweight, scales, zeros, group_size, bias, None)
+
+
+def matmul_nf4_dq_triton(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                         bias):
+    """Impl of qkernels::matmul_nf4_dq_triton (arguments checked by ops.check_nf4_dq_args): the
+    same kernels, which load the 8-bit absmax codes in place of fp32 absmax and decode them."""
+    return _launch(x, "nf4", qweight, absmax_codes, None, group_size, bias,
+                   (absmax_scales.contiguous(), absmax_offsets.contiguous()))
+
+
+def _launch(x, fmt, qweight, scales, zeros, group_size, bias, absmax_dq):
     k = x.shape[-1]
     n = qweight.shape[0]
     x2 = x.reshape(-1, k)
@@ -48,9 +60,12 @@ def matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
         with _device_guard(x.device):
             kernel.matmul(x2, fmt, qweight.contiguous(), scales.contiguous(),
                           None if zeros is None else zeros.contiguous(), group_size,
-                          None if bias is None else bias.contiguous(), _nf4_table(x.device), y)
+                          None if bias is None else bias.contiguous(), _nf4_table(x.device), y,
+                          absmax_dq=absmax_dq)
     return y.reshape(*x.shape[:-1], n)
 
 
 _DEVICE_TYPES = ("cuda", "cpu") if common.interpreting() else ("cuda",)
 torch.library.register_kernel("qkernels::matmul_triton", _DEVICE_TYPES, matmul_triton)
+torch.library.register_kernel("qkernels::matmul_nf4_dq_triton", _DEVICE_TYPES,
+                              matmul_nf4_dq_triton)

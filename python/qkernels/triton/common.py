@@ -6,6 +6,9 @@ Canonical tensors (shared/DESIGN.md section 3), read as they are stored:
   qweight  int8 [N, K] (int8) or uint8 [N, ceil(K/2)] (int4, nf4: byte j = k 2j low nibble,
            k 2j+1 high nibble), rows contiguous
   scales   fp32 [N, G] (nf4: absmax), zeros fp32 [N, G] (int4 only; None = symmetric, zero 8)
+  nf4 with double-quantized absmax (ABSMAX_DQ): scales is absmax_codes uint8 [N, G], decoded
+           per load with absmax_scales / absmax_offsets fp32 [ceil(N G / 256)]
+           (formats.decode_absmax)
 
 Nothing here touches the GPU at import: device properties are read on first launch and cached.
 """
@@ -28,6 +31,7 @@ FORMAT_INT8: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int8"])
 FORMAT_INT4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["int4"])
 FORMAT_NF4: tl.constexpr = tl.constexpr(formats.FORMAT_IDS["nf4"])
 INT4_SYMMETRIC_ZERO: tl.constexpr = tl.constexpr(formats.INT4_SYMMETRIC_ZERO)
+DOUBLE_QUANT_BLOCK: tl.constexpr = tl.constexpr(formats.DOUBLE_QUANT_BLOCK)
 FLOAT_2P23_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # 2.0**23 as fp32 bits
 FLOAT_2P23: tl.constexpr = tl.constexpr(8388608.0)
 
@@ -38,9 +42,25 @@ MAX_SPLIT_K = 16
 
 
 @triton.jit
-def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_start, N, K,
+def _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
+                ABSMAX_DQ: tl.constexpr):
+    """The fp32 group scale at ``offsets`` (flat [N, G] indices): stored, or decoded from its
+    8-bit log2 code with one FMA and one exp2 (ABSMAX_DQ). Masked entries are 0."""
+    if ABSMAX_DQ:
+        code = tl.load(scales_ptr + offsets, mask=mask, other=0).to(tl.float32)
+        block = offsets // DOUBLE_QUANT_BLOCK
+        offset = tl.load(absmax_offsets_ptr + block, mask=mask, other=0.0)
+        log_absmax = tl.fma(tl.load(absmax_scales_ptr + block, mask=mask, other=0.0), code,
+                            offset)
+        return tl.where(mask, tl.exp2(log_absmax), 0.0)
+    return tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+
+
+@triton.jit
+def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
                 group_size, num_groups, FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                SCALE_PER_TILE: tl.constexpr):
+                SCALE_PER_TILE: tl.constexpr, ABSMAX_DQ: tl.constexpr):
     """W[offs_n, offs_k] in fp32 from its int32 codes [BLOCK_N, len(offs_k)] (int8: -127..127;
     4-bit: 0..15). Group parameters are loaded once per row when the tile lies in one group
     (SCALE_PER_TILE), else once per element.
@@ -57,7 +77,8 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_s
     else:
         offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
         mask = row_ok[:, None] & (offs_k[None, :] < K)
-    scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+    scale = _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
+                        ABSMAX_DQ)
     if FORMAT == FORMAT_NF4:
         return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
     if FORMAT == FORMAT_INT8:
@@ -73,10 +94,12 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_k, k_s
 
 
 @triton.jit
-def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                            absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                             N, K, row_bytes, group_size, num_groups, stride_qn,
                             FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                            SCALE_PER_TILE: tl.constexpr, BLOCK_K: tl.constexpr):
+                            SCALE_PER_TILE: tl.constexpr, ABSMAX_DQ: tl.constexpr,
+                            BLOCK_K: tl.constexpr):
     """4-bit formats: (W[offs_n, k_start + 2j], W[offs_n, k_start + 2j + 1]) for
     j < BLOCK_K / 2, in fp32, [BLOCK_N, BLOCK_K // 2] each: the low and high nibbles of one
     row-contiguous load of bytes, kept in the load's register layout.
@@ -91,31 +114,34 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, o
                      mask=(offs_n < N)[:, None] & (offs_byte[None, :] < row_bytes), other=0)
     packed = packed.to(tl.int32)
     offs_even = 2 * offs_byte
-    even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even,
-                       k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
-    odd = _dequantize(packed >> 4, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, offs_even + 1,
-                      k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE)
+    even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                       absmax_offsets_ptr, offs_n, offs_even, k_start, N, K, group_size,
+                       num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
+    odd = _dequantize(packed >> 4, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                      absmax_offsets_ptr, offs_n, offs_even + 1, k_start, N, K, group_size,
+                      num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
     return even, odd
 
 
 @triton.jit
-def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                    absmax_offsets_ptr, offs_n, k_start,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
                     FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
-                    BLOCK_K: tl.constexpr):
+                    ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr):
     """W[offs_n, k_start : k_start + BLOCK_K] in fp32, [BLOCK_N, BLOCK_K] (edges as in
     dequantize_nibble_pairs)."""
     if FORMAT == FORMAT_INT8:
         offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
                         mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
-        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
-                           offs_k, k_start, N, K, group_size, num_groups, FORMAT, HAS_ZEROS,
-                           SCALE_PER_TILE)
+        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, nf4_table_ptr,
+                           absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
+                           group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
     even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
-                                        offs_n, k_start, N, K, row_bytes, group_size,
-                                        num_groups, stride_qn, FORMAT, HAS_ZEROS,
-                                        SCALE_PER_TILE, BLOCK_K)
+                                        absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
+                                        N, K, row_bytes, group_size, num_groups, stride_qn,
+                                        FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
     return tl.interleave(even, odd)
 
 

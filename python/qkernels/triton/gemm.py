@@ -34,6 +34,8 @@ def gemm_kernel(
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
+    absmax_scales_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ, scales_ptr = absmax codes; else unused)
+    absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
     partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
@@ -44,6 +46,7 @@ def gemm_kernel(
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
     HAS_ZEROS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     DOT_IN_FP32: tl.constexpr,     # fp32 x (exact "ieee" dot), or bf16 under the interpreter
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -77,9 +80,10 @@ def gemm_kernel(
         offs_k = k_start + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start,
+        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                            absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                             N, K, row_bytes, group_size, num_groups, stride_qn,
-                            FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+                            FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
         w = w.to(x_ptr.dtype.element_ty)
         if DOT_IN_FP32:
             acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc,
@@ -175,7 +179,7 @@ _kernel = triton.heuristics({
 
 _autotuned_kernel = triton.autotune(
     configs=CONFIG_SPACE,
-    key=["M_BUCKET", "N", "K", "FORMAT", "HAS_ZEROS", "group_size"],
+    key=["M_BUCKET", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "group_size"],
     prune_configs_by={"early_config_prune": prune_configs},
     # See gemv.py: each tuning run, and the real one after, starts from a zeroed workspace.
     reset_to_zero=["partials_ptr", "tile_counters_ptr"],
@@ -186,10 +190,12 @@ _autotuned_kernel = triton.autotune(
 # --- launcher -----------------------------------------------------------------------------------
 
 def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
-           split_k=None):
+           split_k=None, absmax_dq=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with M >= 1, y preallocated in x's
     dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks); otherwise
-    the autotuned or per-GPU default config and the split-K heuristic decide."""
+    the autotuned or per-GPU default config and the split-K heuristic decide.
+    ``absmax_dq``: (absmax_scales, absmax_offsets) of a double-quantized nf4 weight, whose
+    ``scales`` are then the absmax codes."""
     m, k = x.shape
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
@@ -202,15 +208,17 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
     else:
         max_tiles = triton.cdiv(m, MIN_BLOCK) * triton.cdiv(n, MIN_BLOCK)
         partials, tile_counters = common.split_k_workspace(m, n, max_tiles, x.device)
+    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (nf4_table, nf4_table)
     args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
-            bias if bias is not None else y, y, partials, tile_counters,
-            m, n, k, qweight.shape[1], group_size, num_groups,
+            absmax_scales, absmax_offsets, bias if bias is not None else y, y, partials,
+            tile_counters, m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0), m_bucket(m))
     # The interpreter's tl.dot multiplies bf16 bit patterns as integers (numpy has no bf16):
     # there, bf16 tiles (exact in fp32) go through the fp32 dot.
     dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
-                HAS_BIAS=bias is not None, DOT_IN_FP32=dot_in_fp32)
+                HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
+                DOT_IN_FP32=dot_in_fp32)
 
     def grid(meta):
         tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])

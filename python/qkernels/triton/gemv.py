@@ -37,6 +37,8 @@ def gemv_kernel(
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
+    absmax_scales_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ, scales_ptr = absmax codes; else unused)
+    absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
     partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
@@ -46,6 +48,7 @@ def gemv_kernel(
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
     HAS_ZEROS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -76,9 +79,10 @@ def gemv_kernel(
     for tile in range(first_tile, last_tile):
         k_start = tile * BLOCK_K
         if FORMAT == FORMAT_INT8:
-            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n,
+            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                                absmax_scales_ptr, absmax_offsets_ptr, offs_n,
                                 k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
-                                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+                                FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
             offs_k = k_start + tl.arange(0, BLOCK_K)
             if BLOCK_M == 1:
                 acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
@@ -87,9 +91,9 @@ def gemv_kernel(
                 acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
         else:
             w_even, w_odd = dequantize_nibble_pairs(
-                qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, offs_n, k_start, N, K,
-                row_bytes, group_size, num_groups, stride_qn,
-                FORMAT, HAS_ZEROS, SCALE_PER_TILE, BLOCK_K)
+                qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                absmax_offsets_ptr, offs_n, k_start, N, K, row_bytes, group_size, num_groups,
+                stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
             offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
             if BLOCK_M == 1:
                 # Two updates, two FMAs per byte (a sum of the products first would add one).
@@ -171,7 +175,7 @@ _kernel = triton.heuristics({
 
 _autotuned_kernel = triton.autotune(
     configs=CONFIG_SPACE,
-    key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "group_size"],
+    key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "group_size"],
     prune_configs_by={"early_config_prune": prune_configs},
     # Tuning runs the kernel repeatedly: hand each run, and the real one after, the zeroed
     # workspace it expects (restore_value also covers Triton versions that skip the reset
@@ -190,10 +194,12 @@ def default_config(device: torch.device, block_m: int, group_size: int, num_grou
 # --- launcher -----------------------------------------------------------------------------------
 
 def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
-           split_k=None):
+           split_k=None, absmax_dq=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
     x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
-    otherwise the autotuned or per-GPU default config and the split-K heuristic decide."""
+    otherwise the autotuned or per-GPU default config and the split-K heuristic decide.
+    ``absmax_dq``: (absmax_scales, absmax_offsets) of a double-quantized nf4 weight, whose
+    ``scales`` are then the absmax codes."""
     m, k = x.shape
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
@@ -209,12 +215,13 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
     else:  # also when tuning: the split depends on the tile shape being tried
         partials, tile_counters = common.split_k_workspace(m, n, triton.cdiv(n, MIN_BLOCK_N),
                                                            x.device)
+    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (nf4_table, nf4_table)
     args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
-            bias if bias is not None else y, y, partials, tile_counters,
-            m, n, k, qweight.shape[1], group_size, num_groups,
+            absmax_scales, absmax_offsets, bias if bias is not None else y, y, partials,
+            tile_counters, m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
-                HAS_BIAS=bias is not None, BLOCK_M=block_m)
+                HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None, BLOCK_M=block_m)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
