@@ -14,8 +14,9 @@ DEPS := scikit_build_core:scikit-build-core>=0.10 ninja:ninja numpy:numpy rich:r
         safetensors:safetensors pytest:pytest>=8 hypothesis:hypothesis>=6.100 \
         transformers:transformers>=4.50 accelerate:accelerate>=0.26
 # Installed when the package index can be reached; the tests that need them skip otherwise
-# (the GPU machine has no network and no gguf).
-OPTIONAL_DEPS := gguf:gguf>=0.10
+# (the GPU machine has no network and no gguf). triton here runs the Triton kernels' tests
+# under TRITON_INTERPRET=1 on the CPU.
+OPTIONAL_DEPS := gguf:gguf>=0.10 triton:triton>=3.6
 PYTEST_ARGS ?=
 # The requirements in the list $(1) (import:requirement) whose import fails, as a shell expression.
 missing_of = $$(for dep in $(foreach d,$(1),'$(d)'); do $(PYTHON) -c "import $${dep%%:*}" 2>/dev/null || echo "$${dep\#*:}"; done)
