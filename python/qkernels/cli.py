@@ -76,7 +76,6 @@ def quantize_command(args) -> int:
     from . import hf
     from .memory import memory_report
 
-    dtype_key = "dtype" if hf.TRANSFORMERS_VERSION >= (4, 56) else "torch_dtype"
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("quantizing", total=None)
 
@@ -86,7 +85,7 @@ def quantize_command(args) -> int:
         with hf.reporting_quantized_layers(advance):
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 args.src, quantization_config=config, device_map=args.device,
-                **{dtype_key: DTYPES[args.dtype]})
+                **{hf.DTYPE_ARGUMENT: DTYPES[args.dtype]})
     model.save_pretrained(args.dst)
     for path in sorted(args.src.iterdir()):
         if (path.is_file() and path.name not in WRITTEN_BY_SAVE

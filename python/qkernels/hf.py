@@ -41,6 +41,11 @@ from ._transformers_hook import transformers_version
 from .nn import QKernelsConfig, QuantLinear, plan_quantization
 
 TRANSFORMERS_VERSION = transformers_version()
+# Whether save_pretrained asks the quantizer for safetensors metadata (4.57 and newer); before,
+# the header is in config.json only, and qk.load_quantized cannot read the file alone.
+WRITES_FILE_METADATA = hasattr(HfQuantizer, "get_state_dict_and_metadata")
+# from_pretrained's name for the dtype of the model (torch_dtype until 4.56).
+DTYPE_ARGUMENT = "dtype" if TRANSFORMERS_VERSION >= (4, 56) else "torch_dtype"
 
 # Called as callback(model, name, done, total) after each layer from_pretrained quantizes.
 _layer_callbacks = []
@@ -182,6 +187,17 @@ class QKernelsHfQuantizer(HfQuantizer):
         if left:
             raise ValueError(f"checkpoint: expected a weight for each layer to quantize, got none "
                              f"for {left[:8]}")
+        rounded = [f"{name}.{key}" for name, module in model.named_modules()
+                   if isinstance(module, QuantLinear)
+                   for key in module._canonical_names[1:]
+                   if getattr(module, key).dtype != torch.float32]
+        if rounded:
+            # transformers 4.x casts every float tensor of a quantized checkpoint to the
+            # requested dtype; scales rounded to 16 bits would give silently different outputs.
+            raise ValueError(f"dtype: expected the packed layers' scales in float32, got "
+                             f"{rounded[:4]} rounded to {model.get_buffer(rounded[0]).dtype} by "
+                             f"this transformers version; load with dtype=torch.float32, then "
+                             f"model.to(dtype) (which keeps the scales in float32)")
         self.quantization_config.checkpoint = serialization.header(model)
         model.config.quantization_config = self.quantization_config
         return model

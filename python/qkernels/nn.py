@@ -50,8 +50,10 @@ class QuantLinear(nn.Module):
         self.register_buffer(
             scale_name, torch.ones(out_features, groups, dtype=torch.float32, device=device))
         if fmt == "int4" and not symmetric:
+            # fp32 whatever the default dtype (transformers builds models under bf16 defaults).
             self.register_buffer("zeros", torch.full((out_features, groups),
-                                                     formats.INT4_SYMMETRIC_ZERO, device=device))
+                                                     formats.INT4_SYMMETRIC_ZERO,
+                                                     dtype=torch.float32, device=device))
         if bias:
             self.bias = nn.Parameter(
                 torch.zeros(out_features, dtype=dtype or torch.float32, device=device),
