@@ -220,6 +220,9 @@ def test_bad_configs_and_checkpoints_are_rejected(fp32_dir, tmp_path):
     config_file.write_text(json.dumps(wrong_shape))
     with pytest.raises(ValueError, match=r"model.layers.0.mlp.up_proj.*\(out_features"):
         load(tmp_path / "q")
+    with pytest.raises(ValueError, match="device_map: qkernels layers cannot be offloaded"):
+        hf.QKernelsHfQuantizer(qk.QKernelsConfig()).validate_environment(
+            device_map={"model": "cpu", "lm_head": "disk"})
     no_table = json.loads(json.dumps(saved))
     del no_table["quantization_config"]["checkpoint"]
     config_file.write_text(json.dumps(no_table))
@@ -248,6 +251,8 @@ def test_cli_quantize(fp32_dir, tmp_path, capsys):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     with pytest.raises(SystemExit, match="GGUF files are not supported yet"):
         cli.main(["quantize", str(tmp_path / "model.gguf"), str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="src: expected a transformers model directory"):
+        cli.main(["quantize", str(tmp_path), str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="dst: expected a new or empty directory"):
         cli.main(["quantize", str(path), str(dst)])
     with pytest.raises(SystemExit, match="group_size: expected one of"):
