@@ -15,6 +15,10 @@ from .memory import MemoryReport, memory_report
 from .nn import QKernelsConfig, QuantLinear, quantize_model
 from .ops import available_backends, matmul
 from .serialization import load_quantized, save_quantized
+from . import _transformers_hook
+
+# QKernelsConfig becomes a transformers quantization_config once transformers is imported.
+_transformers_hook.install()
 
 __version__ = "0.1.0"
 

@@ -6,7 +6,7 @@ import dataclasses
 import fnmatch
 import json
 import sys
-from typing import Optional, Sequence, Union
+from typing import ClassVar, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -34,17 +34,14 @@ class QuantLinear(nn.Module):
                  dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
                  double_quant: bool = False):
         super().__init__()
-        formats.check_format(fmt)
-        if double_quant and fmt != "nf4":
-            raise ValueError(f"double_quant: only nf4 has double quantization, got fmt={fmt!r}")
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features, out_features: expected >= 1, got "
                              f"({in_features}, {out_features})")
-        if symmetric and fmt != "int4":
-            raise ValueError(f"symmetric: only int4 has a symmetric mode, got fmt={fmt!r}")
         self.in_features, self.out_features = in_features, out_features
         self.fmt = fmt
-        self.group_size = formats.resolve_group_size(fmt, group_size, in_features)
+        self.group_size = resolve_settings(fmt, group_size, symmetric, in_features)
+        if double_quant and fmt != "nf4":
+            raise ValueError(f"double_quant: only nf4 has double quantization, got fmt={fmt!r}")
         self.symmetric = symmetric
         self.double_quant = double_quant
         self.backend = backend
@@ -64,8 +61,10 @@ class QuantLinear(nn.Module):
             self.register_buffer(
                 scale_name, torch.ones(out_features, groups, dtype=torch.float32, device=device))
         if fmt == "int4" and not symmetric:
+            # fp32 whatever the default dtype (transformers builds models under bf16 defaults).
             self.register_buffer("zeros", torch.full((out_features, groups),
-                                                     formats.INT4_SYMMETRIC_ZERO, device=device))
+                                                     formats.INT4_SYMMETRIC_ZERO,
+                                                     dtype=torch.float32, device=device))
         if bias:
             self.bias = nn.Parameter(
                 torch.zeros(out_features, dtype=dtype or torch.float32, device=device),
@@ -163,12 +162,25 @@ class QuantLinear(nn.Module):
                 f"{mode}{backend}{permuted}")
 
 
+def resolve_settings(fmt: str, group_size: Optional[int], symmetric: bool, in_features: int) -> int:
+    """Check one layer's settings and return its stored group size (see
+    formats.resolve_group_size)."""
+    group_size = formats.resolve_group_size(formats.check_format(fmt), group_size, in_features)
+    if symmetric and fmt != "int4":
+        raise ValueError(f"symmetric: only int4 has a symmetric mode, got fmt={fmt!r}")
+    return group_size
+
+
 @dataclasses.dataclass
 class QKernelsConfig:
-    """How to quantize a model: one JSON-round-trippable object for quantize_model (and for
-    transformers' quantization_config). ``modules_to_not_convert`` are name patterns (exact
-    name, last name component, or fnmatch glob); ``module_overrides`` maps a pattern to
+    """How to quantize a model: one JSON-round-trippable object for quantize_model and for
+    transformers' ``from_pretrained(quantization_config=...)`` (registered as "qkernels" by
+    qkernels.hf once transformers is imported). ``modules_to_not_convert`` are name patterns
+    (exact name, last name component, or fnmatch glob); ``module_overrides`` maps a pattern to
     {"fmt": ..., "group_size": ..., "symmetric": ...} for the modules it matches."""
+
+    # The key transformers files the config under in config.json.
+    quant_method: ClassVar[str] = "qkernels"
 
     fmt: str = "int4"
     group_size: Optional[int] = None
@@ -191,10 +203,14 @@ class QKernelsConfig:
                                        override.get("group_size", self.group_size), 1 << 20)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {"quant_method": self.quant_method, **dataclasses.asdict(self)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "QKernelsConfig":
+        data = dict(data)
+        method = data.pop("quant_method", cls.quant_method)
+        if method != cls.quant_method:
+            raise ValueError(f"quant_method: expected {cls.quant_method!r}, got {method!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -242,22 +258,7 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
                         f"{type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    uses = {}
-    for _, param in model.named_parameters(remove_duplicate=False):
-        uses[id(param)] = uses.get(id(param), 0) + 1
-
-    targets, kept = [], {}   # kept: name -> why that nn.Linear stays in full precision
-    for name, module in model.named_modules():
-        if type(module) is not nn.Linear:
-            continue
-        settings = config.settings_for(name)
-        if uses.get(id(module.weight), 0) > 1:
-            kept[name] = "tied weight"
-        elif settings is None:
-            kept[name] = "skipped"
-        else:
-            targets.append((name, module, settings))
-
+    targets, kept = plan_quantization(model, config)
     if verbose is None:
         verbose = sys.stderr.isatty() and len(targets) >= PROGRESS_MIN_LAYERS
     steps = targets
@@ -270,15 +271,10 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
         steps = track(targets, description="quantizing", console=console, transient=True)
     replaced_bytes = packed_bytes = 0
     for name, module, settings in steps:
-        try:
-            replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
-        except (TypeError, ValueError) as error:  # e.g. overrides that combine badly
-            raise type(error)(f"{name}: {error}") from error
+        replacement = QuantLinear.from_linear(module, backend=config.backend, **settings)
         replaced_bytes += memory.tensor_bytes(module.weight)
         packed_bytes += replacement.quantized_weight.nbytes
-        parent_name, _, child_name = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child_name, replacement)
+        model.set_submodule(name, replacement)
     if verbose:
         after = memory.memory_report(model)
         console.print(f"qkernels: quantized {len(targets)} linear layers: weights "
@@ -289,3 +285,30 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
             console.print("left in full precision: " +
                           ", ".join(f"{name} ({why})" for name, why in kept.items()))
     return model
+
+
+def plan_quantization(model: nn.Module, config: QKernelsConfig, tied: Sequence[str] = ()) -> tuple:
+    """(targets, kept) for quantizing ``model`` with ``config``: targets lists (name, module,
+    settings) of each nn.Linear to convert, its settings already checked against its shape;
+    kept maps each other nn.Linear to why it stays in full precision. A weight shared with
+    another module, or named in ``tied``, is a tied weight and stays."""
+    uses = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        uses[id(param)] = uses.get(id(param), 0) + 1
+    targets, kept = [], {}
+    for name, module in model.named_modules():
+        if type(module) is not nn.Linear:
+            continue
+        settings = config.settings_for(name)
+        if uses.get(id(module.weight), 0) > 1 or name in tied:
+            kept[name] = "tied weight"
+        elif settings is None:
+            kept[name] = "skipped"
+        else:
+            try:   # e.g. overrides that combine badly: fail before any weight is touched
+                resolve_settings(settings["fmt"], settings["group_size"], settings["symmetric"],
+                                 module.in_features)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{name}: {error}") from error
+            targets.append((name, module, settings))
+    return targets, kept

@@ -33,19 +33,11 @@ METADATA_KEY = "qkernels"
 
 def save_quantized(model: nn.Module, path: Union[str, os.PathLike]) -> None:
     """Write ``model`` (quantized by quantize_model or built of QuantLinear layers) to ``path``."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    layers = {
-        name: {"fmt": module.fmt, "group_size": module.group_size, "symmetric": module.symmetric,
-               "in_features": module.in_features, "out_features": module.out_features,
-               "bias": module.bias is not None}
-        for name, module in model.named_modules() if isinstance(module, QuantLinear)}
-    tensors, tied, first_name, seen_storages = {}, {}, {}, set()
+    head = header(model)
+    tensors, seen_storages = {}, set()
     for name, tensor in model.state_dict(keep_vars=True).items():
-        if id(tensor) in first_name:   # a tied weight, already stored under its first name
-            tied[name] = first_name[id(tensor)]
+        if name in head["tied"]:   # stored once, under the first name that holds it
             continue
-        first_name[id(tensor)] = name
         if tensor.is_meta:
             raise ValueError(f"model: {name} is on the meta device; expected materialized tensors")
         cpu = tensor.detach().to("cpu").contiguous()
@@ -54,9 +46,33 @@ def save_quantized(model: nn.Module, path: Union[str, os.PathLike]) -> None:
             cpu = cpu.clone()
         seen_storages.add(cpu.untyped_storage().data_ptr())
         tensors[name] = cpu
-    tensors = dict(sorted(tensors.items()))
-    header = {"format_version": FORMAT_VERSION, "layers": layers, "tied": tied}
-    save_file(tensors, os.fspath(path), metadata={METADATA_KEY: json.dumps(header, sort_keys=True)})
+    save_file(dict(sorted(tensors.items())), os.fspath(path),
+              metadata={METADATA_KEY: json.dumps(head, sort_keys=True)})
+
+
+def header(model: nn.Module) -> dict:
+    """The "qkernels" metadata of ``model``'s file: format version, quantized layers (name ->
+    what rebuilds that QuantLinear empty) and tied weights (alias -> the first name holding it)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    layers = {name: {"fmt": module.fmt, "group_size": module.group_size,
+                     "symmetric": module.symmetric, "in_features": module.in_features,
+                     "out_features": module.out_features, "bias": module.bias is not None}
+              for name, module in model.named_modules() if isinstance(module, QuantLinear)}
+    tied, first_name = {}, {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in first_name:
+            tied[name] = first_name[id(tensor)]
+        else:
+            first_name[id(tensor)] = name
+    return {"format_version": FORMAT_VERSION, "layers": layers, "tied": tied}
+
+
+def check_format_version(version, source: str) -> None:
+    """Raise if ``version`` (from ``source``) is not one this qkernels reads."""
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{source} has format_version {version!r}; this qkernels reads versions "
+                         f"<= {FORMAT_VERSION}: upgrade qkernels to load it")
 
 
 def read_header(path: Union[str, os.PathLike]) -> dict:
@@ -67,10 +83,7 @@ def read_header(path: Union[str, os.PathLike]) -> dict:
         raise ValueError(f"path: {os.fspath(path)!r} has no {METADATA_KEY!r} metadata; expected a "
                          f"file written by qkernels.save_quantized")
     header = json.loads(metadata[METADATA_KEY])
-    version = header.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ValueError(f"path: {os.fspath(path)!r} has format_version {version!r}; this qkernels "
-                         f"reads versions <= {FORMAT_VERSION}: upgrade qkernels to load it")
+    check_format_version(header.get("format_version"), f"path: {os.fspath(path)!r}")
     return header
 
 
@@ -135,8 +148,7 @@ def _replace_with_quantized(model: nn.Module, name: str, layer: dict, stored: di
     backend = module.backend if isinstance(module, QuantLinear) else None
     replacement = QuantLinear.from_quantized(qw, bias, backend=backend,
                                              input_perm=stored.get(f"{name}.input_perm"))
-    parent_name, _, child_name = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child_name, replacement)
+    model.set_submodule(name, replacement)
 
 
 def _model_device(model: nn.Module) -> torch.device:
