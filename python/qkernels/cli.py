@@ -54,8 +54,9 @@ def quantize_command(args) -> int:
 
     console = Console(stderr=True)
     if args.src.suffix == ".gguf":
-        raise SystemExit(f"src: GGUF files are not supported yet (issue 9 adds the importer); "
-                         f"expected a transformers model directory, got {str(args.src)!r}")
+        raise SystemExit(f"src: a GGUF file cannot be written as a transformers checkpoint yet; "
+                         f"load it with qk.load_gguf({str(args.src)!r}) instead, or pass a "
+                         f"transformers model directory")
     if not (args.src / "config.json").is_file():
         raise SystemExit(f"src: expected a transformers model directory (with config.json), "
                          f"got {str(args.src)!r}")
