@@ -8,6 +8,7 @@ says; plus a comparison of two runs and a model-level tokens/s benchmark.
     qkernels-bench compare OLD.json NEW.json        # ratio table, regressions first
     qkernels-bench model --device cuda              # SmolLM2-135M prefill / decode tokens/s
     qkernels-bench plot RUN.json                    # (re)draw the plots of a run
+    qkernels-bench summary RUN.json --batch 1,4096  # speedup tables of a run
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime
 import importlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -86,6 +88,8 @@ def machine_info(device: torch.device, roofline: dict, x_dtype) -> dict:
                                 text=True, check=False).stdout.strip() or None
     except OSError:
         commit = None
+    # A copy of the tree without .git (the GPU machine) is told its commit by the caller.
+    commit = commit or os.environ.get("QKERNELS_GIT_COMMIT")
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
             "load_average": measure.load_average(),
             "torch": torch.__version__, "qkernels": qk.__version__, "git_commit": commit,
@@ -181,6 +185,7 @@ SUBCOMMANDS = {
     "compare": "qkernels.bench.compare",
     "model": "qkernels.bench.model",
     "plot": "qkernels.bench.plot",
+    "summary": "qkernels.bench.report",
 }
 
 

@@ -2,9 +2,15 @@
 
 The markdown opens with one pivot table per shape (speedup over F.linear, implementations down,
 batch sizes across), which is what a reader compares; every measured row follows it.
+
+    qkernels-bench summary RUN.json [RUN.json ...] [--batch 1,16,256,4096]   # the pivot tables
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 
 def shape_key(row: dict) -> tuple:
@@ -65,10 +71,10 @@ def render_table(report: dict):
     return table
 
 
-def speedup_pivot(rows) -> list:
-    """Markdown lines: implementations down, M across, speedup over F.linear in the cells and
-    the F.linear time itself in the first row."""
-    batches = sorted({r["m"] for r in rows})
+def speedup_pivot(rows, batches=None) -> list:
+    """Markdown lines: implementations down, M across (all of the run's, or `batches`), speedup
+    over F.linear in the cells and the F.linear time itself in the first row."""
+    batches = sorted({r["m"] for r in rows} if batches is None else batches)
     cell = {(r["name"], r["m"]): r for r in rows}
     lines = ["| impl | " + " | ".join(f"M={m}" for m in batches) + " |",
              "|---" * (len(batches) + 1) + "|"]
@@ -107,3 +113,25 @@ def markdown_table(report: dict, plots=()) -> str:
     if report["skipped"]:
         lines += ["", "Skipped:", ""] + [f"- {reason}" for reason in report["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    from . import suites
+
+    parser = argparse.ArgumentParser(prog="qkernels-bench summary", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", type=Path, nargs="+", help="JSON files of qkernels-bench runs")
+    parser.add_argument("--batch", help="M[,M...]: the columns to show (default: all)")
+    args = parser.parse_args(argv)
+    try:
+        batches = suites.parse_batches(args.batch) if args.batch else None
+    except ValueError as error:
+        parser.error(str(error))
+    for path in args.runs:
+        results = json.loads(path.read_text())
+        print(f"# {path.name}: {results['meta']['device_name']}. {header_line(results)}")
+        for rows in grouped_by_shape(results["results"]).values():
+            print(f"## {shape_title(rows[0])}")
+            print("\n".join(speedup_pivot(rows, batches)))
+        print()
+    return 0
