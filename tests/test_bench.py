@@ -126,6 +126,7 @@ def test_tiny_cpu_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert results["meta"]["load_average"] and results["skipped"]
     text = (out / "custom.md").read_text()
     assert "## 17x577" in text and "**cpu int4 g128**" in text and "Skipped:" in text
+    assert "Cache-warm" in text  # 2 copies of a 17x577 weight stay in any cache
     assert not list(out.glob("*.png"))
 
 

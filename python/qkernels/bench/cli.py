@@ -153,9 +153,13 @@ def run(args) -> dict:
                     if case.name in given_up:
                         continue
                     progress.update(task, description=f"{n}x{k} M={m} {case.name}")
-                    seconds = measure.time_calls(case.calls(x), device, budget_s=args.budget)
+                    calls = case.calls(x)
+                    seconds = measure.time_calls(calls, device, budget_s=args.budget)
                     baseline_s = seconds if case.kind == "baseline" else baseline_s
                     rows.append(_row(case, layer, n, k, m, seconds, baseline_s, x_dtype, roofline))
+                    # Tiny weights cannot be rotated through enough copies to leave the cache.
+                    rows[-1]["cold"] = (len(calls) * case.weight_bytes
+                                        >= measure.last_level_cache_bytes(device))
                     if (case.kind != "baseline" and seconds > args.give_up * baseline_s
                             and m != batches[-1]):
                         given_up.add(case.name)

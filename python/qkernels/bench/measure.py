@@ -60,7 +60,7 @@ def device_name(device: torch.device) -> str:
     return name
 
 
-def copies_for_cold_cache(weight_bytes: int, device: torch.device, max_copies: int = 64) -> int:
+def copies_for_cold_cache(weight_bytes: int, device: torch.device, max_copies: int = 256) -> int:
     needed = COLD_CACHE_FACTOR * last_level_cache_bytes(device)
     return max(2, min(max_copies, -(-needed // max(weight_bytes, 1))))
 

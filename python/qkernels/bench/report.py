@@ -102,6 +102,10 @@ def markdown_table(report: dict, plots=()) -> str:
         lines.append("")
     for rows in grouped_by_shape(report["results"]).values():
         lines += [f"## {shape_title(rows[0])}", ""] + speedup_pivot(rows) + [""]
+        warm = implementations(r for r in rows if r.get("cold") is False)
+        if warm:
+            lines += ["Cache-warm (all copies of the weight together fit in the last-level "
+                      "cache): " + ", ".join(warm) + ".", ""]
     lines += ["## All rows", "",
               "| shape NxK | M | impl | time (us) | GB/s | TFLOP/s | % roofline | speedup |",
               "|---|---|---|---|---|---|---|---|"]
