@@ -19,7 +19,9 @@ from . import report
 
 FORMAT_COLOURS = {"int4": "tab:blue", "nf4": "tab:green", "int8": "tab:orange", None: "black"}
 BACKEND_MARKERS = {"cuda": "o", "triton": "^", "cpu": "o", "reference": "x"}
-PEER_MARKERS = {"torch": "s", "bitsandbytes": "D", "gemlite": "v"}
+# By the start of the peer's row label.
+PEER_MARKERS = {"torch int4pack": "s", "torch int8pack": "P", "torch dynamic": "X",
+                "bitsandbytes": "D", "gemlite A16W4": "v", "gemlite A16W8": "^"}
 MAX_COLUMNS = 3
 
 
@@ -29,7 +31,8 @@ def _style(row: dict) -> dict:
         return {"color": "black", "linestyle": "-", "marker": None, "linewidth": 1.2}
     if row["kind"] == "peer":
         return {"color": colour, "linestyle": "--", "linewidth": 1.2, "alpha": 0.8,
-                "marker": PEER_MARKERS.get(row["name"].split()[0], "*"), "markersize": 4}
+                "marker": next((marker for start, marker in PEER_MARKERS.items()
+                                if row["name"].startswith(start)), "*"), "markersize": 5}
     return {"color": colour, "linestyle": "-", "linewidth": 2.0, "markersize": 5,
             "marker": BACKEND_MARKERS.get(row["backend"], "o")}
 

@@ -25,15 +25,15 @@ SUITES = {
     # q/o alone, the fused qkv projection (4096 + 2 x 1024), gate or up alone, gate+up fused
     # into one matmul, and down.
     "llama3-8b": {
-        "shapes": {"q_proj/o_proj": (4096, 4096), "qkv_proj (fused)": (6144, 4096),
-                   "gate_proj/up_proj": (14336, 4096), "gate_up_proj (fused)": (28672, 4096),
+        "shapes": {"q_proj/o_proj": (4096, 4096), "qkv_proj, fused": (6144, 4096),
+                   "gate_proj/up_proj": (14336, 4096), "gate_up_proj, fused": (28672, 4096),
                    "down_proj": (4096, 14336)},
         "batches": {"cuda": GPU_BATCHES, "cpu": CPU_BATCHES},
     },
     # Llama-3-70B (hidden 8192, intermediate 28672, 64 query and 8 key/value heads of 128).
     "llama3-70b": {
-        "shapes": {"q_proj/o_proj": (8192, 8192), "qkv_proj (fused)": (10240, 8192),
-                   "gate_proj/up_proj": (28672, 8192), "gate_up_proj (fused)": (57344, 8192),
+        "shapes": {"q_proj/o_proj": (8192, 8192), "qkv_proj, fused": (10240, 8192),
+                   "gate_proj/up_proj": (28672, 8192), "gate_up_proj, fused": (57344, 8192),
                    "down_proj": (8192, 28672)},
         "batches": {"cuda": GPU_BATCHES, "cpu": [1, 4, 16, 64]},
     },
@@ -41,8 +41,8 @@ SUITES = {
     # K = 576 is not a multiple of 128, so int4 g128 has a ragged last group.
     "smollm": {
         "shapes": {"q_proj/o_proj": (576, 576), "k_proj/v_proj": (192, 576),
-                   "qkv_proj (fused)": (960, 576), "gate_proj/up_proj": (1536, 576),
-                   "gate_up_proj (fused)": (3072, 576), "down_proj": (576, 1536)},
+                   "qkv_proj, fused": (960, 576), "gate_proj/up_proj": (1536, 576),
+                   "gate_up_proj, fused": (3072, 576), "down_proj": (576, 1536)},
         "batches": {"cuda": GPU_BATCHES, "cpu": CPU_BATCHES},
     },
     # The shapes and batches each issue's goals are stated on.
