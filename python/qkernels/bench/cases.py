@@ -151,10 +151,12 @@ def _bitsandbytes_nf4_case(w, x_dtype) -> Case:
     import bitsandbytes as bnb
 
     weight = w.to(x_dtype)
-    packed, state = bnb.functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
-    nbytes = _nbytes(packed, state.absmax)
-    copies = [(packed, state)] + [bnb.functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
-                                  for _ in range(measure.copies_for_cold_cache(nbytes, w.device) - 1)]
+    def quantize():
+        return bnb.functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
+
+    copies = [quantize()]
+    nbytes = _nbytes(copies[0][0], copies[0][1].absmax)
+    copies += [quantize() for _ in range(measure.copies_for_cold_cache(nbytes, w.device) - 1)]
     return Case("bitsandbytes nf4 g64", "peer", "nf4", 64, None, nbytes,
                 lambda x: [lambda p=p, s=s: bnb.matmul_4bit(x, p.t(), s) for p, s in copies])
 

@@ -144,7 +144,8 @@ def run(args) -> dict:
         row["decode_vs_dense"] = dense and row["decode_tok_s"] / dense["decode_tok_s"]
     meta = {"device": device.type, "device_name": measure.device_name(device),
             "dtype": str(dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-            "load_average": measure.load_average(), "torch": torch.__version__, "qkernels": qk.__version__,
+            "load_average": measure.load_average(), "torch": torch.__version__,
+            "qkernels": qk.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "weights": description, "batch": args.batch, "prompt_tokens": args.prompt_tokens,
             "new_tokens": args.new_tokens, "repeats": args.repeats}
@@ -196,7 +197,8 @@ def parse_args(argv=None):
         parser.error(f"--formats: expected names from {', '.join(FORMATS)}, got {unknown}")
     for option in ("batch", "prompt_tokens", "repeats"):
         if getattr(args, option) < 1:
-            parser.error(f"--{option.replace('_', '-')}: expected >= 1, got {getattr(args, option)}")
+            parser.error(f"--{option.replace('_', '-')}: expected >= 1, "
+                         f"got {getattr(args, option)}")
     if args.new_tokens < 2:
         parser.error(f"--new-tokens: expected >= 2 (the first token is the prefill's), "
                      f"got {args.new_tokens}")

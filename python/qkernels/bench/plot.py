@@ -105,7 +105,8 @@ def plot_run(results: dict, out: Path) -> list:
     bandwidth = results["meta"]["bandwidth_gbps"]
     return [
         _draw(results, out / f"{suite}-speedup.png", "speedup", "speedup over F.linear",
-              "Speedup over F.linear (higher is better; solid: qkernels, dashed: other libraries)", log_y=True),
+              "Speedup over F.linear (higher is better; solid: qkernels, dashed: other libraries)",
+              log_y=True),
         _draw(results, out / f"{suite}-roofline.png", "roofline_pct", "% of roofline",
               f"Share of the roofline ({bandwidth:.0f} GB/s measured)", log_y=False),
     ]
