@@ -83,13 +83,14 @@ def parse_args(argv=None):
 
 def machine_info(device: torch.device, roofline: dict, x_dtype) -> dict:
     name = measure.device_name(device)
+    # A copy of the tree (the GPU machine's) is told its commit: git there may see another repo.
+    commit = os.environ.get("QKERNELS_GIT_COMMIT")
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=False).stdout.strip() or None
+        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
+                                          capture_output=True, text=True,
+                                          check=False).stdout.strip() or None
     except OSError:
-        commit = None
-    # A copy of the tree without .git (the GPU machine) is told its commit by the caller.
-    commit = commit or os.environ.get("QKERNELS_GIT_COMMIT")
+        pass
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
             "load_average": measure.load_average(),
             "torch": torch.__version__, "qkernels": qk.__version__, "git_commit": commit,

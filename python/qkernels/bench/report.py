@@ -133,6 +133,9 @@ def main(argv=None):
         parser.error(str(error))
     for path in args.runs:
         results = json.loads(path.read_text())
+        if "suite" not in results:
+            print(f"# {path.name}: not a kernel-suite run (no 'suite' key), left out\n")
+            continue
         print(f"# {path.name}: {results['meta']['device_name']}. {header_line(results)}")
         for rows in grouped_by_shape(results["results"]).values():
             print(f"## {shape_title(rows[0])}")
