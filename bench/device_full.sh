@@ -6,12 +6,12 @@
 #
 #   run: QKERNELS_GIT_COMMIT=<hash> bash bench/device_full.sh     (carry: [".whl"])
 #
-# Environment: OUT (default ./device_out), WHEELS (default .whl, or ../.whl from a sync folder),
+# Environment: OUT (default /tmp/qkernels-device-out), WHEELS (default .whl, or ../.whl from a sync folder),
 # BUDGET_S (total seconds, default 480), TORCH_CUDA_ARCH_LIST (default 9.0a),
 # SUITES (default "llama3-8b smollm llama3-70b").
 set -uo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-$PWD/device_out}
+OUT=${OUT:-/tmp/qkernels-device-out}
 RESULTS=$OUT/h100
 mkdir -p "$RESULTS"
 export PYTHONUNBUFFERED=1
