@@ -12,10 +12,11 @@ OUT=${OUT:-bench/results/cpu}
 THREADS=${THREADS:-2}
 START=$(date +%s)
 echo "load before: $(uptime)"
-# smollm first (small, 1 min), then llama3-8b within what is left of ~8.5 minutes, then the
-# model bench (~1 minute).
-"$PYTHON" -m qkernels.bench.cli --suite smollm --threads "$THREADS" --budget 0.2 --out "$OUT"
+# smollm first, then llama3-8b, each within a time limit (whole (shape, M) steps), then the
+# model bench (~1 minute on a quiet machine; it has no limit).
+"$PYTHON" -m qkernels.bench.cli --suite smollm --threads "$THREADS" --budget 0.2 \
+  --time-limit "${SMOLLM_MINUTES:-2}" --out "$OUT"
 "$PYTHON" -m qkernels.bench.cli --suite llama3-8b --threads "$THREADS" --budget 0.3 \
-  --time-limit "${LLAMA_MINUTES:-6}" --out "$OUT"
+  --time-limit "${LLAMA_MINUTES:-5}" --out "$OUT"
 "$PYTHON" -m qkernels.bench.cli model --threads "$THREADS" --out "$OUT"
 echo "load after: $(uptime); $(( $(date +%s) - START )) s"
