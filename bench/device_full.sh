@@ -88,5 +88,10 @@ cat "$OUT"/*.log > "$OUT/logs.txt" && rm -f "$OUT"/*.log
 ls -la "$OUT"
 echo "=== summary ($(elapsed) s)"
 mkdir -p /tmp/summary && tar -xzf "$OUT/h100.tar.gz" -C /tmp/summary
-python3 -m qkernels.bench.cli summary /tmp/summary/*.json --batch 1,16,256,4096
+# The first suite last, next to the model table: the reply shows only the end of the output.
+runs=()
+for suite in ${SUITES:-llama3-8b smollm llama3-70b}; do
+  [ -f "/tmp/summary/$suite.json" ] && runs=("/tmp/summary/$suite.json" "${runs[@]}")
+done
+(( ${#runs[@]} )) && python3 -m qkernels.bench.cli summary "${runs[@]}" --batch 1,16,256,4096
 grep -h -A12 "^| format" /tmp/summary/model-cuda.md 2>/dev/null
