@@ -48,35 +48,54 @@ def qkernels_case(w: torch.Tensor, fmt: str, group_size: Optional[int], backend:
                 lambda x: [lambda q=q: qk.matmul(x, q, backend=backend) for q in weights])
 
 
-def peer_cases(w: torch.Tensor, formats, x_dtype: torch.dtype):
-    """Peers that this installation provides on this device, each quantized the way it
-    quantizes: (cases, reasons for the ones skipped). A missing peer is skipped, not a failure."""
-    wanted = []
-    if "int4" in formats:
-        wanted.append(("torch int4pack", _torch_int4pack_case))
-    if "int8" in formats:
-        wanted.append(("torch int8", _torch_dynamic_int8_case if w.device.type == "cpu"
-                       else _torch_int8pack_case))
-    found, missing = [], []
-    for name, make in wanted:
+@dataclasses.dataclass
+class Peer:
+    name: str            # row label
+    fmt: str             # the qkernels format it competes with
+    devices: tuple       # device types it runs on
+    make: Callable[[torch.Tensor, torch.dtype], Case]
+
+    @property
+    def library(self) -> str:
+        return self.name.split()[0]
+
+
+def peer_cases(w: torch.Tensor, formats, x_dtype: torch.dtype, libraries=None):
+    """Peers that this installation provides on this device, each quantized the way that library
+    quantizes: (cases, reasons for the ones skipped). A missing peer is skipped, not a failure.
+    `libraries` (e.g. {"torch", "gemlite"}) limits the peers to those libraries."""
+    found, skipped = [], []
+    for peer in PEERS:
+        if peer.fmt not in formats or (libraries is not None and peer.library not in libraries):
+            continue
+        if w.device.type not in peer.devices:
+            skipped.append(f"{peer.name}: runs on {'/'.join(peer.devices)} only")
+            continue
         try:
-            found.append(make(w, x_dtype))
-        except (ImportError, RuntimeError, AttributeError, NotImplementedError) as error:
-            missing.append(f"{name} unavailable ({type(error).__name__}: {str(error)[:80]})")
-    return found, missing
+            found.append(peer.make(w, x_dtype))
+        except ImportError as error:
+            skipped.append(f"{peer.name}: not installed ({error.name or error})")
+        except (RuntimeError, NotImplementedError, AttributeError, ValueError,
+                AssertionError, TypeError) as error:
+            skipped.append(f"{peer.name}: {type(error).__name__}: {str(error)[:100]}")
+    return found, skipped
+
+
+def _nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
 def _torch_int4pack_case(w, x_dtype) -> Case:
-    """torch's tinygemm int4 (g128): _weight_int4pack_mm on CUDA (bf16 only),
-    _weight_int4pack_mm_for_cpu on CPU."""
+    """torch's tinygemm int4 (asymmetric, g128, bf16 scales and zeros): _weight_int4pack_mm on
+    CUDA, _weight_int4pack_mm_for_cpu on CPU. Both are bf16-activation kernels (fp32 x on the
+    CPU takes a path ~10x slower), so x is converted to bf16 once, outside the timed call."""
     n, k = w.shape
     group = 128
-    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device=w.device)
-    on_cpu = w.device.type == "cpu"
-    dtype = x_dtype if on_cpu else torch.bfloat16
     if k % group:
         raise NotImplementedError(f"K={k} is not a multiple of {group}")
-    if on_cpu:
+    codes = torch.randint(0, 16, (n, k), dtype=torch.int32, device=w.device)
+    dtype = torch.bfloat16
+    if w.device.type == "cpu":
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 2)
         mm = torch.ops.aten._weight_int4pack_mm_for_cpu
     else:
@@ -84,17 +103,22 @@ def _torch_int4pack_case(w, x_dtype) -> Case:
             ((codes[:, 1::2] << 4) | codes[:, ::2]).to(torch.uint8), 8)
         mm = torch.ops.aten._weight_int4pack_mm
     scales_zeros = torch.randn(k // group, n, 2, device=w.device, dtype=dtype) * 0.01
-    nbytes = packed.numel() * packed.element_size() + scales_zeros.numel() * scales_zeros.element_size()
+    nbytes = _nbytes(packed, scales_zeros)
     copies = _clones({"w": packed, "sz": scales_zeros}, measure.copies_for_cold_cache(nbytes, w.device))
-    return Case("torch int4pack g128", "peer", "int4", group, None, nbytes,
-                lambda x: [lambda c=c: mm(x.to(dtype), c["w"], group, c["sz"]) for c in copies])
+
+    def calls(x):
+        x = x.to(dtype)
+        return [lambda c=c: mm(x, c["w"], group, c["sz"]) for c in copies]
+
+    return Case("torch int4pack g128 (bf16 x)", "peer", "int4", group, None, nbytes, calls)
 
 
 def _torch_int8pack_case(w, x_dtype) -> Case:
+    """torch's weight-only int8 (per-channel scales in the activation dtype)."""
     n, k = w.shape
     weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, device=w.device)
     scales = torch.rand(n, device=w.device, dtype=x_dtype) * 0.01
-    nbytes = weight.numel() + scales.numel() * scales.element_size()
+    nbytes = _nbytes(weight, scales)
     copies = _clones({"w": weight, "s": scales}, measure.copies_for_cold_cache(nbytes, w.device))
     mm = torch.ops.aten._weight_int8pack_mm
     return Case("torch int8pack", "peer", "int8", k, None, nbytes,
@@ -118,3 +142,72 @@ def _dynamic_int8_layer(w):
         linear = torch.nn.Linear(w.shape[1], w.shape[0], bias=False)
         linear.weight.data.copy_(w)
         return quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _bitsandbytes_nf4_case(w, x_dtype) -> Case:
+    """bitsandbytes NF4 as QLoRA uses it: its own quantize_4bit (blocks of 64, fp32 absmax,
+    no double quantization) and matmul_4bit (a GEMV kernel at one row, else dequantize +
+    matmul on CUDA; dequantize + matmul on the CPU)."""
+    import bitsandbytes as bnb
+
+    weight = w.to(x_dtype)
+    def quantize():
+        return bnb.functional.quantize_4bit(weight, blocksize=64, quant_type="nf4")
+
+    copies = [quantize()]
+    nbytes = _nbytes(copies[0][0], copies[0][1].absmax)
+    copies += [quantize() for _ in range(measure.copies_for_cold_cache(nbytes, w.device) - 1)]
+    return Case("bitsandbytes nf4 g64", "peer", "nf4", 64, None, nbytes,
+                lambda x: [lambda p=p, s=s: bnb.matmul_4bit(x, p.t(), s) for p, s in copies])
+
+
+def _gemlite_a16w4_case(w, x_dtype) -> Case:
+    """gemlite A16W4 (Triton): 4-bit codes with a scale and a zero point per group of 128 in the
+    HQQ layout it packs from, (W_q - zero) * scale, here from round-to-nearest min/max (HQQ's
+    starting point; its optimiser changes the values, not the kernel)."""
+    from gemlite.helper import A16W4_HQQ_INT
+
+    n, k = w.shape
+    group = 128
+    if k % group:
+        raise NotImplementedError(f"K={k} is not a multiple of {group}")
+    grouped = w.float().reshape(n, k // group, group)
+    low, high = grouped.amin(-1, keepdim=True), grouped.amax(-1, keepdim=True)
+    scale = (high - low).clamp_min(1e-8) / 15
+    zero = -low / scale
+    codes = (grouped / scale + zero).round().clamp(0, 15).to(torch.uint8).reshape(n, k)
+    scale, zero = scale.reshape(n, -1).to(x_dtype), zero.reshape(n, -1).to(x_dtype)
+
+    def make():
+        return A16W4_HQQ_INT(device=w.device, dtype=x_dtype).from_weights(
+            codes.clone(), scale.clone(), zero.clone())
+
+    return _gemlite_case("gemlite A16W4 g128", "int4", group, make, w.device)
+
+
+def _gemlite_a16w8_case(w, x_dtype) -> Case:
+    """gemlite A16W8: its own per-channel int8 quantization (A16W8_INT8.from_weights)."""
+    from gemlite.helper import A16W8_INT8
+
+    def make():
+        return A16W8_INT8(device=w.device, dtype=x_dtype).from_weights(w.to(x_dtype))
+
+    return _gemlite_case("gemlite A16W8 per-channel", "int8", w.shape[1], make, w.device)
+
+
+def _gemlite_case(name, fmt, group, make, device) -> Case:
+    first = make()
+    nbytes = _nbytes(*first.get_tensor_args())
+    layers = [first] + [make() for _ in range(measure.copies_for_cold_cache(nbytes, device) - 1)]
+    return Case(name, "peer", fmt, group, None, nbytes,
+                lambda x: [lambda m=m: m(x) for m in layers])
+
+
+PEERS = (
+    Peer("torch int4pack g128", "int4", ("cpu", "cuda"), _torch_int4pack_case),
+    Peer("torch int8pack", "int8", ("cpu", "cuda"), _torch_int8pack_case),
+    Peer("torch dynamic int8 (W8A8)", "int8", ("cpu",), _torch_dynamic_int8_case),
+    Peer("bitsandbytes nf4 g64", "nf4", ("cpu", "cuda"), _bitsandbytes_nf4_case),
+    Peer("gemlite A16W4 g128", "int4", ("cuda",), _gemlite_a16w4_case),
+    Peer("gemlite A16W8 per-channel", "int8", ("cuda",), _gemlite_a16w8_case),
+)
