@@ -130,6 +130,17 @@ def test_tiny_cpu_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert not list(out.glob("*.png"))
 
 
+def test_summary_prints_the_pivot_tables(tmp_path, monkeypatch, capsys):
+    out, _ = _tiny_run(tmp_path, monkeypatch, "--no-plots", "--no-peers")
+    (out / "model-cpu.json").write_text(json.dumps({"meta": {}, "results": []}))
+    capsys.readouterr()
+    assert cli.main(["summary", str(out / "custom.json"), str(out / "model-cpu.json"),
+                     "--batch", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "## 17x577" in printed and "| impl | M=3 |" in printed and "M=1 " not in printed
+    assert "model-cpu.json: not a kernel-suite run" in printed
+
+
 def test_give_up_and_plots(tmp_path, monkeypatch):
     # A row slower than --give-up x F.linear is not timed at larger M (here: every row).
     out, results = _tiny_run(tmp_path, monkeypatch, "--no-peers", "--give-up", "0")
