@@ -101,11 +101,14 @@ class QuantLinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
                              f"{tuple(x.shape)}")
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        scales = self.absmax if self.fmt == "nf4" else self.scales
-        zeros = getattr(self, "zeros", None) if self.fmt == "int4" else None
-        return ops.matmul_tensors(x, self.fmt, self.qweight, scales, zeros, self.group_size, bias,
-                                  self.backend)
+        # Buffers and the bias straight from their dicts: nn.Module.__getattr__ costs ~1.5 us a
+        # name, a tenth of a small layer's whole call.
+        buffers, bias = self._buffers, self._parameters["bias"]
+        if bias is not None and bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
+        scales = buffers["absmax" if self.fmt == "nf4" else "scales"]
+        return ops.matmul_tensors(x, self.fmt, buffers["qweight"], scales, buffers.get("zeros"),
+                                  self.group_size, bias, self.backend)
 
     def _apply(self, fn, recurse=True):
         # Canonical tensors follow the device of a move but never its dtype: .half() must not
