@@ -117,6 +117,24 @@ def test_gradient_flows_to_input_and_bias(backend, fmt, symmetric):
     assert rel_err(bias.grad, grad_y.double().sum(0)) <= 2e-5
 
 
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_grad_modes_agree_and_record_only_what_needs_grad(backend):
+    # qk.matmul skips the op's autograd kernel when nothing needs a gradient: same values, and
+    # the output requires grad exactly when some input does with grad enabled.
+    x, qw, bias = sample_inputs(3, 17, 577, "int4", group_size=64, bias=True)
+    expected = qk.matmul(x, qw, bias, backend=backend)
+    assert not expected.requires_grad
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            assert torch.equal(qk.matmul(x.requires_grad_(True), qw, bias, backend=backend),
+                               expected)
+    assert qk.matmul(x, qw, bias, backend=backend).requires_grad
+    scales = qw.scales.clone().requires_grad_(True)
+    y = ops.matmul_tensors(x.detach(), "int4", qw.qweight, scales, qw.zeros, 64, bias,
+                           backend=backend)
+    assert y.requires_grad and torch.equal(y.detach(), expected)
+
+
 # --- backend selection -----------------------------------------------------------------------
 
 def test_environment_forces_a_backend(monkeypatch):
@@ -124,14 +142,19 @@ def test_environment_forces_a_backend(monkeypatch):
     assert ops.select_backend(torch.device("cpu")) == "reference"
     monkeypatch.setenv("QKERNELS_BACKEND", "")
     assert ops.select_backend(torch.device("cpu")) == "cpu"
+    monkeypatch.setenv("QKERNELS_BACKEND", "reference")  # the cached choice follows the variable
+    assert ops.select_backend(torch.device("cpu")) == "reference"
+    monkeypatch.delenv("QKERNELS_BACKEND")
+    assert ops.select_backend(torch.device("cpu")) == "cpu"
     assert ops.select_backend(torch.device("meta")) == "reference"
 
 
 def test_environment_rejects_unknown_backend(monkeypatch):
     monkeypatch.setenv("QKERNELS_BACKEND", "fastest")
     x, qw, _ = sample_inputs(1, 4, 32, "int4")
-    with pytest.raises(ValueError, match="QKERNELS_BACKEND: expected one of"):
-        qk.matmul(x, qw)
+    for _ in range(2):  # a rejected choice is not cached: it raises on every call
+        with pytest.raises(ValueError, match="QKERNELS_BACKEND: expected one of"):
+            qk.matmul(x, qw)
 
 
 def test_forcing_a_backend_that_cannot_run_raises():

@@ -38,47 +38,56 @@ ACTIVATION_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # --- torch.ops.qkernels.matmul ---------------------------------------------------------------
 
+def _check(error_type, cond, message):
+    """torch._check_value / _check_type, minus their per-call cost in eager mode: a plain bool
+    that holds returns at once (torch's version imports and inspects on every call, ~1 us a
+    check); anything else, SymBool while tracing included, takes torch's path."""
+    if cond is True:
+        return
+    torch._check_with(error_type, cond, message)
+
+
 def check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias):
     """The whole shape / dtype / device contract of qkernels::matmul, shared by its fake impl
     and by qk.matmul (so every backend rejects the same inputs with the same message)."""
-    torch._check_value(fmt in formats.FORMATS,
-                       lambda: f"fmt: expected one of {formats.FORMATS}, got {fmt!r}")
-    torch._check_type(x.dtype in ACTIVATION_DTYPES,
-                      lambda: f"x: expected dtype float32, float16 or bfloat16, got {x.dtype}")
-    torch._check_value(x.dim() >= 1, lambda: "x: expected shape [..., K], got a 0-dim tensor")
+    _check(ValueError, fmt in formats.FORMATS,
+           lambda: f"fmt: expected one of {formats.FORMATS}, got {fmt!r}")
+    _check(TypeError, x.dtype in ACTIVATION_DTYPES,
+           lambda: f"x: expected dtype float32, float16 or bfloat16, got {x.dtype}")
+    _check(ValueError, x.dim() >= 1, lambda: "x: expected shape [..., K], got a 0-dim tensor")
     code_dtype = torch.int8 if fmt == "int8" else torch.uint8
-    torch._check_type(qweight.dtype == code_dtype,
-                      lambda: f"qweight: expected dtype {code_dtype} for {fmt}, got {qweight.dtype}")
-    torch._check_value(qweight.dim() == 2,
-                       lambda: f"qweight: expected 2 dims [N, bytes per row], got {qweight.dim()}")
+    _check(TypeError, qweight.dtype == code_dtype,
+           lambda: f"qweight: expected dtype {code_dtype} for {fmt}, got {qweight.dtype}")
+    _check(ValueError, qweight.dim() == 2,
+           lambda: f"qweight: expected 2 dims [N, bytes per row], got {qweight.dim()}")
     n, k = qweight.shape[0], x.shape[-1]
-    torch._check_value(k >= 1, lambda: f"x: expected a last dimension K >= 1, got {k}")
+    _check(ValueError, k >= 1, lambda: f"x: expected a last dimension K >= 1, got {k}")
     row_bytes = formats.packed_row_bytes(fmt, k)
-    torch._check_value(
-        qweight.shape[1] == row_bytes,
-        lambda: f"qweight: expected {row_bytes} bytes per row for x's K={k} in {fmt}, got "
-                f"{qweight.shape[1]} (does x's last dimension match in_features?)")
-    torch._check_value(group_size >= 1, lambda: f"group_size: expected >= 1, got {group_size}")
+    _check(ValueError, qweight.shape[1] == row_bytes,
+           lambda: f"qweight: expected {row_bytes} bytes per row for x's K={k} in {fmt}, got "
+                   f"{qweight.shape[1]} (does x's last dimension match in_features?)")
+    _check(ValueError, group_size >= 1, lambda: f"group_size: expected >= 1, got {group_size}")
     groups = formats.num_groups(k, group_size)
     scale_name = "absmax" if fmt == "nf4" else "scales"
-    torch._check_type(scales.dtype == torch.float32,
-                      lambda: f"{scale_name}: expected dtype float32, got {scales.dtype}")
-    torch._check_value(tuple(scales.shape) == (n, groups),
-                       lambda: f"{scale_name}: expected shape ({n}, {groups}), got {tuple(scales.shape)}")
+    _check(TypeError, scales.dtype == torch.float32,
+           lambda: f"{scale_name}: expected dtype float32, got {scales.dtype}")
+    _check(ValueError, scales.dim() == 2 and scales.shape[0] == n and scales.shape[1] == groups,
+           lambda: f"{scale_name}: expected shape ({n}, {groups}), got {tuple(scales.shape)}")
     if zeros is not None:
-        torch._check_value(fmt == "int4", lambda: f"zeros: expected None for {fmt}, got a tensor")
-        torch._check_type(zeros.dtype == torch.float32,
-                          lambda: f"zeros: expected dtype float32, got {zeros.dtype}")
-        torch._check_value(tuple(zeros.shape) == (n, groups),
-                           lambda: f"zeros: expected shape ({n}, {groups}), got {tuple(zeros.shape)}")
+        _check(ValueError, fmt == "int4", lambda: f"zeros: expected None for {fmt}, got a tensor")
+        _check(TypeError, zeros.dtype == torch.float32,
+               lambda: f"zeros: expected dtype float32, got {zeros.dtype}")
+        _check(ValueError, zeros.dim() == 2 and zeros.shape[0] == n and zeros.shape[1] == groups,
+               lambda: f"zeros: expected shape ({n}, {groups}), got {tuple(zeros.shape)}")
     if bias is not None:
-        torch._check_type(bias.dtype == x.dtype,
-                          lambda: f"bias: expected dtype {x.dtype} (that of x), got {bias.dtype}")
-        torch._check_value(tuple(bias.shape) == (n,),
-                           lambda: f"bias: expected shape ({n},), got {tuple(bias.shape)}")
+        _check(TypeError, bias.dtype == x.dtype,
+               lambda: f"bias: expected dtype {x.dtype} (that of x), got {bias.dtype}")
+        _check(ValueError, bias.dim() == 1 and bias.shape[0] == n,
+               lambda: f"bias: expected shape ({n},), got {tuple(bias.shape)}")
+    device = x.device
     for name, t in (("qweight", qweight), ("scales", scales), ("zeros", zeros), ("bias", bias)):
-        torch._check_value(t is None or t.device == x.device,
-                           lambda: f"{name}: expected device {x.device} (that of x), got {t.device}")
+        _check(ValueError, t is None or t.device == device,
+               lambda: f"{name}: expected device {device} (that of x), got {t.device}")
 
 
 def matmul_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
@@ -242,18 +251,32 @@ PREFERENCE = {
 
 def select_backend(device: torch.device, backend: Optional[str] = None) -> str:
     """The backend that runs a matmul on ``device``: ``backend`` if given, else
-    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available."""
-    forced = backend or os.environ.get(BACKEND_ENV_VAR) or None
+    $QKERNELS_BACKEND if set (both must be able to run here), else the fastest available.
+    The variable is read on every call; the choice is cached per (device type, argument,
+    variable), so a changed variable takes effect at once."""
+    key = (device.type, backend, os.environ.get(BACKEND_ENV_VAR))
+    name = _selected_backends.get(key)
+    if name is None:
+        name = _selected_backends[key] = _select_backend(device.type, backend, key[2])
+    return name
+
+
+# Only successful choices are cached: a bad name or an unavailable backend raises every time.
+_selected_backends: dict = {}
+
+
+def _select_backend(device_type: str, backend: Optional[str], from_env: Optional[str]) -> str:
+    forced = backend or from_env or None
     if forced is not None:
         source = "backend" if backend else BACKEND_ENV_VAR
         if forced not in BACKENDS:
             raise ValueError(f"{source}: expected one of {tuple(BACKENDS)}, got {forced!r}")
-        if not BACKENDS[forced].runs_on(device.type):
-            raise RuntimeError(f"{source}={forced!r} cannot run on {device.type} tensors in this "
-                               f"installation; available there: {available_backends(device.type)}")
+        if not BACKENDS[forced].runs_on(device_type):
+            raise RuntimeError(f"{source}={forced!r} cannot run on {device_type} tensors in this "
+                               f"installation; available there: {available_backends(device_type)}")
         return forced
-    for name in PREFERENCE.get(device.type, ("reference",)):
-        if BACKENDS[name].runs_on(device.type):
+    for name in PREFERENCE.get(device_type, ("reference",)):
+        if BACKENDS[name].runs_on(device_type):
             return name
     return "reference"
 
@@ -272,11 +295,18 @@ def available_backends(device_type: Optional[str] = None):
 
 def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None):
     """qk.matmul on canonical tensors (scales = absmax for nf4); what QuantLinear calls."""
-    if not torch.compiler.is_compiling():
-        # Under torch.compile the ops' fake impls run these checks while tracing; dynamo itself
-        # cannot trace their message closures.
-        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    if torch.compiler.is_compiling():
+        # The ops' fake impls run the checks while tracing (dynamo cannot trace their message
+        # closures), and the graph keeps the op's autograd; nothing here is per call.
+        name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
+        return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
     name = select_backend(x.device, backend)
+    if name in _OP_BACKENDS and not _needs_grad(x, scales, zeros, bias):
+        # The ops' autograd kernel is Python (register_autograd): ~9 us a call even under
+        # no_grad, when it only redispatches. Without a gradient to record, go past it.
+        with torch._C._AutoDispatchBelowAutograd():
+            return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
     return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
 
 
@@ -320,6 +350,17 @@ def matmul_nf4_dq_tensors(x, qweight, absmax_codes, absmax_scales, absmax_offset
     name = select_backend(x.device, backend)
     return NF4_DQ_MATMULS[name](x, qweight, absmax_codes, absmax_scales, absmax_offsets,
                                 group_size, bias)
+
+
+# Backends whose matmul is a torch.ops.qkernels op, i.e. goes through the Python autograd kernel.
+_OP_BACKENDS = frozenset(("cuda", "triton", "cpu"))
+
+
+def _needs_grad(x, scales, zeros, bias) -> bool:
+    """Whether the op's autograd would record anything (qweight is integer: never)."""
+    return torch.is_grad_enabled() and (
+        x.requires_grad or scales.requires_grad
+        or (zeros is not None and zeros.requires_grad) or (bias is not None and bias.requires_grad))
 
 
 def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
