@@ -118,23 +118,23 @@ def check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, g
                       bias):
     """The contract of qkernels::matmul_nf4_dq_triton: check_matmul_args for nf4, with the
     absmax given as 8-bit codes and per-block scales and offsets (formats.decode_absmax)."""
-    torch._check_type(absmax_codes.dtype == torch.uint8,
-                      lambda: f"absmax_codes: expected dtype uint8, got {absmax_codes.dtype}")
+    _check(TypeError, absmax_codes.dtype == torch.uint8,
+           lambda: f"absmax_codes: expected dtype uint8, got {absmax_codes.dtype}")
     n, groups = qweight.shape[0], formats.num_groups(x.shape[-1], group_size)
-    torch._check_value(tuple(absmax_codes.shape) == (n, groups),
-                       lambda: f"absmax_codes: expected shape ({n}, {groups}), got "
-                               f"{tuple(absmax_codes.shape)}")
+    _check(ValueError, tuple(absmax_codes.shape) == (n, groups),
+           lambda: f"absmax_codes: expected shape ({n}, {groups}), got "
+                   f"{tuple(absmax_codes.shape)}")
     blocks = formats.num_groups(n * groups, formats.DOUBLE_QUANT_BLOCK)
     for name, t in (("absmax_scales", absmax_scales), ("absmax_offsets", absmax_offsets)):
-        torch._check_type(t.dtype == torch.float32,
-                          lambda: f"{name}: expected dtype float32, got {t.dtype}")
-        torch._check_value(tuple(t.shape) == (blocks,),
-                           lambda: f"{name}: expected shape ({blocks},), got {tuple(t.shape)}")
-        torch._check_value(t.device == x.device,
-                           lambda: f"{name}: expected device {x.device} (that of x), got {t.device}")
-    torch._check_value(absmax_codes.device == x.device,
-                       lambda: f"absmax_codes: expected device {x.device} (that of x), got "
-                               f"{absmax_codes.device}")
+        _check(TypeError, t.dtype == torch.float32,
+               lambda: f"{name}: expected dtype float32, got {t.dtype}")
+        _check(ValueError, tuple(t.shape) == (blocks,),
+               lambda: f"{name}: expected shape ({blocks},), got {tuple(t.shape)}")
+        _check(ValueError, t.device == x.device,
+               lambda: f"{name}: expected device {x.device} (that of x), got {t.device}")
+    _check(ValueError, absmax_codes.device == x.device,
+           lambda: f"absmax_codes: expected device {x.device} (that of x), got "
+                   f"{absmax_codes.device}")
     # The rest of the contract is nf4's; a zero-copy fp32 view of the right shape stands in for
     # the decoded absmax.
     check_matmul_args(x, "nf4", qweight, absmax_scales[:1].expand(n, groups), None, group_size,
