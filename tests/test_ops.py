@@ -212,6 +212,31 @@ def test_bad_tensors_raise_in_python_and_in_cpp(call):
                 args["group_size"], args["bias"])
 
 
+def test_bad_double_quant_tensors_raise():
+    x = torch.randn(2, 64)
+    qw = qk.quantize(torch.randn(8, 64), "nf4", 32, double_quant=True)
+    base = dict(qweight=qw.qweight, absmax_codes=qw.absmax_codes,
+                absmax_scales=qw.absmax_scales, absmax_offsets=qw.absmax_offsets)
+    cases = [
+        (dict(absmax_codes=qw.absmax_codes.to(torch.int8)), TypeError,
+         "absmax_codes: expected dtype uint8"),
+        (dict(absmax_codes=qw.absmax_codes[:, :1]), ValueError,
+         r"absmax_codes: expected shape \(8, 2\)"),
+        (dict(absmax_scales=qw.absmax_scales.double()), TypeError,
+         "absmax_scales: expected dtype float32"),
+        (dict(absmax_offsets=torch.zeros(2)), ValueError, r"absmax_offsets: expected shape \(1,\)"),
+        (dict(absmax_scales=qw.absmax_scales.to("meta")), ValueError,
+         "absmax_scales: expected device cpu"),
+        (dict(absmax_codes=qw.absmax_codes.to("meta")), ValueError,
+         "absmax_codes: expected device cpu"),
+    ]
+    for change, exc, message in cases:
+        args = base | change
+        with pytest.raises(exc, match=message):
+            ops.matmul_nf4_dq_tensors(x, args["qweight"], args["absmax_codes"],
+                                      args["absmax_scales"], args["absmax_offsets"], 32)
+
+
 def test_zeros_rejected_for_formats_without_them():
     x, qw, _ = sample_inputs(2, 8, 64, "nf4", group_size=32)
     with pytest.raises(ValueError, match="zeros"):
