@@ -154,6 +154,7 @@ def run(args) -> dict:
                     if case.name in given_up:
                         continue
                     progress.update(task, description=f"{n}x{k} M={m} {case.name}")
+                    case_started = time.monotonic()
                     calls = case.calls(x)
                     try:
                         seconds = measure.time_calls(calls, device, budget_s=args.budget)
@@ -169,6 +170,8 @@ def run(args) -> dict:
                     # Tiny weights cannot be rotated through enough copies to leave the cache.
                     rows[-1]["cold"] = (len(calls) * case.weight_bytes
                                         >= measure.last_level_cache_bytes(device))
+                    # What the row cost the run (warm-up, capture, samples): for planning budgets.
+                    rows[-1]["bench_s"] = time.monotonic() - case_started
                     if (case.kind != "baseline" and seconds > args.give_up * baseline_s
                             and m != batches[-1]):
                         given_up.add(case.name)
