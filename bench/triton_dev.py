@@ -4,6 +4,8 @@ harness: a quick check while tuning the kernels.
 
     python bench/triton_dev.py              # the table
     python bench/triton_dev.py --threshold  # GEMV vs GEMM at M = 1..16 (sets GEMV_MAX_M)
+    python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
+    python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
 
 Timing: CUDA events around replays of a CUDA graph that calls the op once per weight copy,
 rotating through enough copies to exceed the L2 cache four times (cold weights); median of
@@ -11,19 +13,27 @@ the replays. The autotuned configs found are printed at the end (for DEFAULT_CON
 """
 
 import argparse
+import collections
+import os
+import re
 import statistics
+import subprocess
+import tempfile
 
 import torch
 import torch.nn.functional as F
+import triton
 
 import qkernels as qk
 from qkernels import formats, ops
-from qkernels.triton import gemm, gemv
+from qkernels.triton import common, dequant, gemm, gemv
 
 N, K = 14336, 4096
 BATCH_SIZES = (1, 16, 64, 256, 1024, 4096)
 THRESHOLD_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 THRESHOLD_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096))
+CROSSOVER_BATCH_SIZES = (32, 64, 128, 192, 256, 512, 1024)
+SASS_CAPABILITY = 90
 FORMATS = (("int4", 128, False), ("int4", 128, True), ("nf4", 64, False), ("int8", None, False))
 L2_FLUSH_FACTOR = 4
 REPLAYS = 20
@@ -62,9 +72,8 @@ def triton_calls(x, copies, kernel=None):
             return lambda: ops.matmul_triton_op(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
                                                 qw.group_size, None)
         y = torch.empty(x.shape[0], qw.shape[0], dtype=x.dtype, device=x.device)
-        nf4_table = formats.nf4_table(x.device)
         return lambda: kernel.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
-                                     qw.group_size, None, nf4_table, y)
+                                     qw.group_size, None, y)
     return [call(qw) for qw in copies]
 
 
@@ -107,6 +116,138 @@ def threshold(nbytes_l2):
                   f"{'gemv' if t_gemv < t_gemm else 'gemm'}", flush=True)
 
 
+def dequant_calls(x, copies):
+    def call(qw):
+        return lambda: F.linear(x, dequant.dequantize(qw.fmt, qw.qweight, qw.scale_tensor,
+                                                      qw.zeros, qw.group_size, x.shape[1],
+                                                      x.dtype))
+    return [call(qw) for qw in copies]
+
+
+def crossover(nbytes_l2):
+    print(f"fused GEMM vs dequantize + cuBLAS, {N}x{K}, us per call; FUSED_GEMM_MAX_M = the "
+          "largest M where the fused GEMM wins")
+    for f in FORMATS:
+        copies = weight_copies(quantized(*f, N, K), nbytes_l2)
+        for m in CROSSOVER_BATCH_SIZES:
+            x = torch.randn(m, K, device="cuda", dtype=torch.float16)
+            t_fused = time_per_call(triton_calls(x, copies, gemm))
+            t_dequant = time_per_call(dequant_calls(x, copies))
+            print(f"{_name(f)} M={m:>4}: fused {t_fused:7.1f}  dequant {t_dequant:7.1f}  "
+                  f"{'fused' if t_fused < t_dequant else 'dequant'}", flush=True)
+
+
+# --- SASS of the main loops, compiled for an sm_90 target without a GPU ------------------------
+
+def _compile(kernel, pointer_types, constexprs, num_warps, num_stages):
+    """The cubin of ``kernel`` for SASS_CAPABILITY, specialized as a launch on 14336 x 4096 would
+    be (16-divisible sizes and strides, unit k stride)."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    signature, attrs = {}, {}
+    for index, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointer_types.get(name, "*fp32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        else:
+            signature[name] = "i32"
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    source = ASTSource(kernel, signature, constexprs, attrs)
+    target = GPUTarget("cuda", SASS_CAPABILITY, 32)
+    return triton.compile(source, target=target,
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def _sass(cubin: bytes) -> list:
+    """(address, opcode, operands) of each SASS instruction, by the cuobjdump Triton ships."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                             "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True,
+                              check=True).stdout
+    lines = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);",
+                       text)
+    return [(int(address, 16), opcode.split(".")[0], operands)
+            for address, opcode, operands in lines]
+
+
+def _opcodes(cubin: bytes, main_loop: bool) -> collections.Counter:
+    """Opcode counts of the whole kernel, or of its longest loop (a backward branch and its
+    target)."""
+    code = _sass(cubin)
+    start, end = 0, code[-1][0]
+    if main_loop:
+        loops = [(int(target.group(1), 16), address) for address, opcode, operands in code
+                 if opcode == "BRA" and (target := re.search(r"0x([0-9a-f]+)", operands))
+                 and int(target.group(1), 16) < address]
+        start, end = max(loops, key=lambda loop: loop[1] - loop[0])
+    return collections.Counter(op for address, op, _ in code if start <= address <= end)
+
+
+def sass():
+    """Per format: the instructions of each kernel's main loop per weight a thread dequantizes
+    per iteration, at the default sm_90 configs (gemv M=1, gemm M=16, dequant)."""
+    groups = {"int8": 4096, "int4": 128, "nf4": 64}
+    print(f"triton {triton.__version__}, sm_{SASS_CAPABILITY}, main loop of each "
+          "kernel: SASS instructions per weight per thread (selected opcodes per weight)")
+    for fmt in ("int8", "int4", "nf4"):
+        group_size = groups[fmt]
+        num_groups = K // group_size
+        qweight_type = "*i8" if fmt == "int8" else "*u8"
+        base = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=fmt == "int4", ABSMAX_DQ=False)
+        gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups)
+        gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
+                                          group_size, num_groups)
+        kernels = {
+            "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
+                HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
+                SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
+                                                     gemv_config.kwargs["BLOCK_K"]))),
+            "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
+                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1,
+                SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
+                                                     gemm_config.kwargs["BLOCK_K"]))),
+        }
+        if fmt == "nf4":  # the decode the GEMV does not use, for comparison
+            kernel, config, meta = kernels["gemv M=1"]
+            kernels["gemv M=1, other nf4 decode"] = (
+                kernel, config, {**meta, "NF4_FROM_TABLE": not gemv.NF4_FROM_TABLE})
+        for name, (kernel, config, meta) in kernels.items():
+            compiled = _compile(kernel, {"x_ptr": "*fp16", "qweight_ptr": qweight_type,
+                                         "bias_ptr": "*fp16", "y_ptr": "*fp16",
+                                         "tile_counters_ptr": "*i32"},
+                                {**base, **meta, **config.kwargs}, config.num_warps,
+                                config.num_stages)
+            block_n, block_k = config.kwargs["BLOCK_N"], config.kwargs["BLOCK_K"]
+            per_thread = block_n * block_k / (32 * config.num_warps)
+            _print_loop(f"{fmt:>5} {name:<10} {config.kwargs}", compiled, per_thread)
+        block_n, block_k = common.fit_tile(dequant.BLOCK_N, dequant.BLOCK_K, group_size,
+                                           num_groups, dequant.MIN_BLOCK_K, dequant.MAX_BLOCK_N)
+        compiled = _compile(dequant.dequantize_kernel,
+                            {"qweight_ptr": qweight_type, "w_ptr": "*fp16"},
+                            {**base, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                             "SCALE_PER_TILE": common.scale_per_tile(group_size, num_groups,
+                                                                     block_k)},
+                            dequant.NUM_WARPS, 1)
+        _print_loop(f"{fmt:>5} dequant    {block_n}x{block_k}", compiled,
+                    block_n * block_k / (32 * dequant.NUM_WARPS), main_loop=False)
+
+
+def _print_loop(label, compiled, weights_per_thread, main_loop=True):
+    ops = _opcodes(compiled.asm["cubin"], main_loop)
+    selected = ("SEL", "FSEL", "LOP3", "SHF", "IMAD", "FFMA", "FMUL", "FADD", "F2FP", "HMMA",
+                "LDG", "LDGSTS", "LDS", "STS", "LDSM", "STG")
+    detail = " ".join(f"{op} {ops[op] / weights_per_thread:.2f}" for op in selected if ops[op])
+    print(f"{label}: {sum(ops.values()) / weights_per_thread:.2f} per weight "
+          f"({weights_per_thread:.0f} weights/thread; {detail}); "
+          f"{compiled.metadata.shared} B shared", flush=True)
+
+
 def print_tuned_configs():
     for name, kernel in (("gemv", gemv), ("gemm", gemm)):
         for key, config in kernel._autotuned_kernel.cache.items():
@@ -121,12 +262,21 @@ def _name(f):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threshold", action="store_true", help="GEMV vs GEMM at M = 1..16")
+    parser.add_argument("--crossover", action="store_true",
+                        help="fused GEMM vs dequantize + cuBLAS at M = 32..1024")
+    parser.add_argument("--sass", action="store_true",
+                        help="SASS instructions per weight of each kernel's main loop (no GPU)")
     args = parser.parse_args()
+    if args.sass:
+        sass()
+        return
     props = torch.cuda.get_device_properties(0)
-    print(f"{props.name}, torch {torch.__version__}, triton {__import__('triton').__version__}")
+    print(f"{props.name}, torch {torch.__version__}, triton {triton.__version__}")
     nbytes_l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     if args.threshold:
         threshold(nbytes_l2)
+    elif args.crossover:
+        crossover(nbytes_l2)
     else:
         table(nbytes_l2)
     print_tuned_configs()

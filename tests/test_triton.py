@@ -17,11 +17,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 triton = pytest.importorskip("triton")
+tl = pytest.importorskip("triton.language")
 
 import qkernels as qk  # noqa: E402
 from qkernels import formats, ops  # noqa: E402
 from qkernels import triton as qk_triton  # noqa: E402  (registers matmul_triton's impls)
-from qkernels.triton import common, gemm, gemv  # noqa: E402
+from qkernels.triton import common, dequant, gemm, gemv  # noqa: E402
+from qkernels.triton.common import nf4_value  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {"gemv": gemv, "gemm": gemm}
@@ -97,8 +99,8 @@ def triton_op(x, qw, bias=None):
 def run_kernel(kernel, x, qw, bias=None, config=None, split_k=None):
     """One kernel, bypassing the GEMV/GEMM choice by M."""
     y = torch.empty(x.shape[0], qw.shape[0], dtype=x.dtype, device=x.device)
-    return kernel.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
-                         formats.nf4_table(x.device), y, config=config, split_k=split_k)
+    return kernel.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias, y,
+                         config=config, split_k=split_k)
 
 
 def assert_close(y, x, qw, bias=None):
@@ -166,6 +168,54 @@ def test_identity_rows_recover_the_weights(kernel, fmt, symmetric):
     else:
         ulp_of_shift = 2.0**-23 * (qw.zeros * qw.scales).max()
         assert (y - expected).abs().max() <= ulp_of_shift
+
+
+# --- the nf4 decode and the dequantize kernel ---------------------------------------------------
+
+@triton.jit
+def _nf4_decode_kernel(codes_ptr, values_ptr):
+    offsets = tl.arange(0, 16)
+    tl.store(values_ptr + offsets, nf4_value(tl.load(codes_ptr + offsets)))
+
+
+def test_nf4_decode_reproduces_the_table_bit_exactly():
+    # The kernels' select tree against formats.NF4_TABLE, the one copy of the constants.
+    values = torch.empty(16, dtype=torch.float32, device=DEVICE)
+    _nf4_decode_kernel[(1,)](torch.arange(16, dtype=torch.int32, device=DEVICE), values)
+    table = torch.tensor(formats.NF4_TABLE, dtype=torch.float32)
+    assert torch.equal(values.cpu().view(torch.int32), table.view(torch.int32))
+
+
+@pytest.mark.parametrize("group_size", [32, -1, 17])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
+    # Rounded once from fp32, like the reference; asymmetric int4 within an ulp of zero * scale
+    # (its FMA, see test_identity_rows_recover_the_weights).
+    n, k = 37, 301
+    qw = random_quantized(n, k, fmt, group_size, symmetric)
+    expected = qk.dequantize(qw)
+    w = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k,
+                           torch.float32)
+    assert w.shape == (n, k) and w.dtype == torch.float32 and w.device == expected.device
+    if qw.zeros is None:
+        assert torch.equal(w, expected)
+    else:
+        assert (w - expected).abs().max() <= 2.0**-23 * (qw.zeros * qw.scales).max()
+    w16 = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k,
+                             torch.float16)
+    assert torch.equal(w16, w.half())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
+def test_many_rows_dequantize_then_matmul(monkeypatch, fmt, symmetric, dtype):
+    def fused_gemm(*args, **kwargs):
+        raise AssertionError("the fused GEMM ran above FUSED_GEMM_MAX_M")
+
+    monkeypatch.setattr(gemm, "matmul", fused_gemm)
+    m = qk_triton.FUSED_GEMM_MAX_M + 1
+    x, qw, b = sample_inputs(m, 33, 577, fmt, symmetric, 64, dtype, bias=True)
+    assert_close(triton_op(x, qw, b), x, qw, b)
 
 
 # --- tile shapes, split-K, the GEMV/GEMM choice ------------------------------------------------
@@ -315,13 +365,12 @@ def test_nf4_double_quant_kernels_read_the_codes(kernel, group_size, m, n, k):
     qw = double_quantized(n, k, group_size)
     x = torch.randn(m, k, device=DEVICE).half()
     y = torch.empty(m, n, dtype=x.dtype, device=DEVICE)
-    KERNELS[kernel].matmul(x, "nf4", qw.qweight, qw.absmax_codes, None, qw.group_size, None,
-                           formats.nf4_table(x.device), y,
+    KERNELS[kernel].matmul(x, "nf4", qw.qweight, qw.absmax_codes, None, qw.group_size, None, y,
                            absmax_dq=(qw.absmax_scales, qw.absmax_offsets))
     assert_close(y, x, qw)   # fp64_reference dequantizes with the decoded absmax
 
 
-@pytest.mark.parametrize("m", [2, 20])
+@pytest.mark.parametrize("m", [2, 20, qk_triton.FUSED_GEMM_MAX_M + 1])
 def test_nf4_double_quant_op(m):
     qw = double_quantized(40, 96, 32)
     x = torch.randn(m, 96, device=DEVICE).half()
@@ -357,7 +406,7 @@ def test_torch_compile_fullgraph(fmt, symmetric):
         return torch.relu(ops.matmul_triton_op(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
                                                qw.group_size, None))
 
-    for m in (1, 3, 40):
+    for m in (1, 3, 40, qk_triton.FUSED_GEMM_MAX_M + 1):
         x = torch.randn(m, 256, device="cuda", dtype=torch.float16)
         y = f(x)
         assert rel_err(y, fp64_reference(x, qw).relu()) <= REL_TOL[torch.float16]
@@ -365,9 +414,11 @@ def test_torch_compile_fullgraph(fmt, symmetric):
 
 @pytest.mark.cuda
 @cuda_only
-def test_cuda_graph_capture():
-    x, qw, b = sample_inputs(2, 512, 1024, "nf4", group_size=64, bias=True)
-    y = triton_op(x, qw, b)  # warm-up: compiles, caches the NF4 table
+@pytest.mark.parametrize("m", [2, qk_triton.FUSED_GEMM_MAX_M + 1])
+def test_cuda_graph_capture(m):
+    # Many rows: the dequantized weight's buffer is allocated inside the capture.
+    x, qw, b = sample_inputs(m, 512, 1024, "nf4", group_size=64, bias=True)
+    y = triton_op(x, qw, b)  # warm-up: compiles
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = triton_op(x, qw, b)

@@ -5,19 +5,19 @@ CUDA tensors, and for CPU tensors too when TRITON_INTERPRET=1 (Triton's interpre
 way to run the kernels without a GPU). It queries no GPU: device properties are read at the
 first launch.
 
-    gemv.py  M <= GEMV_MAX_M: CUDA-core multiply-adds on weight tiles dequantized in registers
-    gemm.py  larger M: tl.dot on weight tiles dequantized in registers
+    gemv.py     M <= GEMV_MAX_M: CUDA-core multiply-adds on weight tiles dequantized in registers
+    gemm.py     M <= FUSED_GEMM_MAX_M: tl.dot on weight tiles dequantized in registers
+    dequant.py  larger M: W dequantized once into a buffer of x's dtype, then torch.matmul
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
+import torch.nn.functional as F
 
-from .. import formats
-from . import common, gemm, gemv
+from . import common, dequant, gemm, gemv
 
 # Rows of x up to which the GEMV kernel beats the GEMM kernel. GEMV spends M fp32 FMAs per weight
 # on CUDA cores; GEMM pads M to 16 on tensor cores but routes each weight tile through shared
@@ -25,11 +25,12 @@ from . import common, gemm, gemv
 # at M = 1..16 on Llama shapes; set this to the largest M where GEMV is faster.
 GEMV_MAX_M = 4
 
-
-@functools.lru_cache(maxsize=None)
-def _nf4_table(device: torch.device) -> torch.Tensor:
-    # Cached so a CUDA-graph capture after a warm-up call makes no host-to-device copy.
-    return formats.nf4_table(device)
+# Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
+# multiplies. Not yet measured for Triton: the CUDA backend's crossover (csrc/cuda/qmatmul_cuda.h,
+# between 128 and 256 rows on the H100) and the bytes/FLOPs estimate in bench/NOTES.md ("Triton")
+# both put it near 128. `python bench/triton_dev.py --crossover` times both paths at M = 32..1024;
+# set this to the largest M where the fused GEMM wins.
+FUSED_GEMM_MAX_M = 128
 
 
 def _device_guard(device: torch.device):
@@ -54,14 +55,19 @@ def _launch(x, fmt, qweight, scales, zeros, group_size, bias, absmax_dq):
     n = qweight.shape[0]
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if m > 0:
-        kernel = gemv if m <= GEMV_MAX_M else gemm
-        with _device_guard(x.device):
-            kernel.matmul(x2, fmt, qweight.contiguous(), scales.contiguous(),
-                          None if zeros is None else zeros.contiguous(), group_size,
-                          None if bias is None else bias.contiguous(), _nf4_table(x.device), y,
-                          absmax_dq=absmax_dq)
+    qweight, scales = qweight.contiguous(), scales.contiguous()
+    zeros = None if zeros is None else zeros.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    with _device_guard(x.device):
+        if m > FUSED_GEMM_MAX_M:
+            w = dequant.dequantize(fmt, qweight, scales, zeros, group_size, k, x.dtype, absmax_dq)
+            y = F.linear(x2, w, bias)
+        else:
+            y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+            if m > 0:
+                kernel = gemv if m <= GEMV_MAX_M else gemm
+                kernel.matmul(x2, fmt, qweight, scales, zeros, group_size, bias, y,
+                              absmax_dq=absmax_dq)
     return y.reshape(*x.shape[:-1], n)
 
 

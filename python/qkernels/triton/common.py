@@ -34,6 +34,11 @@ INT4_SYMMETRIC_ZERO: tl.constexpr = tl.constexpr(formats.INT4_SYMMETRIC_ZERO)
 DOUBLE_QUANT_BLOCK: tl.constexpr = tl.constexpr(formats.DOUBLE_QUANT_BLOCK)
 FLOAT_2P23_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # 2.0**23 as fp32 bits
 FLOAT_2P23: tl.constexpr = tl.constexpr(8388608.0)
+# The 16 NF4 values as compile-time constants, from formats.NF4_TABLE (each an fp32 value, so the
+# kernels' fp32 constants are exact).
+(NF4_0, NF4_1, NF4_2, NF4_3, NF4_4, NF4_5, NF4_6, NF4_7,
+ NF4_8, NF4_9, NF4_10, NF4_11, NF4_12, NF4_13, NF4_14, NF4_15) = (
+    tl.constexpr(value) for value in formats.NF4_TABLE)
 
 # The interpreter has no SMs; a small count makes the split-K heuristic split small test shapes,
 # so the tests run the split-K reduction without forcing it.
@@ -57,13 +62,36 @@ def _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask
 
 
 @triton.jit
+def nf4_value(codes):
+    """formats.NF4_TABLE[codes] in fp32, codes int32 in 0..15: a binary tree of selects on the
+    4 bits with the table as immediates (10 FSEL per weight in sm_90 SASS), no memory access.
+    The GEMM and the dequantize kernel decode with it: in the GEMM, Triton's pipeliner turned a
+    table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x fp16 for
+    M = 16 on the H100, int4 at 1.21x). The GEMV loads from the table (gemv.NF4_FROM_TABLE)."""
+    bit0 = (codes & 1) != 0
+    bit1 = (codes & 2) != 0
+    bit2 = (codes & 4) != 0
+    low_half = tl.where(bit2,
+                        tl.where(bit1, tl.where(bit0, NF4_7, NF4_6), tl.where(bit0, NF4_5, NF4_4)),
+                        tl.where(bit1, tl.where(bit0, NF4_3, NF4_2), tl.where(bit0, NF4_1, NF4_0)))
+    high_half = tl.where(bit2,
+                         tl.where(bit1, tl.where(bit0, NF4_15, NF4_14),
+                                  tl.where(bit0, NF4_13, NF4_12)),
+                         tl.where(bit1, tl.where(bit0, NF4_11, NF4_10),
+                                  tl.where(bit0, NF4_9, NF4_8)))
+    return tl.where((codes & 8) != 0, high_half, low_half)
+
+
+@triton.jit
 def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
                 absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
                 group_size, num_groups, FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                SCALE_PER_TILE: tl.constexpr, ABSMAX_DQ: tl.constexpr):
+                SCALE_PER_TILE: tl.constexpr, ABSMAX_DQ: tl.constexpr,
+                NF4_FROM_TABLE: tl.constexpr):
     """W[offs_n, offs_k] in fp32 from its int32 codes [BLOCK_N, len(offs_k)] (int8: -127..127;
     4-bit: 0..15). Group parameters are loaded once per row when the tile lies in one group
-    (SCALE_PER_TILE), else once per element.
+    (SCALE_PER_TILE), else once per element. nf4 values come from nf4_value, or with
+    NF4_FROM_TABLE from a load of nf4_table_ptr (fp32 [16], formats.NF4_TABLE).
 
     Integers become floats through the fp32 bit pattern of 2^23 (an integer 0 <= n < 2^23
     added into its mantissa reads as 2^23 + n): an integer op and an exact subtraction, where a
@@ -80,7 +108,9 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
     scale = _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
                         ABSMAX_DQ)
     if FORMAT == FORMAT_NF4:
-        return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
+        if NF4_FROM_TABLE:
+            return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
+        return nf4_value(codes) * scale
     if FORMAT == FORMAT_INT8:
         biased = (codes + (FLOAT_2P23_BITS + 128)).to(tl.float32, bitcast=True)  # 2^23 + 128 + q
         return (biased - (FLOAT_2P23 + 128.0)) * scale
@@ -99,7 +129,7 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
                             N, K, row_bytes, group_size, num_groups, stride_qn,
                             FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr,
                             SCALE_PER_TILE: tl.constexpr, ABSMAX_DQ: tl.constexpr,
-                            BLOCK_K: tl.constexpr):
+                            NF4_FROM_TABLE: tl.constexpr, BLOCK_K: tl.constexpr):
     """4-bit formats: (W[offs_n, k_start + 2j], W[offs_n, k_start + 2j + 1]) for
     j < BLOCK_K / 2, in fp32, [BLOCK_N, BLOCK_K // 2] each: the low and high nibbles of one
     row-contiguous load of bytes, kept in the load's register layout.
@@ -116,32 +146,35 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
     offs_even = 2 * offs_byte
     even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
                        absmax_offsets_ptr, offs_n, offs_even, k_start, N, K, group_size,
-                       num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
+                       num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, NF4_FROM_TABLE)
     odd = _dequantize(packed >> 4, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
                       absmax_offsets_ptr, offs_n, offs_even + 1, k_start, N, K, group_size,
-                      num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
+                      num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, NF4_FROM_TABLE)
     return even, odd
 
 
 @triton.jit
-def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     absmax_offsets_ptr, offs_n, k_start,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
                     FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
                     ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr):
     """W[offs_n, k_start : k_start + BLOCK_K] in fp32, [BLOCK_N, BLOCK_K] (edges as in
-    dequantize_nibble_pairs)."""
+    dequantize_nibble_pairs); nf4 by the select tree (nf4_value), as the GEMM and the
+    dequantize kernel want it."""
     if FORMAT == FORMAT_INT8:
         offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
                         mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
-        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, nf4_table_ptr,
+        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, scales_ptr,
                            absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
-                           group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ)
-    even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+                           group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
+                           False)
+    even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, scales_ptr,
                                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                                         N, K, row_bytes, group_size, num_groups, stride_qn,
-                                        FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
+                                        FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, False,
+                                        BLOCK_K)
     return tl.interleave(even, odd)
 
 
@@ -256,6 +289,14 @@ def fit_block_k(block_k: int, group_size: int, num_groups: int, min_block_k: int
     while not scale_per_tile(group_size, num_groups, fitted) and fitted // 2 >= min_block_k:
         fitted //= 2
     return fitted if scale_per_tile(group_size, num_groups, fitted) else block_k
+
+
+def fit_tile(block_n: int, block_k: int, group_size: int, num_groups: int, min_block_k: int,
+             max_block_n: int) -> tuple:
+    """(BLOCK_N, BLOCK_K) with BLOCK_K fitted to the groups (fit_block_k) and BLOCK_N grown, up
+    to max_block_n, so that a tile still loads as many bytes."""
+    fitted_k = fit_block_k(block_k, group_size, num_groups, min_block_k)
+    return min(max_block_n, block_n * block_k // fitted_k), fitted_k
 
 
 def split_k_workspace(m: int, n: int, max_tiles: int, device: torch.device):

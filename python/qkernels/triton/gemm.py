@@ -1,4 +1,5 @@
-"""Triton GEMM for many rows of x (prefill): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
+"""Triton GEMM for a moderate number of rows of x (the op runs it for GEMV_MAX_M < M <=
+FUSED_GEMM_MAX_M, dequant.py above): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
 
 Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps: it loads the x
 tile and the packed weight tile, dequantizes the weights in registers (fp32, then rounded to x's
@@ -33,7 +34,6 @@ def gemm_kernel(
     qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
-    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
     absmax_scales_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ, scales_ptr = absmax codes; else unused)
     absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
@@ -80,7 +80,7 @@ def gemm_kernel(
         offs_k = k_start + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
-        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+        w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
                             absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                             N, K, row_bytes, group_size, num_groups, stride_qn,
                             FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
@@ -105,10 +105,11 @@ def _config(block_m, block_n, block_k, num_warps, num_stages):
 # M <= 64: one row tile of BLOCK_M = the M bucket; weights dominate, so wide K tiles.
 SMALL_M_TILES = [(64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 4, 3),
                  (256, 64, 8, 3)]
-# M > 64: the usual tensor-core tile shapes.
+# M = 65 ... 128 (above FUSED_GEMM_MAX_M the op dequantizes and calls cuBLAS instead): the usual
+# tensor-core tile shapes, none taller than 128 rows.
 LARGE_M_CONFIGS = [_config(*c) for c in [
     (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
-    (128, 256, 64, 8, 3), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3), (256, 128, 64, 8, 3),
+    (128, 256, 64, 8, 3), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3),
 ]]
 CONFIG_SPACE = [_config(bm, bn, bk, w, s)
                 for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
@@ -119,8 +120,7 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # bench/triton_dev.py prints on each GPU.
 DEFAULT_CONFIGS = {
     9: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 128, 4, 4)),
-        (64, _config(64, 128, 64, 4, 4)), (256, _config(128, 128, 64, 8, 3)),
-        (None, _config(128, 256, 64, 8, 3))],
+        (64, _config(64, 128, 64, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
     8: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 64, 4, 4)),
         (64, _config(64, 128, 64, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
 }
@@ -151,11 +151,11 @@ def prune_configs(configs, named_args, **kwargs):
     return common.unique_configs(kept)
 
 
-def default_config(device: torch.device, m: int, dtype: torch.dtype, group_size: int,
+def default_config(cap, m: int, dtype: torch.dtype, group_size: int,
                    num_groups: int) -> triton.Config:
+    """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
     if dtype == torch.float32:
         return _adapt(FP32_CONFIG, group_size, num_groups)
-    cap = common.capability(device)
     table = DEFAULT_CONFIGS.get(cap[0], DEFAULT_CONFIGS[8]) if cap else DEFAULT_CONFIGS[8]
     config = next(c for bound, c in table if bound is None or m <= bound)
     return _adapt(config, group_size, num_groups)
@@ -189,7 +189,7 @@ _autotuned_kernel = triton.autotune(
 
 # --- launcher -----------------------------------------------------------------------------------
 
-def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
+def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
            split_k=None, absmax_dq=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with M >= 1, y preallocated in x's
     dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks); otherwise
@@ -201,16 +201,17 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
     num_groups = formats.num_groups(k, group_size)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
-        config = config or default_config(x.device, m, x.dtype, group_size, num_groups)
+        config = config or default_config(common.capability(x.device), m, x.dtype, group_size,
+                                         num_groups)
         split_k = split_k or _split_k({"M": m, "N": n, "K": k, "y_ptr": y, **config.kwargs})
     if split_k == 1 or (tuned and m > SPLIT_K_MAX_M):
         partials, tile_counters = y, y  # never touched by an unsplit kernel
     else:
         max_tiles = triton.cdiv(m, MIN_BLOCK) * triton.cdiv(n, MIN_BLOCK)
         partials, tile_counters = common.split_k_workspace(m, n, max_tiles, x.device)
-    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (nf4_table, nf4_table)
-    args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
-            absmax_scales, absmax_offsets, bias if bias is not None else y, y, partials,
+    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (scales, scales)
+    args = (x, qweight, scales, zeros if zeros is not None else scales, absmax_scales,
+            absmax_offsets, bias if bias is not None else y, y, partials,
             tile_counters, m, n, k, qweight.shape[1], group_size, num_groups,
             x.stride(0), x.stride(1), qweight.stride(0), y.stride(0), m_bucket(m))
     # The interpreter's tl.dot multiplies bf16 bit patterns as integers (numpy has no bf16):

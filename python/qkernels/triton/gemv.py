@@ -28,6 +28,13 @@ MAX_ACC_PER_THREAD = 64
 PROGRAMS_PER_SM = 4
 MIN_K_TILES_PER_SPLIT = 4
 MIN_BLOCK_K = 32
+# nf4 here: one load per weight from the 64-byte table (it stays in L1), not common.nf4_value's
+# select tree: the GEMV's time tracks its instruction count, and per weight of its main loop on
+# sm_90 the table costs 16.8 SASS instructions, the tree 27.2 (bench/triton_dev.py --sass,
+# Triton 3.6; "Triton" in bench/NOTES.md). The GEMM cannot do the same: its software pipeliner
+# turns the table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x
+# fp16 for M = 16).
+NF4_FROM_TABLE = True
 
 
 @triton.jit
@@ -36,7 +43,7 @@ def gemv_kernel(
     qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
-    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (nf4; otherwise unused)
+    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE; otherwise unused)
     absmax_scales_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ, scales_ptr = absmax codes; else unused)
     absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
@@ -49,6 +56,7 @@ def gemv_kernel(
     HAS_ZEROS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
+    NF4_FROM_TABLE: tl.constexpr,  # nf4 decoded by a load from nf4_table (see NF4_FROM_TABLE)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -79,7 +87,7 @@ def gemv_kernel(
     for tile in range(first_tile, last_tile):
         k_start = tile * BLOCK_K
         if FORMAT == FORMAT_INT8:
-            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
+            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
                                 absmax_scales_ptr, absmax_offsets_ptr, offs_n,
                                 k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
                                 FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
@@ -93,7 +101,7 @@ def gemv_kernel(
             w_even, w_odd = dequantize_nibble_pairs(
                 qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
                 absmax_offsets_ptr, offs_n, k_start, N, K, row_bytes, group_size, num_groups,
-                stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
+                stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, NF4_FROM_TABLE, BLOCK_K)
             offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
             if BLOCK_M == 1:
                 # Two updates, two FMAs per byte (a sum of the products first would add one).
@@ -117,15 +125,18 @@ def gemv_kernel(
 
 CONFIG_SPACE = [
     triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=num_warps, num_stages=2)
-    for block_n in (8, 16, 32)
+    for block_n in (16, 32, 64)
     for block_k in (128, 256)
     for num_warps in (4, 8)
 ]
 
-# Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major. Starting points, not
-# yet measured: replace with the winners bench/triton_dev.py prints on each GPU.
+# Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major; replace with the
+# winners bench/triton_dev.py prints on each GPU. sm_90: chosen by SASS count (Triton 3.6), not
+# yet timed: 64 x 128 issues 32% fewer instructions per weight than 16 x 256 for int4 g128 (x is
+# loaded once per two rows instead of once per row), 16% fewer for int8 and 18% for nf4 g64
+# (adapted to 128 x 64) ("Triton" in bench/NOTES.md).
 DEFAULT_CONFIGS = {
-    9: triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}, num_warps=4, num_stages=2),
+    9: triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
 }
 FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
@@ -140,9 +151,8 @@ def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int
     """The config with BLOCK_K fitted to the groups (BLOCK_N grown to keep the bytes loaded per
     step), then the tile shrunk to the register budget."""
     kwargs = dict(config.kwargs)
-    kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K)
-    kwargs["BLOCK_N"] = min(MAX_BLOCK_N,
-                            kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"] // kwargs["BLOCK_K"])
+    kwargs["BLOCK_N"], kwargs["BLOCK_K"] = common.fit_tile(
+        kwargs["BLOCK_N"], kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K, MAX_BLOCK_N)
     adapted = triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
     while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_N"] > MIN_BLOCK_N:
         adapted.kwargs["BLOCK_N"] //= 2
@@ -185,15 +195,15 @@ _autotuned_kernel = triton.autotune(
 )(_kernel)
 
 
-def default_config(device: torch.device, block_m: int, group_size: int, num_groups: int):
-    cap = common.capability(device)
+def default_config(cap, block_m: int, group_size: int, num_groups: int):
+    """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
     config = DEFAULT_CONFIGS.get(cap[0], FALLBACK_CONFIG) if cap else FALLBACK_CONFIG
     return _adapt(config, block_m, group_size, num_groups)
 
 
 # --- launcher -----------------------------------------------------------------------------------
 
-def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, config=None,
+def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
            split_k=None, absmax_dq=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
     x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
@@ -206,7 +216,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
     block_m = triton.next_power_of_2(m)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
-        config = config or default_config(x.device, block_m, group_size, num_groups)
+        config = config or default_config(common.capability(x.device), block_m, group_size,
+                                         num_groups)
         split_k = split_k or common.choose_split_k(
             triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
             x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
@@ -215,13 +226,15 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, nf4_table, y, confi
     else:  # also when tuning: the split depends on the tile shape being tried
         partials, tile_counters = common.split_k_workspace(m, n, triton.cdiv(n, MIN_BLOCK_N),
                                                            x.device)
-    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (nf4_table, nf4_table)
-    args = (x, qweight, scales, zeros if zeros is not None else scales, nf4_table,
-            absmax_scales, absmax_offsets, bias if bias is not None else y, y, partials,
-            tile_counters, m, n, k, qweight.shape[1], group_size, num_groups,
-            x.stride(0), x.stride(1), qweight.stride(0), y.stride(0))
+    absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (scales, scales)
+    args = (x, qweight, scales, zeros if zeros is not None else scales,
+            formats.nf4_table(x.device), absmax_scales, absmax_offsets,
+            bias if bias is not None else y, y, partials, tile_counters, m, n, k,
+            qweight.shape[1], group_size, num_groups, x.stride(0), x.stride(1), qweight.stride(0),
+            y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
-                HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None, BLOCK_M=block_m)
+                HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
+                NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
