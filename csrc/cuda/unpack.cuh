@@ -69,94 +69,39 @@ __device__ __forceinline__ void dequant_int4(uint32_t w, typename Pair<T>::T2 ma
   }
 }
 
-// int4 codes k0..k7 as above -> the exact integers q - 8 for the same pairs as dequant_int4, for
-// kernels that apply the group scale after the mma (gemv_mma.cuh). fp16 keeps 10 mantissa bits,
-// so the nibbles at bits 4-7 OR into the magic too (1024 + 16 q, exact) and one hfma2 with 1/16
-// takes them down: one shift per word instead of three. bf16's 7 bits hold only bits 0-3.
-template <typename T>
-__device__ __forceinline__ void int4_codes_minus_8(uint32_t w, uint32_t (&out)[4]) {
-  using T2 = typename Pair<T>::T2;
-  const T2 magic_8 = Pair<T>::make(Pair<T>::kMagicValue + 8.0f, Pair<T>::kMagicValue + 8.0f);
-  if constexpr (std::is_same_v<T, half>) {
-    const T2 sixteenth = Pair<T>::make(1.0f / 16, 1.0f / 16);
-    const T2 minus_magic_8 = Pair<T>::make(-(Pair<T>::kMagicValue / 16 + 8.0f),
-                                           -(Pair<T>::kMagicValue / 16 + 8.0f));
-    const uint32_t w8 = w >> 8;
-    out[0] = bits(__hsub2(pair<T2>((w & 0x000f000fu) | Pair<T>::kMagic), magic_8));
-    out[1] = bits(__hfma2(pair<T2>((w & 0x00f000f0u) | Pair<T>::kMagic), sixteenth, minus_magic_8));
-    out[2] = bits(__hsub2(pair<T2>((w8 & 0x000f000fu) | Pair<T>::kMagic), magic_8));
-    out[3] = bits(__hfma2(pair<T2>((w8 & 0x00f000f0u) | Pair<T>::kMagic), sixteenth, minus_magic_8));
-  } else {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      out[i] = bits(__hsub2(pair<T2>(((w >> (4 * i)) & 0x000f000fu) | Pair<T>::kMagic), magic_8));
-    }
-  }
-}
-
-// nf4, codes as above -> the table values NF4[q] for the pairs (k0, k1), (k2, k3), (k4, k5),
-// (k6, k7): one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per
-// lane.
-__device__ __forceinline__ void nf4_values(uint32_t w, const uint32_t* lut_lane,
-                                           uint32_t (&out)[4]) {
-#pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = lut_lane[((w >> (8 * i)) & 0xffu) * 32];
-}
-
-// nf4 -> absmax * NF4[q] for the same pairs.
+// nf4, codes as above -> absmax * NF4[q] for the pairs (k0, k1), (k2, k3), (k4, k5), (k6, k7):
+// one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per lane.
 template <typename T>
 __device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
                                             const uint32_t* lut_lane, uint32_t (&out)[4]) {
   using T2 = typename Pair<T>::T2;
-  nf4_values(w, lut_lane, out);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = bits(__hmul2(pair<T2>(out[i]), s));
-}
-
-// int8 codes k0..k3 (sign flipped: u = q + 128 in 0..255) as the fp32 values q, exactly: u under
-// the exponent of 2^23 (spacing 1), minus 2^23 + 128. The bf16 route: bf16 has only 7 mantissa
-// bits, too few for the fp16 trick below.
-__device__ __forceinline__ void int8_as_floats(uint32_t u, float (&q)[4]) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    q[i] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)) - 8388736.0f;
+    out[i] = bits(__hmul2(pair<T2>(lut_lane[((w >> (8 * i)) & 0xffu) * 32]), s));
   }
 }
 
-// int8 codes k0..k3 -> the exact integers q for the pairs (k0, k2), (k1, k3). fp16: flip the sign
-// bit, byte_perm u under the 0x64 exponent byte (1024 + u exactly), subtract 1152 exactly. bf16:
-// int8_as_floats, and cvt packs two floats into bf16x2 (exact: |q| <= 127).
-template <typename T>
-__device__ __forceinline__ void int8_codes(uint32_t w, uint32_t (&out)[2]) {
-  using T2 = typename Pair<T>::T2;
-  const uint32_t u = w ^ 0x80808080u;
-  if constexpr (std::is_same_v<T, half>) {
-    const T2 bias = Pair<T>::make(1152.0f, 1152.0f);
-    out[0] = bits(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias));
-    out[1] = bits(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias));
-  } else {
-    float q[4];
-    int8_as_floats(u, q);
-    out[0] = bits(Pair<T>::make(q[0], q[2]));
-    out[1] = bits(Pair<T>::make(q[1], q[3]));
-  }
-}
-
-// int8, codes k0..k3 -> s * q for the same pairs: int8_codes times s (fp16), or the fp32 values
-// times the fp32 scale before the one rounding to bf16.
+// int8, codes k0..k3 -> s * q for the pairs (k0, k2), (k1, k3). fp16: flip the sign bit
+// (u = q + 128 in 0..255), byte_perm u under the 0x64 exponent byte (1024 + u exactly), subtract
+// 1152 exactly, scale. bf16 has only 7 mantissa bits, so u goes through fp32 instead: 0x4B000000
+// is 2^23, spacing 1, and cvt packs two floats into bf16x2.
 template <typename T>
 __device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s, float s_f32,
                                              uint32_t (&out)[2]) {
   using T2 = typename Pair<T>::T2;
+  const uint32_t u = w ^ 0x80808080u;
   if constexpr (std::is_same_v<T, half>) {
-    int8_codes<T>(w, out);
-    out[0] = bits(__hmul2(pair<T2>(out[0]), s));
-    out[1] = bits(__hmul2(pair<T2>(out[1]), s));
+    const T2 bias = Pair<T>::make(1152.0f, 1152.0f);
+    out[0] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias), s));
+    out[1] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias), s));
   } else {
     float q[4];
-    int8_as_floats(w ^ 0x80808080u, q);
-    out[0] = bits(Pair<T>::make(q[0] * s_f32, q[2] * s_f32));
-    out[1] = bits(Pair<T>::make(q[1] * s_f32, q[3] * s_f32));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      q[i] = (__uint_as_float(__byte_perm(u, 0x4B000000u, 0x7540 + i)) - 8388736.0f) * s_f32;
+    }
+    out[0] = bits(Pair<T>::make(q[0], q[2]));
+    out[1] = bits(Pair<T>::make(q[1], q[3]));
   }
 }
 
