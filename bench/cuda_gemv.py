@@ -23,6 +23,8 @@ import qkernels as qk
 
 L2_BYTES = 50e6
 SHAPES = ((4096, 4096), (14336, 4096), (4096, 14336), (28672, 8192))  # (N, K)
+# Rows of x timed per activation dtype (the GEMV's range; crossovers are bench/cuda_gemm.py's).
+ROWS = {torch.float16: (1, 4, 8), torch.bfloat16: (1, 8)}
 # (label, fmt, group_size, symmetric)
 FORMATS = (
     ("int4 g128", "int4", 128, False),
@@ -87,20 +89,15 @@ def main():
         baseline = {}
         for dtype in (torch.float16, torch.bfloat16):
             dense = [w.to(dtype) for _ in range(copies_for(n * k * 2))]
-            for m in (1, 2, 4, 8, 16, 32, 33, 64) if dtype == torch.float16 else (1, 8):
+            for m in ROWS[dtype]:
                 x = torch.randn(m, k, device="cuda", dtype=dtype)
                 baseline[dtype, m] = time_calls([lambda d=d: F.linear(x, d) for d in dense])
             del dense
         for label, fmt, group, symmetric in FORMATS:
             qw0 = qk.quantize(w, fmt, group_size=group, symmetric=symmetric)
             weights = [qw0] + [clone_weight(qw0) for _ in range(copies_for(qw0.nbytes) - 1)]
-            ms = (1,) if args.quick else (1, 8)
-            if label == "int4 g128" and not args.quick:
-                ms = (1, 2, 4, 8, 16, 32, 33, 64)
             for dtype in (torch.float16, torch.bfloat16):
-                for m in ms:
-                    if dtype == torch.bfloat16 and m not in (1, 8):
-                        continue
+                for m in (1,) if args.quick else ROWS[dtype]:
                     x = torch.randn(m, k, device="cuda", dtype=dtype)
                     us = time_calls([lambda q=q: qk.matmul(x, q, backend="cuda") for q in weights])
                     nbytes = qw0.nbytes + 2 * x.numel() + 2 * m * n

@@ -28,7 +28,9 @@ for step in "${steps[@]}"; do
       wc -l < "$OUT/sass_hmma.txt" | xargs echo "GEMM kernels with HMMA:"
       ;;
     test)
-      (cd tests && python3 -m pytest -q --maxfail=20 -p no:cacheprovider test_cuda.py 2>&1 | tee "$OUT/pytest.log" | tail -15)
+      # TEST_K: a pytest -k expression for a subset (default: every CUDA test).
+      (cd tests && python3 -m pytest -q --maxfail=20 -p no:cacheprovider test_cuda.py ${TEST_K:+-k "$TEST_K"} \
+        2>&1 | tee "$OUT/pytest.log" | tail -15)
       ;;
     bench)
       python3 bench/cuda_gemv.py ${BENCH_ARGS:-} --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log" | grep -v "^|"

@@ -79,6 +79,21 @@ def test_gemv_fast_path(m, mode, group, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group", (64, 128, -1))
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_gemv_ragged_steps_and_many_tiles(mode, group, dtype, force_kernel):
+    """K = 576 ends inside a step of the tensor-core GEMV (128 k for 4-bit, 64 for int8) and inside
+    a group of 128 (groups of whole steps take the scale-after-mma kernel); N = 8200 at M = 9
+    (GEMV forced) makes more tiles than a grid of resident blocks, so blocks walk several tiles
+    and both tiles of x."""
+    force_kernel("gemv")
+    qw = quantize(8200, 576, mode, group)
+    for m in (1, 9):
+        check(torch.randn(m, 576, device="cuda", dtype=dtype), qw,
+              bias=torch.randn(8200, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("n", ODD_SIZES)
 @pytest.mark.parametrize("k", ODD_SIZES + (4096,))
