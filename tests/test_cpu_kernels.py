@@ -1,6 +1,7 @@
 """Every CPU kernel path (QKERNELS_CPU_ISA in qkernels._C.cpu_isas()) against an fp64 reference:
-all formats (int4 asymmetric and symmetric, nf4, int8), group sizes, odd shapes on both sides
-of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with and without bias."""
+all formats (int4 asymmetric and symmetric, nf4, int8, nf4 with double-quantized absmax), group
+sizes, odd shapes on both sides of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with
+and without bias."""
 
 import sys
 import zlib
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import qkernels as qk
-from qkernels import _C
+from qkernels import _C, formats
 
 ISAS = _C.cpu_isas()
 ISA_ENV_VAR = "QKERNELS_CPU_ISA"
@@ -41,19 +42,26 @@ def test_cpu_path_matches_fp64(monkeypatch, isa, fmt, symmetric, group_size):
             continue  # resolves to per channel: covered by -1
         w = torch.randn(n, k, generator=gen)
         qw = qk.quantize(w, fmt, group_size, symmetric=symmetric)
-        w_exact = qk.dequantize(qw).double()
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            x = torch.randn(m, k, generator=gen).to(dtype)
-            for bias in (None, torch.randn(n, generator=gen).to(dtype)):
-                y = qk.matmul(x, qw, bias, backend="cpu")
-                assert y.shape == (m, n) and y.dtype == dtype and y.device == x.device
-                reference = x.double() @ w_exact.T
-                if bias is not None:
-                    reference += bias.double()
-                error = relative_error(y, reference)
-                assert error <= TOLERANCE[dtype], (
-                    f"{isa} {fmt}{'-sym' if symmetric else ''} g={group_size} m={m} n={n} k={k} "
-                    f"x={dtype} bias={bias is not None}: rel err {error:.3g}")
+        check_cpu_matmul(qw, m, (torch.float32, torch.bfloat16, torch.float16), gen,
+                         f"{isa} {fmt}{'-sym' if symmetric else ''} g={group_size}")
+
+
+def check_cpu_matmul(qw, m, dtypes, gen, label):
+    """qk.matmul on the cpu backend against fp64, for each x dtype, with and without bias."""
+    n, k = qw.shape
+    w_exact = qk.dequantize(qw).double()
+    for dtype in dtypes:
+        x = torch.randn(m, k, generator=gen).to(dtype)
+        for bias in (None, torch.randn(n, generator=gen).to(dtype)):
+            y = qk.matmul(x, qw, bias, backend="cpu")
+            assert y.shape == (m, n) and y.dtype == dtype and y.device == x.device
+            reference = x.double() @ w_exact.T
+            if bias is not None:
+                reference += bias.double()
+            error = relative_error(y, reference)
+            assert error <= TOLERANCE[dtype], (
+                f"{label} m={m} n={n} k={k} x={dtype} bias={bias is not None}: "
+                f"rel err {error:.3g}")
 
 
 def test_unavailable_isa_raises(monkeypatch):
@@ -110,3 +118,56 @@ def test_extension_parallelises_with_torch_openmp():
     if "ATen parallel backend: OpenMP" not in torch.__config__.parallel_info():
         pytest.skip("torch is not built with the OpenMP parallel backend")
     assert b"libgomp.so" in Path(_C.__file__).read_bytes(), "qkernels._C was built without OpenMP"
+
+
+# --- nf4 with double-quantized absmax (cpu::qmatmul decodes it per tile of weight rows) -------
+
+def random_double_quantized(n, k, group_size, gen):
+    """nf4 with random codes and absmax (spanning 2^-4 to 2^4), double-quantized; any group size
+    >= 1, as canonical tensors from a file may carry (quantize() takes a fixed list)."""
+    qweight = torch.randint(0, 256, (n, (k + 1) // 2), generator=gen, dtype=torch.uint8)
+    if k % 2:
+        qweight[:, -1] &= 0xF  # odd K: the last high nibble is 0
+    absmax = torch.exp2(torch.rand(n, -(-k // group_size), generator=gen) * 8 - 4)
+    dq = dict(zip(formats.DOUBLE_QUANT_NAMES, formats.double_quantize_absmax(absmax)))
+    return qk.QuantizedWeight("nf4", (n, k), group_size, qweight, **dq)
+
+
+# (M, N, K, group): blocks of 256 codes that straddle rows (N * G not a multiple of 256, G not a
+# divisor of 256), ragged last groups, odd K, odd groups (the GEMV's scalar fallback), and N * G
+# large enough that a call decodes several tiles of rows (kDecodedAbsmaxFloats = 65536: group 2
+# at K = 1030 is 515 codes a row, 127 rows a tile).
+DQ_SHAPES = [(1, 1, 1, 64), (3, 3, 17, 16), (1, 17, 577, 64), (9, 17, 577, 32), (2, 64, 576, 5),
+             (17, 19, 577, 1), (1, 300, 1030, 2), (12, 300, 1030, 2)]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_cpu_path_double_quant_matches_fp64(monkeypatch, isa):
+    monkeypatch.setenv(ISA_ENV_VAR, isa)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-nf4-dq".encode()))
+    for m, n, k, group_size in DQ_SHAPES:
+        qw = random_double_quantized(n, k, group_size, gen)
+        check_cpu_matmul(qw, m, (torch.float32, torch.bfloat16), gen,
+                         f"{isa} nf4-dq g={group_size}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("m_extra", [0, 20], ids=["gemv", "gemm"])
+def test_cpu_decoded_absmax_matches_formats(monkeypatch, isa, m_extra):
+    # Every code 15 (NF4 1.0) and x one-hot at the first column of group g: y[g, n] is
+    # absmax[n, g] exactly as the kernels decoded it (the other products are exact zeros).
+    # Against formats.decode_absmax: both round log2(absmax) once; torch.exp2 is within 1 ulp,
+    # the C++ exp2 within ~1.5 (measured: 89% bit-equal, at most 1.2e-7 apart, i.e. 1 ulp).
+    monkeypatch.setenv(ISA_ENV_VAR, isa)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-absmax-{m_extra}".encode()))
+    n, k, group_size = 37, 640, 16
+    groups = k // group_size
+    absmax = torch.exp2(torch.rand(n, groups, generator=gen) * 40 - 20)
+    dq = dict(zip(formats.DOUBLE_QUANT_NAMES, formats.double_quantize_absmax(absmax)))
+    qw = qk.QuantizedWeight("nf4", (n, k), group_size,
+                            torch.full((n, k // 2), 0xFF, dtype=torch.uint8), **dq)
+    x = torch.zeros(groups + m_extra, k)
+    x[torch.arange(groups), torch.arange(groups) * group_size] = 1.0
+    decoded = qk.matmul(x, qw, backend="cpu")[:groups].T
+    expected = formats.decode_absmax(qw.absmax_codes, qw.absmax_scales, qw.absmax_offsets)
+    assert float(((decoded - expected) / expected).abs().max()) < 3e-7

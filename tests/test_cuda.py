@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import qkernels as qk
+from qkernels import formats, ops
 
 pytestmark = [
     pytest.mark.cuda,
@@ -22,9 +23,12 @@ pytestmark = [
 
 REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = (torch.float16, torch.bfloat16)
-# (fmt, symmetric): the four weight formats the kernels distinguish.
-MODES = (("int8", False), ("int4", False), ("int4", True), ("nf4", False))
-MODE_IDS = ("int8", "int4", "int4sym", "nf4")
+# (fmt, quantize() options): the five weight formats the kernels distinguish; nf4-dq (double-
+# quantized absmax) runs through torch.ops.qkernels.matmul_nf4_dq, whose kernels decode it.
+MODES = (("int8", {}), ("int4", {}), ("int4", {"symmetric": True}), ("nf4", {}),
+         ("nf4", {"double_quant": True}))
+MODE_IDS = ("int8", "int4", "int4sym", "nf4", "nf4dq")
+NF4_MODES = (("nf4", {}), ("nf4", {"double_quant": True}))
 GROUPS = (32, 64, 128, 256, -1)
 ODD_SIZES = (1, 3, 17, 576, 577)
 
@@ -61,8 +65,8 @@ def check(x, qw, bias=None):
 
 
 def quantize(n, k, mode, group):
-    fmt, symmetric = mode
-    return qk.quantize(random_weight(n, k), fmt, group_size=group, symmetric=symmetric)
+    fmt, options = mode
+    return qk.quantize(random_weight(n, k), fmt, group_size=group, **options)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -126,7 +130,7 @@ def test_fp32_activations(m, mode):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("mode", (("int4", False), ("nf4", False)), ids=("int4", "nf4"))
+@pytest.mark.parametrize("mode", (("int4", {}),) + NF4_MODES, ids=("int4", "nf4", "nf4dq"))
 @pytest.mark.parametrize("shape", ((4096, 4096), (1024, 14336)))
 def test_llm_shapes(shape, mode, dtype):
     qw = quantize(*shape, mode, 128 if mode[0] == "int4" else 64)
@@ -134,11 +138,13 @@ def test_llm_shapes(shape, mode, dtype):
         check(torch.randn(m, shape[1], device="cuda", dtype=dtype), qw)
 
 
-@pytest.mark.parametrize("fmt", ("int8", "int4", "nf4"))
+@pytest.mark.parametrize("fmt", ("int8", "int4", "nf4", "nf4dq"))
 @pytest.mark.parametrize("group", (1, 5, 48, 96, 160))
 def test_any_group_size(fmt, group):
     """Canonical tensors may carry any group size >= 1 (not only those quantize() makes)."""
     n, k = 40, 320
+    double_quant = fmt == "nf4dq"
+    fmt = "nf4" if double_quant else fmt
     groups = -(-k // group)
     g = torch.Generator(device="cuda").manual_seed(group)
     if fmt == "int8":
@@ -147,9 +153,13 @@ def test_any_group_size(fmt, group):
         qweight = torch.randint(0, 256, (n, k // 2), device="cuda", generator=g).to(torch.uint8)
     scales = torch.rand(n, groups, device="cuda", generator=g) + 0.01
     zeros = torch.rand(n, groups, device="cuda", generator=g) * 15 if fmt == "int4" else None
-    qw = qk.QuantizedWeight(fmt, (n, k), group, qweight,
-                            scales=None if fmt == "nf4" else scales, zeros=zeros,
-                            absmax=scales if fmt == "nf4" else None)
+    if double_quant:
+        dq = dict(zip(formats.DOUBLE_QUANT_NAMES, formats.double_quantize_absmax(scales)))
+        qw = qk.QuantizedWeight(fmt, (n, k), group, qweight, **dq)
+    else:
+        qw = qk.QuantizedWeight(fmt, (n, k), group, qweight,
+                                scales=None if fmt == "nf4" else scales, zeros=zeros,
+                                absmax=scales if fmt == "nf4" else None)
     for dtype in (torch.float16, torch.bfloat16, torch.float32):
         for m in (1, 8, 40, 60):
             check(torch.randn(m, k, device="cuda", dtype=dtype), qw)
@@ -158,7 +168,7 @@ def test_any_group_size(fmt, group):
 def test_strided_and_batched_x():
     """x with leading dims, a non-contiguous x, and x at an address that is not 16-byte aligned
     (the generic path)."""
-    qw = quantize(256, 1024, ("int4", False), 128)
+    qw = quantize(256, 1024, ("int4", {}), 128)
     x3 = torch.randn(2, 3, 1024, device="cuda", dtype=torch.float16)
     y3 = check(x3, qw)
     assert y3.shape == (2, 3, 256)
@@ -169,13 +179,13 @@ def test_strided_and_batched_x():
 
 
 def test_empty_rows():
-    qw = quantize(64, 256, ("nf4", False), 64)
+    qw = quantize(64, 256, ("nf4", {}), 64)
     y = qk.matmul(torch.empty(0, 256, device="cuda", dtype=torch.float16), qw, backend="cuda")
     assert y.shape == (0, 64) and y.is_cuda
 
 
 def test_bad_inputs_raise():
-    qw = quantize(64, 256, ("int4", False), 64)
+    qw = quantize(64, 256, ("int4", {}), 64)
     x = torch.randn(2, 256, device="cuda", dtype=torch.float16)
     op = torch.ops.qkernels.matmul
     with pytest.raises(ValueError, match="expected all tensors on"):  # direct op call, bias left on the CPU
@@ -193,8 +203,10 @@ def test_bad_inputs_raise():
 
 
 @pytest.mark.parametrize("m", (1, 8, 64))
-def test_cuda_graph_capture(m):
-    qw = quantize(512, 1024, ("int4", False), 128)
+@pytest.mark.parametrize("mode", (("int4", {}), ("nf4", {"double_quant": True})),
+                         ids=("int4", "nf4dq"))
+def test_cuda_graph_capture(m, mode):
+    qw = quantize(512, 1024, mode, 128)
     bias = torch.randn(512, device="cuda", dtype=torch.float16)
     x = torch.randn(m, 1024, device="cuda", dtype=torch.float16)
     qk.matmul(x, qw, bias=bias, backend="cuda")  # warm-up outside the capture
@@ -209,8 +221,9 @@ def test_cuda_graph_capture(m):
     assert err < REL_TOL[torch.float16]
 
 
-def test_torch_compile_fullgraph():
-    qw = quantize(256, 1024, ("nf4", False), 64)
+@pytest.mark.parametrize("mode", NF4_MODES, ids=("nf4", "nf4dq"))
+def test_torch_compile_fullgraph(mode):
+    qw = quantize(256, 1024, mode, 64)
     bias = torch.randn(256, device="cuda", dtype=torch.bfloat16)
 
     @torch.compile(fullgraph=True)
@@ -275,16 +288,18 @@ def test_dequantize_path(k, mode, dtype, force_kernel):
 
 def test_forced_kernel_name_is_checked(force_kernel):
     force_kernel("cublas")
-    qw = quantize(64, 256, ("int4", False), 64)
+    qw = quantize(64, 256, ("int4", {}), 64)
     with pytest.raises(ValueError, match="QKERNELS_CUDA_KERNEL expected"):
         qk.matmul(torch.randn(2, 256, device="cuda", dtype=torch.float16), qw, backend="cuda")
 
 
 @pytest.mark.parametrize("m", (64, 1000))
-def test_gemm_cuda_graph_capture(m, force_kernel):
+@pytest.mark.parametrize("mode", (("int4", {}), ("nf4", {"double_quant": True})),
+                         ids=("int4", "nf4dq"))
+def test_gemm_cuda_graph_capture(m, mode, force_kernel):
     """The split-K workspace is allocated and zeroed inside the captured region."""
     force_kernel("gemm")
-    qw = quantize(512, 2048, ("int4", False), 128)
+    qw = quantize(512, 2048, mode, 128)
     x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
     qk.matmul(x, qw, backend="cuda")
     torch.cuda.synchronize()
@@ -295,3 +310,57 @@ def test_gemm_cuda_graph_capture(m, force_kernel):
     graph.replay()
     torch.cuda.synchronize()
     assert rel_err(y, fp64_reference(x, qw), x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
+
+
+# --- nf4 with double-quantized absmax: what only torch.ops.qkernels.matmul_nf4_dq has ----------
+
+def nf4_dq_args(x, qw, bias=None):
+    return (x, qw.qweight, qw.absmax_codes, qw.absmax_scales, qw.absmax_offsets, qw.group_size,
+            bias)
+
+
+@pytest.mark.parametrize("kernel", ("gemv", "gemm", "dequant"))
+@pytest.mark.parametrize("dtype", (torch.float32,) + DTYPES, ids=str)
+def test_double_quant_decoded_absmax(kernel, dtype, force_kernel):
+    """Every code 15 (NF4 1.0) and x one-hot at the first column of group g: y[g, n] is absmax[n,
+    g] as the kernel decoded it, against formats.decode_absmax (torch.exp2, 1 ulp): exp2f is
+    within 2 ulp (3 ulp apart: 3.6e-7), then y is rounded to x's dtype. fp32 x takes the generic GEMV (and dequantize); the
+    GEMM needs 16-bit x."""
+    force_kernel(kernel)
+    n, k, group = 300, 1024, 32  # 32 groups a row: a 256-block of codes spans 8 rows
+    groups = k // group
+    absmax = torch.exp2(torch.rand(n, groups, device="cuda") * 16 - 8)
+    dq = dict(zip(formats.DOUBLE_QUANT_NAMES, formats.double_quantize_absmax(absmax)))
+    qweight = torch.full((n, k // 2), 0xFF, dtype=torch.uint8, device="cuda")
+    qw = qk.QuantizedWeight("nf4", (n, k), group, qweight, **dq)
+    x = torch.zeros(groups + 40, k, device="cuda", dtype=dtype)  # 72 rows: past the GEMV tiles
+    x[torch.arange(groups), torch.arange(groups) * group] = 1.0
+    decoded = qk.matmul(x, qw, backend="cuda")[:groups].T.double()
+    expected = formats.decode_absmax(qw.absmax_codes, qw.absmax_scales, qw.absmax_offsets)
+    bound = {torch.float32: 4e-7, torch.float16: 2.0 ** -11 + 4e-7,
+             torch.bfloat16: 2.0 ** -8 + 4e-7}[dtype]
+    assert float(((decoded - expected.double()) / expected.double()).abs().max()) <= bound
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("with_bias", (False, True))
+def test_double_quant_opcheck(dtype, with_bias):
+    qw = quantize(136, 512, NF4_MODES[1], 64)
+    x = torch.randn(3, 512, device="cuda", dtype=dtype)
+    bias = torch.randn(136, device="cuda", dtype=dtype) if with_bias else None
+    torch.library.opcheck(torch.ops.qkernels.matmul_nf4_dq.default, nf4_dq_args(x, qw, bias))
+
+
+def test_double_quant_empty_rows_and_bad_inputs():
+    qw = quantize(64, 256, NF4_MODES[1], 64)
+    x = torch.randn(2, 256, device="cuda", dtype=torch.float16)
+    y = ops.matmul_nf4_dq_op(*nf4_dq_args(x[:0], qw))
+    assert y.shape == (0, 64) and y.is_cuda
+    args = list(nf4_dq_args(x, qw))
+    for index in (2, 3, 4):  # codes, scales, offsets left on the CPU
+        bad = args.copy()
+        bad[index] = bad[index].cpu()
+        with pytest.raises(ValueError, match="expected all tensors on"):
+            ops.matmul_nf4_dq_op(*bad)
+    with pytest.raises(TypeError, match="absmax_codes expected dtype uint8"):
+        ops.matmul_nf4_dq_op(x, qw.qweight, qw.absmax_codes.to(torch.int8), *args[3:])

@@ -21,6 +21,7 @@ def test_cpp_constants_match_python():
     assert constants["int4_symmetric_zero"] == formats.INT4_SYMMETRIC_ZERO
     assert constants["nibble_bits_low"] == formats.NIBBLE_BITS_LOW
     assert constants["nibble_bits_high"] == formats.NIBBLE_BITS_HIGH
+    assert constants["double_quant_block"] == formats.DOUBLE_QUANT_BLOCK
     assert constants["formats"] == formats.FORMAT_IDS
 
 

@@ -81,6 +81,56 @@ def test_non_contiguous_input():
     assert rel_err(qk.matmul(x, qw, backend="cpu"), fp64_reference(x, qw)) <= 2e-5
 
 
+# --- nf4 with double-quantized absmax: torch.ops.qkernels.matmul_nf4_dq ---------------------
+
+def sample_double_quant_inputs(m, n, k, group_size=64, dtype=torch.float32, bias=False):
+    qw = qk.quantize(random_weight(n, k), "nf4", group_size, double_quant=True)
+    x = torch.randn(m, k).to(dtype)
+    return x, qw, torch.randn(n).to(dtype) if bias else None
+
+
+def nf4_dq_args(x, qw, bias=None):
+    return (x, qw.qweight, qw.absmax_codes, qw.absmax_scales, qw.absmax_offsets, qw.group_size,
+            bias)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("group_size", [16, 64, -1])
+@pytest.mark.parametrize("m", [1, 3, 17])
+@pytest.mark.parametrize("n,k", [(1, 1), (3, 17), (17, 576), (64, 577)])
+def test_double_quant_matmul_matches_fp64_reference(backend, group_size, m, n, k):
+    x, qw, bias = sample_double_quant_inputs(m, n, k, group_size, bias=True)
+    y = qk.matmul(x, qw, bias, backend=backend)
+    assert y.shape == (m, n) and y.dtype == torch.float32 and y.device == x.device
+    assert rel_err(y, fp64_reference(x, qw, bias)) <= REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 9])
+def test_double_quant_activation_dtypes(dtype, m):
+    x, qw, bias = sample_double_quant_inputs(m, 33, 577, 64, dtype, bias=True)
+    y = qk.matmul(x, qw, bias, backend="cpu")
+    assert y.dtype == dtype and y.shape == (m, 33)
+    assert rel_err(y, fp64_reference(x, qw, bias)) <= REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_double_quant_opcheck(dtype, with_bias):
+    x, qw, bias = sample_double_quant_inputs(3, 17, 65, 32, dtype, bias=with_bias)
+    torch.library.opcheck(torch.ops.qkernels.matmul_nf4_dq.default, nf4_dq_args(x, qw, bias))
+
+
+def test_double_quant_gradient_flows_to_input_and_bias():
+    x, qw, bias = sample_double_quant_inputs(5, 12, 70, 32, bias=True)
+    x.requires_grad_(True)
+    bias.requires_grad_(True)
+    grad_y = torch.randn(5, 12)
+    ops.matmul_nf4_dq_op(*nf4_dq_args(x, qw, bias)).backward(grad_y)
+    assert rel_err(x.grad, grad_y.double() @ qk.dequantize(qw).double()) <= 2e-5
+    assert rel_err(bias.grad, grad_y.double().sum(0)) <= 2e-5
+
+
 # --- the op contract -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt,symmetric", FORMATS)
@@ -212,29 +262,45 @@ def test_bad_tensors_raise_in_python_and_in_cpp(call):
                 args["group_size"], args["bias"])
 
 
-def test_bad_double_quant_tensors_raise():
+@pytest.mark.parametrize("call", ["python", "op"])
+def test_bad_double_quant_tensors_raise(call):
     x = torch.randn(2, 64)
     qw = qk.quantize(torch.randn(8, 64), "nf4", 32, double_quant=True)
+    run = ops.matmul_nf4_dq_tensors if call == "python" else ops.matmul_nf4_dq_op
     base = dict(qweight=qw.qweight, absmax_codes=qw.absmax_codes,
-                absmax_scales=qw.absmax_scales, absmax_offsets=qw.absmax_offsets)
+                absmax_scales=qw.absmax_scales, absmax_offsets=qw.absmax_offsets, group_size=32)
+    # Python's message, then the C++ op's (csrc/torch/checks.h).
     cases = [
         (dict(absmax_codes=qw.absmax_codes.to(torch.int8)), TypeError,
-         "absmax_codes: expected dtype uint8"),
+         "absmax_codes: expected dtype uint8|absmax_codes expected dtype uint8"),
         (dict(absmax_codes=qw.absmax_codes[:, :1]), ValueError,
-         r"absmax_codes: expected shape \(8, 2\)"),
+         r"absmax_codes: expected shape \(8, 2\)|absmax_codes expected a contiguous tensor of "
+         r"shape \[8, 2\]"),
+        (dict(absmax_codes=qw.absmax_codes.T.contiguous().T), ValueError,
+         "absmax_codes expected a contiguous tensor") if call == "op" else None,
         (dict(absmax_scales=qw.absmax_scales.double()), TypeError,
-         "absmax_scales: expected dtype float32"),
-        (dict(absmax_offsets=torch.zeros(2)), ValueError, r"absmax_offsets: expected shape \(1,\)"),
-        (dict(absmax_scales=qw.absmax_scales.to("meta")), ValueError,
-         "absmax_scales: expected device cpu"),
-        (dict(absmax_codes=qw.absmax_codes.to("meta")), ValueError,
-         "absmax_codes: expected device cpu"),
+         "absmax_scales: expected dtype float32|absmax_scales expected dtype float32"),
+        (dict(absmax_offsets=torch.zeros(2)), ValueError,
+         r"absmax_offsets: expected shape \(1,\)|absmax_offsets expected a contiguous tensor of "
+         r"shape \[1\]"),
+        (dict(group_size=16), ValueError,
+         r"absmax_codes: expected shape \(8, 4\)|absmax_codes expected a contiguous tensor of "
+         r"shape \[8, 4\]"),
+        (dict(qweight=qw.qweight[:, :5]), ValueError, "bytes per row"),
     ]
-    for change, exc, message in cases:
+    if call == "python":  # a CPU op call with a meta tensor dispatches to the fake impl
+        cases += [
+            (dict(absmax_scales=qw.absmax_scales.to("meta")), ValueError,
+             "absmax_scales: expected device cpu"),
+            (dict(absmax_codes=qw.absmax_codes.to("meta")), ValueError,
+             "absmax_codes: expected device cpu"),
+        ]
+    for case in filter(None, cases):
+        change, exc, message = case
         args = base | change
         with pytest.raises(exc, match=message):
-            ops.matmul_nf4_dq_tensors(x, args["qweight"], args["absmax_codes"],
-                                      args["absmax_scales"], args["absmax_offsets"], 32)
+            run(x, args["qweight"], args["absmax_codes"], args["absmax_scales"],
+                args["absmax_offsets"], args["group_size"])
 
 
 def test_zeros_rejected_for_formats_without_them():

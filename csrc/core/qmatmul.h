@@ -8,6 +8,14 @@
 
 namespace qk {
 
+// nf4 absmax given as double-quantized 8-bit codes (formats.h, decode_absmax):
+// absmax[n, g] = decode_absmax(codes[n G + g], scales[b], offsets[b]), b = (n G + g) / 256.
+struct DoubleQuantAbsmax {
+  const uint8_t* codes;   // [n, G], row stride G: the blocks run over the flat index
+  const float* scales;    // [ceil(n G / 256)]
+  const float* offsets;   // [ceil(n G / 256)]
+};
+
 struct QMatmulParams {
   Format fmt;
   int64_t m;           // rows of x and y
@@ -23,7 +31,10 @@ struct QMatmulParams {
   int64_t qweight_row_stride;  // bytes
   const float* scales;         // [n, G] fp32: int8/int4 scales, nf4 absmax
   const float* zeros;          // [n, G] fp32 int4 zero points, or nullptr (symmetric: zero 8)
-  int64_t scales_row_stride;   // elements, shared by scales and zeros
+  int64_t scales_row_stride;   // elements, shared by scales and zeros (and absmax_dq.codes)
+  // nf4 only, with scales == nullptr: the absmax as codes, decoded where it is read. Only
+  // cpu::qmatmul and the CUDA launchers take it (validate_double_quant); all null otherwise.
+  DoubleQuantAbsmax absmax_dq;
 
   const void* bias;  // [n] in y_dtype, or nullptr
   void* y;           // [m, n] in y_dtype, unit stride along n
@@ -38,6 +49,7 @@ enum class Status : int32_t {
   kBadGroupSize,    // group_size < 1
   kNullPointer,     // a required pointer is null
   kZerosNotInt4,    // zeros given for a format that has none
+  kDoubleQuant,     // absmax_dq: not nf4, scales also given, a null pointer, or row stride != G
 };
 
 inline const char* status_message(Status status) {
@@ -48,6 +60,8 @@ inline const char* status_message(Status status) {
     case Status::kBadGroupSize: return "group_size must be >= 1";
     case Status::kNullPointer: return "a required pointer is null";
     case Status::kZerosNotInt4: return "zeros are only valid for int4";
+    case Status::kDoubleQuant:
+      return "double-quantized absmax needs nf4, no scales, all three pointers and row stride G";
   }
   return "unknown status";
 }
@@ -55,6 +69,9 @@ inline const char* status_message(Status status) {
 // Checks what a kernel relies on; the binding layer has already named the offending argument
 // for the user, so this is the last line of defence against a crash, not the error message.
 Status validate(const QMatmulParams& p);
+// The same for a double-quantized nf4 weight (p.absmax_dq set, p.scales null). The kernels of
+// the tables below take stored scales only (validate rejects absmax_dq).
+Status validate_double_quant(const QMatmulParams& p);
 
 // Scalar kernels, the generic twins of every SIMD path. Each computes output columns
 // [n_begin, n_end) of y for all m rows, so callers can split n across threads.

@@ -8,18 +8,40 @@
 
 namespace qk {
 
-Status validate(const QMatmulParams& p) {
+namespace {
+
+// Everything but where the group scales come from.
+Status validate_except_scales(const QMatmulParams& p) {
   if (p.fmt != Format::kInt8 && p.fmt != Format::kInt4 && p.fmt != Format::kNF4) {
     return Status::kBadFormat;
   }
   if (p.m < 1 || p.n < 1 || p.k < 1) return Status::kBadShape;
   if (p.group_size < 1) return Status::kBadGroupSize;
-  if (!p.x || !p.qweight || !p.scales || !p.y) return Status::kNullPointer;
+  if (!p.x || !p.qweight || !p.y) return Status::kNullPointer;
   if (p.zeros && p.fmt != Format::kInt4) return Status::kZerosNotInt4;
   if (p.x_row_stride < p.k || p.y_row_stride < p.n ||
       p.qweight_row_stride < packed_row_bytes(p.fmt, p.k) ||
       p.scales_row_stride < num_groups(p.k, p.group_size)) {
     return Status::kBadShape;
+  }
+  return Status::kOk;
+}
+
+}  // namespace
+
+Status validate(const QMatmulParams& p) {
+  if (Status status = validate_except_scales(p); status != Status::kOk) return status;
+  if (!p.scales) return Status::kNullPointer;
+  if (p.absmax_dq.codes || p.absmax_dq.scales || p.absmax_dq.offsets) return Status::kDoubleQuant;
+  return Status::kOk;
+}
+
+Status validate_double_quant(const QMatmulParams& p) {
+  if (Status status = validate_except_scales(p); status != Status::kOk) return status;
+  const DoubleQuantAbsmax& dq = p.absmax_dq;
+  if (p.fmt != Format::kNF4 || p.scales || !dq.codes || !dq.scales || !dq.offsets ||
+      p.scales_row_stride != num_groups(p.k, p.group_size)) {
+    return Status::kDoubleQuant;
   }
   return Status::kOk;
 }

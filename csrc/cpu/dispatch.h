@@ -28,7 +28,8 @@ bool isa_available(Isa isa);
 Isa best_isa();
 const KernelTable& kernels(Isa isa);
 
-// Columns [n_begin, n_end) of y on the given path, GEMV or GEMM by p.m.
+// Columns [n_begin, n_end) of y on the given path, GEMV or GEMM by p.m. A double-quantized nf4
+// weight (p.absmax_dq) is decoded here, one tile of rows at a time, for the kernels.
 Status qmatmul(Isa isa, const QMatmulParams& p, int64_t n_begin, int64_t n_end);
 
 }  // namespace qk::cpu

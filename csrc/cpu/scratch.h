@@ -16,7 +16,8 @@ enum class ScratchSlot : int {
   kGroupSums = 1,
   kAccumulators = 2,
   kPermutedActivations = 3,
-  kCount = 4
+  kDecodedAbsmax = 4,  // dispatch.cpp: double-quantized nf4 absmax of one tile of rows
+  kCount = 5
 };
 
 // At least `count` floats, 64-byte aligned, valid until the next call with the same slot on

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "../core/formats.h"
+#include "../core/qmatmul.h"
 
 namespace qk::cuda {
 
@@ -65,6 +66,19 @@ __device__ __forceinline__ float zero_point(const float* zeros, int64_t index) {
     return zeros ? zeros[index] : kInt4SymmetricZero;
   } else {
     return 0.0f;
+  }
+}
+
+// The group scale at flat index n * p.scales_row_stride + g: fp32 as stored, or (kDqAbsmax, nf4)
+// decoded from its 8-bit code and its block's scale and offset (p.absmax_dq; row stride G).
+template <bool kDqAbsmax>
+__device__ __forceinline__ float load_scale(const QMatmulParams& p, int64_t index) {
+  if constexpr (kDqAbsmax) {
+    const int64_t block = index / kDoubleQuantBlock;
+    return decode_absmax(__ldg(p.absmax_dq.codes + index), __ldg(p.absmax_dq.scales + block),
+                         __ldg(p.absmax_dq.offsets + block));
+  } else {
+    return __ldg(p.scales + index);
   }
 }
 

@@ -1,5 +1,7 @@
 // launch_dequantize: W [n, k] in fp16 / bf16 / fp32 from the canonical packed tensors, for the
 // matmuls with more rows of x than the GEMV takes (the binding hands the result to cuBLAS).
+#include <type_traits>
+
 #include "common.cuh"
 #include "gemv_mma.h"
 #include "qmatmul_cuda.h"
@@ -13,8 +15,9 @@ constexpr int kDequantK = 8;  // weights per thread: one 16-byte store of fp16 /
 constexpr int kDequantThreads = 256;
 
 // One thread per 8 consecutive weights of a row: any shape, group size and output dtype (fp32
-// for fp32 x), for what dequantize_vector_kernel does not take.
-template <Format kFmt, typename Out>
+// for fp32 x), for what dequantize_vector_kernel does not take. kDqAbsmax (both kernels): nf4
+// whose absmax is decoded from p.absmax_dq (load_scale).
+template <Format kFmt, typename Out, bool kDqAbsmax>
 __global__ void __launch_bounds__(kDequantThreads)
     dequantize_kernel(const QMatmulParams p,  // weight fields only
                       Out* w_out,             // [n, k], row stride k
@@ -25,11 +28,11 @@ __global__ void __launch_bounds__(kDequantThreads)
   if (i >= p.n * row_chunks) return;
   const int64_t n = i / row_chunks, k0 = (i % row_chunks) * kDequantK;
   const auto* w_row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
-  const float* s_row = p.scales + n * p.scales_row_stride;
+  const int64_t s_row = n * p.scales_row_stride;
   const float* z_row = p.zeros ? p.zeros + n * p.scales_row_stride : nullptr;
 
   int64_t g = k0 / p.group_size, next_group_k = (g + 1) * p.group_size;
-  float scale = s_row[g], zero = zero_point<kFmt>(z_row, g);
+  float scale = load_scale<kDqAbsmax>(p, s_row + g), zero = zero_point<kFmt>(z_row, g);
   Out v[kDequantK];
 #pragma unroll
   for (int j = 0; j < kDequantK; ++j) {
@@ -38,7 +41,7 @@ __global__ void __launch_bounds__(kDequantThreads)
       if (k == next_group_k) {  // groups may be smaller than 8: step one at a time
         ++g;
         next_group_k += p.group_size;
-        scale = s_row[g];
+        scale = load_scale<kDqAbsmax>(p, s_row + g);
         zero = zero_point<kFmt>(z_row, g);
       }
       v[j] = from_float<Out>(scale * (code_value<kFmt>(w_row, k) - zero));
@@ -62,7 +65,7 @@ __global__ void __launch_bounds__(kDequantThreads)
 // (the output is 4x (int4) or 2x (int8) the bytes read: the stores set the speed). A version
 // with 32 weights per thread (one 16-byte load, four 16-byte stores 64 bytes apart, so each warp
 // store touched 32 separate pieces) left dequantize + cuBLAS where it was (bench/NOTES.md).
-template <Format kFmt, typename T>
+template <Format kFmt, typename T, bool kDqAbsmax>
 __global__ void __launch_bounds__(kDequantThreads)
     dequantize_vector_kernel(const QMatmulParams p,  // weight fields only
                              T* w_out,                // [n, k], row stride k
@@ -83,7 +86,7 @@ __global__ void __launch_bounds__(kDequantThreads)
   const int64_t n = i / row_chunks, c = i % row_chunks;
   const auto* codes = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const int64_t g = c * 8 / p.group_size;  // 8 weights never straddle two groups
-  const float scale = p.scales[n * p.scales_row_stride + g];
+  const float scale = load_scale<kDqAbsmax>(p, n * p.scales_row_stride + g);
   const T2 s2 = Pair<T>::make(scale, scale);
 
   uint32_t out[4];  // weights 8c .. 8c + 7 in k order, two per word
@@ -131,16 +134,28 @@ bool vector_kernel_applies(const QMatmulParams& p, const void* w_out, DType out_
 
 cudaError_t launch_dequantize(const QMatmulParams& p, void* w_out, DType out_dtype,
                               cudaStream_t stream) {
+  // Calls run(fmt_tag, dq_tag) with the weight's format and kDqAbsmax as integral constants.
+  const auto for_weight_kind = [&](auto run) {
+    if (p.absmax_dq.codes) {
+      return run(std::integral_constant<Format, Format::kNF4>{}, std::true_type{});
+    }
+    return QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
+      return run(std::integral_constant<Format, kFmt>{}, std::false_type{});
+    });
+  };
   if (vector_kernel_applies(p, w_out, out_dtype)) {
     const int64_t row_chunks = p.k / 8;
     const int64_t blocks = (p.n * row_chunks + kDequantThreads - 1) / kDequantThreads;
     if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-    return QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
+    return for_weight_kind([&](auto fmt_tag, auto dq_tag) {
+      constexpr Format kFmt = decltype(fmt_tag)::value;
+      constexpr bool kDq = decltype(dq_tag)::value;
       if (out_dtype == DType::kF16) {
-        dequantize_vector_kernel<kFmt, half><<<unsigned(blocks), kDequantThreads, 0, stream>>>(
-            p, static_cast<half*>(w_out), row_chunks);
+        dequantize_vector_kernel<kFmt, half, kDq>
+            <<<unsigned(blocks), kDequantThreads, 0, stream>>>(p, static_cast<half*>(w_out),
+                                                               row_chunks);
       } else {
-        dequantize_vector_kernel<kFmt, __nv_bfloat16>
+        dequantize_vector_kernel<kFmt, __nv_bfloat16, kDq>
             <<<unsigned(blocks), kDequantThreads, 0, stream>>>(
                 p, static_cast<__nv_bfloat16*>(w_out), row_chunks);
       }
@@ -151,9 +166,11 @@ cudaError_t launch_dequantize(const QMatmulParams& p, void* w_out, DType out_dty
   const int64_t blocks = (p.n * row_chunks + kDequantThreads - 1) / kDequantThreads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const bool vector_store = p.k % kDequantK == 0 && aligned_16B(w_out);
-  return QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
+  return for_weight_kind([&](auto fmt_tag, auto dq_tag) {
+    constexpr Format kFmt = decltype(fmt_tag)::value;
+    constexpr bool kDq = decltype(dq_tag)::value;
     return QK_DTYPE_SWITCH(out_dtype, Out, [&] {
-      dequantize_kernel<kFmt, Out><<<unsigned(blocks), kDequantThreads, 0, stream>>>(
+      dequantize_kernel<kFmt, Out, kDq><<<unsigned(blocks), kDequantThreads, 0, stream>>>(
           p, static_cast<Out*>(w_out), row_chunks, vector_store);
       return cudaGetLastError();
     });

@@ -60,13 +60,19 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   if (plan.x_rows_per_warp == 0 || (plan.split_k > 1 && workspace == nullptr)) {
     return cudaErrorInvalidValue;
   }
-  const cudaError_t error = QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
-    return p.x_dtype == DType::kF16
-               ? launch_gemm_mma<kFmt, half>(p, plan.x_rows_per_warp, plan.split_k, workspace,
-                                             stream)
-               : launch_gemm_mma<kFmt, __nv_bfloat16>(p, plan.x_rows_per_warp, plan.split_k,
-                                                      workspace, stream);
-  });
+  const int rows = plan.x_rows_per_warp, splits = plan.split_k;
+  const bool f16 = p.x_dtype == DType::kF16;
+  cudaError_t error;
+  if (p.absmax_dq.codes) {
+    error = f16 ? launch_gemm_mma<Format::kNF4, half, true>(p, rows, splits, workspace, stream)
+                : launch_gemm_mma<Format::kNF4, __nv_bfloat16, true>(p, rows, splits, workspace,
+                                                                      stream);
+  } else {
+    error = QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
+      return f16 ? launch_gemm_mma<kFmt, half>(p, rows, splits, workspace, stream)
+                 : launch_gemm_mma<kFmt, __nv_bfloat16>(p, rows, splits, workspace, stream);
+    });
+  }
   if (error != cudaSuccess || plan.split_k == 1) return error;
   const int64_t blocks = (p.m * p.n + kFinalizeThreads - 1) / kFinalizeThreads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;

@@ -58,7 +58,8 @@ __device__ __forceinline__ int w_chunk_slot(int c, int row) {
   return kFmt == Format::kInt8 ? c ^ (row & 1) : c;
 }
 
-template <Format kFmt, typename T, int kWarpRowsX>
+// kDqAbsmax: nf4 whose absmax is decoded from p.absmax_dq where it is loaded (load_scale).
+template <Format kFmt, typename T, int kWarpRowsX, bool kDqAbsmax>
 __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
                                   GemmTile<kFmt, kWarpRowsX>::kMinBlocksPerSM)
     gemm_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
@@ -127,7 +128,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int64_t index = min64(lane_row + 16 * t + 8 * r, p.n - 1) * p.scales_row_stride + g;
-        s[t][r] = __ldg(p.scales + index);
+        s[t][r] = load_scale<kDqAbsmax>(p, index);
         z[t][r] = p.zeros ? __ldg(p.zeros + index) : kInt4SymmetricZero;
       }
     }
@@ -264,11 +265,11 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   }
 }
 
-template <Format kFmt, typename T, int kWarpRowsX>
+template <Format kFmt, typename T, bool kDqAbsmax, int kWarpRowsX>
 cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspace,
                              cudaStream_t stream) {
   using Tile = GemmTile<kFmt, kWarpRowsX>;
-  const auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX>;
+  const auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax>;
   // Above 48 KiB of dynamic shared memory a kernel must opt in (once per process is enough, but
   // the call is cheap and not a stream operation, so CUDA-graph capture is unaffected).
   cudaError_t error =
@@ -287,13 +288,13 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
   return cudaGetLastError();
 }
 
-template <Format kFmt, typename T>
+template <Format kFmt, typename T, bool kDqAbsmax>
 cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
                             float* workspace, cudaStream_t stream) {
   switch (x_rows_per_warp) {
-    case 16: return launch_gemm_tile<kFmt, T, 16>(p, split_k, workspace, stream);
-    case 32: return launch_gemm_tile<kFmt, T, 32>(p, split_k, workspace, stream);
-    default: return launch_gemm_tile<kFmt, T, 64>(p, split_k, workspace, stream);
+    case 16: return launch_gemm_tile<kFmt, T, kDqAbsmax, 16>(p, split_k, workspace, stream);
+    case 32: return launch_gemm_tile<kFmt, T, kDqAbsmax, 32>(p, split_k, workspace, stream);
+    default: return launch_gemm_tile<kFmt, T, kDqAbsmax, 64>(p, split_k, workspace, stream);
   }
 }
 

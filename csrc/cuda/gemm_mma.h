@@ -73,7 +73,8 @@ inline int gemm_smem_bytes(Format fmt, int x_rows_per_warp) {
 // T = half or __nv_bfloat16. x_rows_per_warp (16, 32 or 64) picks the tile (GemmTile);
 // split_k > 1 splits K over gridDim.z, each split adding its partial sums
 // to `workspace` (fp32 [m, n], zeroed by the caller) instead of writing y.
-template <Format kFmt, typename T>
+// kDqAbsmax: nf4 whose absmax is p.absmax_dq.
+template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
                             float* workspace, cudaStream_t stream);
 

@@ -38,8 +38,8 @@ constexpr int kMaxWarps = 8;
 
 // One block = one tile of 16 weight rows x one tile of 8 rows of x, the warps splitting K in
 // steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight tile
-// run side by side and re-read its weights from L2.
-template <Format kFmt, typename T>
+// run side by side and re-read its weights from L2. kDqAbsmax: nf4 with p.absmax_dq (load_scale).
+template <Format kFmt, typename T, bool kDqAbsmax>
 __global__ void __launch_bounds__(kMaxWarps * 32)
     gemv_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
                     int m_tiles,            // ceil(m / 8)
@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   // or their output discarded (x rows).
   bool row_ok[2];
   const uint8_t* w_row[2];
-  const float* s_row[2];
+  int64_t s_row[2];  // flat index of the row's first scale
   const float* z_row[2];
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -74,7 +74,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
     row_ok[r] = n < p.n;
     const int64_t row = row_ok[r] ? n : p.n - 1;
     w_row[r] = static_cast<const uint8_t*>(p.qweight) + row * p.qweight_row_stride;
-    s_row[r] = p.scales + row * p.scales_row_stride;
+    s_row[r] = row * p.scales_row_stride;
     z_row[r] = p.zeros ? p.zeros + row * p.scales_row_stride : nullptr;
   }
   const int64_t x_row = m_base + group < p.m ? m_base + group : p.m - 1;
@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       for (int r = 0; r < 2; ++r) {
         codes[u][r] = load_weights_16B(w_row[r] + c_in * 16, policy);
         const bool ok = row_ok[r] && c < chunks;
-        scale[u][r] = ok ? __ldg(s_row[r] + g) : 0.0f;
+        scale[u][r] = ok ? load_scale<kDqAbsmax>(p, s_row[r] + g) : 0.0f;
         if constexpr (kFmt == Format::kInt4) {
           zero[u][r] = z_row[r] ? __ldg(z_row[r] + g) : kInt4SymmetricZero;
         }
@@ -180,7 +180,7 @@ int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
   }
 }
 
-template <Format kFmt, typename T>
+template <Format kFmt, typename T, bool kDqAbsmax>
 cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream) {
   constexpr int kK = kChunkK<kFmt>;
   const int64_t steps = (p.k / kK + 3) / 4;
@@ -191,7 +191,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream) {
   const size_t smem = size_t(warps) * 32 * sizeof(float4) +
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
-  gemv_mma_kernel<kFmt, T>
+  gemv_mma_kernel<kFmt, T, kDqAbsmax>
       <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
   return cudaGetLastError();
 }

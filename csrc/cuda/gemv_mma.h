@@ -33,8 +33,8 @@ inline bool gemv_mma_supported(const QMatmulParams& p) {
          p.qweight_row_stride % 16 == 0 && aligned_16B(p.x) && p.x_row_stride % 8 == 0;
 }
 
-// T = half or __nv_bfloat16, the dtype of x and y.
-template <Format kFmt, typename T>
+// T = half or __nv_bfloat16, the dtype of x and y. kDqAbsmax: nf4 whose absmax is p.absmax_dq.
+template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream);
 
 }  // namespace qk::cuda

@@ -1,5 +1,6 @@
-// CPU implementation of torch.ops.qkernels.matmul: checks, picks the kernel path (AVX2 / NEON /
-// scalar, QKERNELS_CPU_ISA to force one) and splits output columns over at::parallel_for.
+// CPU implementations of torch.ops.qkernels.matmul and matmul_nf4_dq: checks, picks the kernel
+// path (AVX2 / NEON / scalar, QKERNELS_CPU_ISA to force one) and splits output columns over
+// at::parallel_for.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -23,6 +24,20 @@ cpu::Isa selected_isa() {
   return isa;
 }
 
+// Splits the columns of y over at::parallel_for so that each task streams at least ~64 KiB of
+// weights.
+void run_cpu(const QMatmulParams& params) {
+  const cpu::Isa isa = selected_isa();
+  const int64_t row_bytes = packed_row_bytes(params.fmt, params.k);
+  const int64_t grain = std::max<int64_t>(8, (int64_t(64) << 10) / std::max<int64_t>(row_bytes, 1));
+  Status status = Status::kOk;
+  at::parallel_for(0, params.n, grain, [&](int64_t begin, int64_t end) {
+    const Status local = cpu::qmatmul(isa, params, begin, end);
+    if (local != Status::kOk) status = local;  // any failing chunk is reported below
+  });
+  check_status(status);
+}
+
 at::Tensor matmul_cpu(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
                       const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
                       int64_t group_size, const std::optional<at::Tensor>& bias) {
@@ -32,22 +47,30 @@ at::Tensor matmul_cpu(const at::Tensor& x, c10::string_view fmt, const at::Tenso
   auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
   at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
   const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
-  if (params.m == 0) return y.view(out_shape);
-  const cpu::Isa isa = selected_isa();
-  // Split columns of y so that each task streams at least ~64 KiB of weights.
-  const int64_t row_bytes = packed_row_bytes(format, params.k);
-  const int64_t grain = std::max<int64_t>(8, (int64_t(64) << 10) / std::max<int64_t>(row_bytes, 1));
-  Status status = Status::kOk;
-  at::parallel_for(0, params.n, grain, [&](int64_t begin, int64_t end) {
-    const Status local = cpu::qmatmul(isa, params, begin, end);
-    if (local != Status::kOk) status = local;  // any failing chunk is reported below
-  });
-  check_status(status);
+  if (params.m > 0) run_cpu(params);
+  return y.view(out_shape);
+}
+
+// nf4 with double-quantized absmax: cpu::qmatmul decodes it per tile of weight rows.
+at::Tensor matmul_nf4_dq_cpu(const at::Tensor& x, const at::Tensor& qweight,
+                             const at::Tensor& absmax_codes, const at::Tensor& absmax_scales,
+                             const at::Tensor& absmax_offsets, int64_t group_size,
+                             const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul_nf4_dq: qweight expected 2 dims, got ",
+                    num(qweight.dim()));
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_nf4_dq_params(x2d, qweight, absmax_codes, absmax_scales,
+                                                  absmax_offsets, group_size, bias, y);
+  if (params.m > 0) run_cpu(params);
   return y.view(out_shape);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qkernels, CPU, m) { m.impl("matmul", &matmul_cpu); }
+TORCH_LIBRARY_IMPL(qkernels, CPU, m) {
+  m.impl("matmul", &matmul_cpu);
+  m.impl("matmul_nf4_dq", &matmul_nf4_dq_cpu);
+}
 
 }  // namespace qk::binding

@@ -1,6 +1,6 @@
-// CUDA implementation of torch.ops.qkernels.matmul: checks (checks.h), then, on the current
-// stream of x's device, the GEMV kernels for few rows of x, the tensor-core GEMM for more, or a
-// dequantized copy of W and cuBLAS (thresholds in csrc/cuda/qmatmul_cuda.h).
+// CUDA implementations of torch.ops.qkernels.matmul and matmul_nf4_dq: checks (checks.h), then,
+// on the current stream of x's device, the GEMV kernels for few rows of x, the tensor-core GEMM
+// for more, or a dequantized copy of W and cuBLAS (thresholds in csrc/cuda/qmatmul_cuda.h).
 //
 // QKERNELS_CUDA_KERNEL=gemv|gemm|dequant forces one path wherever it applies (the GEMM needs
 // gemm_supported()), so tests and benchmarks can reach every kernel at every M.
@@ -55,20 +55,9 @@ void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tens
                                  stream));
 }
 
-at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
-                       const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
-                       int64_t group_size, const std::optional<at::Tensor>& bias) {
-  const Format format = parse_format(fmt);
-  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
-                    num(qweight.dim()));
-  TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul: expected all tensors on ", qweight.device(),
-                    ", got x on ", x.device());
-  const c10::cuda::CUDAGuard device_guard(x.device());
-  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
-  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
-  const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
-  if (params.m == 0) return y.view(out_shape);
-  check_status(validate(params));
+// Launches the path choose_path picks for validated params on the current stream; y is params.y.
+void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
+              const std::optional<at::Tensor>& bias, at::Tensor& y) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   cuda::GemmPlan plan{0, 1};
   if (cuda::gemm_supported(params)) plan = plan_gemm(params, x2d.get_device());
@@ -86,11 +75,51 @@ at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tens
       break;
     }
   }
+}
+
+at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
+                       const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                       int64_t group_size, const std::optional<at::Tensor>& bias) {
+  const Format format = parse_format(fmt);
+  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
+                    num(qweight.dim()));
+  TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul: expected all tensors on ", qweight.device(),
+                    ", got x on ", x.device());
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
+  if (params.m == 0) return y.view(out_shape);
+  check_status(validate(params));
+  run_cuda(params, x2d, bias, y);
+  return y.view(out_shape);
+}
+
+// nf4 with double-quantized absmax: every path decodes it where it loads a group's absmax.
+at::Tensor matmul_nf4_dq_cuda(const at::Tensor& x, const at::Tensor& qweight,
+                              const at::Tensor& absmax_codes, const at::Tensor& absmax_scales,
+                              const at::Tensor& absmax_offsets, int64_t group_size,
+                              const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul_nf4_dq: qweight expected 2 dims, got ",
+                    num(qweight.dim()));
+  TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul_nf4_dq: expected all tensors on ",
+                    qweight.device(), ", got x on ", x.device());
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_nf4_dq_params(x2d, qweight, absmax_codes, absmax_scales,
+                                                  absmax_offsets, group_size, bias, y);
+  if (params.m == 0) return y.view(out_shape);
+  check_status(validate_double_quant(params));
+  run_cuda(params, x2d, bias, y);
   return y.view(out_shape);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qkernels, CUDA, m) { m.impl("matmul", &matmul_cuda); }
+TORCH_LIBRARY_IMPL(qkernels, CUDA, m) {
+  m.impl("matmul", &matmul_cuda);
+  m.impl("matmul_nf4_dq", &matmul_nf4_dq_cuda);
+}
 
 }  // namespace qk::binding

@@ -42,50 +42,39 @@ inline DType to_dtype(at::ScalarType type, const char* arg) {
   }
 }
 
-// x2d: [M, K] contiguous view of x; y: [M, N] output in x's dtype.
-inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Tensor& qweight,
-                                 const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
-                                 int64_t group_size, const std::optional<at::Tensor>& bias,
-                                 const at::Tensor& y) {
+inline void check_device(const char* op, const at::Tensor& t, const at::Tensor& x2d) {
+  TORCH_CHECK_VALUE(t.device() == x2d.device(), op, ": expected all tensors on ", x2d.device(),
+                    ", got one on ", t.device());
+}
+
+// Checks of one op's x, qweight, group_size and bias, and the params they fill: all but the
+// group scales. x2d: [M, K] contiguous view of x; y: [M, N] output in x's dtype.
+inline QMatmulParams make_params_except_scales(const char* op, const at::Tensor& x2d, Format fmt,
+                                               const at::Tensor& qweight, int64_t group_size,
+                                               const std::optional<at::Tensor>& bias,
+                                               const at::Tensor& y) {
   const int64_t k = x2d.size(1);
-  TORCH_CHECK_VALUE(k >= 1, "qkernels.matmul: x expected a last dimension >= 1, got ", num(k));
-  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims [N, ",
+  TORCH_CHECK_VALUE(k >= 1, op, ": x expected a last dimension >= 1, got ", num(k));
+  TORCH_CHECK_VALUE(qweight.dim() == 2, op, ": qweight expected 2 dims [N, ",
                     fmt == Format::kInt8 ? "K" : "ceil(K/2)", "], got ", shape(qweight.sizes()));
   const int64_t n = qweight.size(0);
   const at::ScalarType code_type = fmt == Format::kInt8 ? at::kChar : at::kByte;
-  TORCH_CHECK_TYPE(qweight.scalar_type() == code_type, "qkernels.matmul: qweight expected dtype ",
+  TORCH_CHECK_TYPE(qweight.scalar_type() == code_type, op, ": qweight expected dtype ",
                    code_type, " for this format, got ", qweight.scalar_type());
-  TORCH_CHECK_VALUE(qweight.size(1) == packed_row_bytes(fmt, k), "qkernels.matmul: qweight expected ",
+  TORCH_CHECK_VALUE(qweight.size(1) == packed_row_bytes(fmt, k), op, ": qweight expected ",
                     num(packed_row_bytes(fmt, k)), " bytes per row for K=", num(k), ", got ",
                     num(qweight.size(1)));
-  TORCH_CHECK_VALUE(group_size >= 1, "qkernels.matmul: group_size expected >= 1, got ", num(group_size));
-  const int64_t groups = num_groups(k, group_size);
-  TORCH_CHECK_TYPE(scales.scalar_type() == at::kFloat,
-                   "qkernels.matmul: scales expected dtype float32, got ", scales.scalar_type());
-  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == n && scales.size(1) == groups,
-                    "qkernels.matmul: scales expected shape [", num(n), ", ", num(groups), "], got ",
-                    shape(scales.sizes()));
-  TORCH_CHECK_VALUE(qweight.is_contiguous() && scales.is_contiguous(),
-                    "qkernels.matmul: qweight and scales expected contiguous tensors");
-  if (zeros) {
-    TORCH_CHECK_VALUE(fmt == Format::kInt4, "qkernels.matmul: zeros expected None for this format");
-    TORCH_CHECK_TYPE(zeros->scalar_type() == at::kFloat,
-                     "qkernels.matmul: zeros expected dtype float32, got ", zeros->scalar_type());
-    TORCH_CHECK_VALUE(zeros->sizes() == scales.sizes() && zeros->is_contiguous(),
-                      "qkernels.matmul: zeros expected a contiguous tensor of shape ",
-                      shape(scales.sizes()), ", got ", shape(zeros->sizes()));
-  }
+  TORCH_CHECK_VALUE(qweight.is_contiguous(), op, ": qweight expected a contiguous tensor");
+  TORCH_CHECK_VALUE(group_size >= 1, op, ": group_size expected >= 1, got ", num(group_size));
   if (bias) {
-    TORCH_CHECK_TYPE(bias->scalar_type() == x2d.scalar_type(), "qkernels.matmul: bias expected dtype ",
+    TORCH_CHECK_TYPE(bias->scalar_type() == x2d.scalar_type(), op, ": bias expected dtype ",
                      x2d.scalar_type(), " (that of x), got ", bias->scalar_type());
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
-                      "qkernels.matmul: bias expected a contiguous tensor of shape [", num(n), "], got ",
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(), op,
+                      ": bias expected a contiguous tensor of shape [", num(n), "], got ",
                       shape(bias->sizes()));
+    check_device(op, *bias, x2d);
   }
-  for (const at::Tensor* t : {&qweight, &scales, zeros ? &*zeros : &scales, bias ? &*bias : &scales}) {
-    TORCH_CHECK_VALUE(t->device() == x2d.device(), "qkernels.matmul: expected all tensors on ",
-                      x2d.device(), ", got one on ", t->device());
-  }
+  check_device(op, qweight, x2d);
 
   QMatmulParams p{};
   p.fmt = fmt;
@@ -98,13 +87,75 @@ inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Te
   p.x_dtype = to_dtype(x2d.scalar_type(), "x");
   p.qweight = qweight.data_ptr();
   p.qweight_row_stride = qweight.stride(0);
-  p.scales = scales.data_ptr<float>();
-  p.zeros = zeros ? zeros->data_ptr<float>() : nullptr;
-  p.scales_row_stride = scales.stride(0);
   p.bias = bias ? bias->data_ptr() : nullptr;
   p.y = y.data_ptr();
   p.y_row_stride = y.stride(0);
   p.y_dtype = p.x_dtype;
+  return p;
+}
+
+// The params of qkernels::matmul: fp32 scales (nf4: absmax) and int4 zeros.
+inline QMatmulParams make_params(const at::Tensor& x2d, Format fmt, const at::Tensor& qweight,
+                                 const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
+                                 int64_t group_size, const std::optional<at::Tensor>& bias,
+                                 const at::Tensor& y) {
+  const char* op = "qkernels.matmul";
+  QMatmulParams p = make_params_except_scales(op, x2d, fmt, qweight, group_size, bias, y);
+  const int64_t groups = num_groups(p.k, group_size);
+  TORCH_CHECK_TYPE(scales.scalar_type() == at::kFloat,
+                   "qkernels.matmul: scales expected dtype float32, got ", scales.scalar_type());
+  TORCH_CHECK_VALUE(scales.dim() == 2 && scales.size(0) == p.n && scales.size(1) == groups,
+                    "qkernels.matmul: scales expected shape [", num(p.n), ", ", num(groups),
+                    "], got ", shape(scales.sizes()));
+  TORCH_CHECK_VALUE(scales.is_contiguous(), "qkernels.matmul: scales expected a contiguous tensor");
+  check_device(op, scales, x2d);
+  if (zeros) {
+    TORCH_CHECK_VALUE(fmt == Format::kInt4, "qkernels.matmul: zeros expected None for this format");
+    TORCH_CHECK_TYPE(zeros->scalar_type() == at::kFloat,
+                     "qkernels.matmul: zeros expected dtype float32, got ", zeros->scalar_type());
+    TORCH_CHECK_VALUE(zeros->sizes() == scales.sizes() && zeros->is_contiguous(),
+                      "qkernels.matmul: zeros expected a contiguous tensor of shape ",
+                      shape(scales.sizes()), ", got ", shape(zeros->sizes()));
+    check_device(op, *zeros, x2d);
+  }
+  p.scales = scales.data_ptr<float>();
+  p.zeros = zeros ? zeros->data_ptr<float>() : nullptr;
+  p.scales_row_stride = scales.stride(0);
+  return p;
+}
+
+// The params of qkernels::matmul_nf4_dq: nf4 whose absmax is double-quantized (DoubleQuantAbsmax).
+inline QMatmulParams make_nf4_dq_params(const at::Tensor& x2d, const at::Tensor& qweight,
+                                        const at::Tensor& absmax_codes,
+                                        const at::Tensor& absmax_scales,
+                                        const at::Tensor& absmax_offsets, int64_t group_size,
+                                        const std::optional<at::Tensor>& bias,
+                                        const at::Tensor& y) {
+  const char* op = "qkernels.matmul_nf4_dq";
+  QMatmulParams p = make_params_except_scales(op, x2d, Format::kNF4, qweight, group_size, bias, y);
+  const int64_t groups = num_groups(p.k, group_size);
+  TORCH_CHECK_TYPE(absmax_codes.scalar_type() == at::kByte, op,
+                   ": absmax_codes expected dtype uint8, got ", absmax_codes.scalar_type());
+  TORCH_CHECK_VALUE(absmax_codes.dim() == 2 && absmax_codes.size(0) == p.n &&
+                        absmax_codes.size(1) == groups && absmax_codes.is_contiguous(),
+                    op, ": absmax_codes expected a contiguous tensor of shape [", num(p.n), ", ",
+                    num(groups), "], got ", shape(absmax_codes.sizes()));
+  check_device(op, absmax_codes, x2d);
+  const int64_t blocks = num_groups(p.n * groups, kDoubleQuantBlock);
+  using Named = std::pair<const char*, const at::Tensor*>;
+  for (const auto& [name, t] :
+       {Named{"absmax_scales", &absmax_scales}, Named{"absmax_offsets", &absmax_offsets}}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kFloat, op, ": ", name,
+                     " expected dtype float32, got ", t->scalar_type());
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == blocks && t->is_contiguous(), op, ": ", name,
+                      " expected a contiguous tensor of shape [", num(blocks), "], got ",
+                      shape(t->sizes()));
+    check_device(op, *t, x2d);
+  }
+  p.absmax_dq.codes = absmax_codes.data_ptr<uint8_t>();
+  p.absmax_dq.scales = absmax_scales.data_ptr<float>();
+  p.absmax_dq.offsets = absmax_offsets.data_ptr<float>();
+  p.scales_row_stride = groups;
   return p;
 }
 

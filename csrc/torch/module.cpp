@@ -22,6 +22,7 @@ PYBIND11_MODULE(_C, m) {
     constants["int4_symmetric_zero"] = qk::kInt4SymmetricZero;
     constants["nibble_bits_low"] = qk::kNibbleBitsLow;
     constants["nibble_bits_high"] = qk::kNibbleBitsHigh;
+    constants["double_quant_block"] = qk::kDoubleQuantBlock;
     constants["formats"] = py::dict(py::arg("int8") = int(qk::Format::kInt8),
                                     py::arg("int4") = int(qk::Format::kInt4),
                                     py::arg("nf4") = int(qk::Format::kNF4));

@@ -16,9 +16,14 @@ TORCH_LIBRARY(qkernels, m) {
   m.def(
       "matmul_triton(Tensor x, str fmt, Tensor qweight, Tensor scales, Tensor? zeros, "
       "int group_size, Tensor? bias) -> Tensor");
-  // nf4 with double-quantized absmax, by the Triton kernels, which decode it per tile:
+  // nf4 with double-quantized absmax, read as stored (each backend decodes it where it loads it):
   // absmax[n, g] = 2^(absmax_offsets[b] + absmax_scales[b] * absmax_codes[n, g]), b = (n G + g) / 256;
   // absmax_codes uint8 [N, G]; absmax_scales, absmax_offsets fp32 [ceil(N G / 256)].
+  // C++ impls for CPU and CUDA tensors, as for matmul.
+  m.def(
+      "matmul_nf4_dq(Tensor x, Tensor qweight, Tensor absmax_codes, Tensor absmax_scales, "
+      "Tensor absmax_offsets, int group_size, Tensor? bias) -> Tensor");
+  // The same computation by the Triton kernels, registered from Python like matmul_triton.
   m.def(
       "matmul_nf4_dq_triton(Tensor x, Tensor qweight, Tensor absmax_codes, Tensor absmax_scales, "
       "Tensor absmax_offsets, int group_size, Tensor? bias) -> Tensor");

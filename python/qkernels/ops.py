@@ -6,9 +6,9 @@ Backends are peers behind one table (``BACKENDS``):
 =========  ===============  ============================================================
 name       runs on          what it is
 =========  ===============  ============================================================
-cuda       CUDA tensors     hand-written CUDA impl of torch.ops.qkernels.matmul
+cuda       CUDA tensors     hand-written CUDA impls of torch.ops.qkernels.matmul, matmul_nf4_dq
 triton     CUDA tensors     Triton kernels (python/qkernels/triton), imported on first use
-cpu        CPU tensors      C++ AVX2 / NEON / scalar impl of torch.ops.qkernels.matmul
+cpu        CPU tensors      C++ AVX2 / NEON / scalar impls of the same two ops
 reference  any device       dequantize with formats.py, then F.linear in fp32: the oracle
 =========  ===============  ============================================================
 
@@ -116,8 +116,9 @@ def _matmul_triton_fake(x, fmt, qweight, scales, zeros, group_size, bias):
 
 def check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
                       bias):
-    """The contract of qkernels::matmul_nf4_dq_triton: check_matmul_args for nf4, with the
-    absmax given as 8-bit codes and per-block scales and offsets (formats.decode_absmax)."""
+    """The contract of qkernels::matmul_nf4_dq and matmul_nf4_dq_triton: check_matmul_args for
+    nf4, with the absmax given as 8-bit codes and per-block scales and offsets
+    (formats.decode_absmax)."""
     _check(TypeError, absmax_codes.dtype == torch.uint8,
            lambda: f"absmax_codes: expected dtype uint8, got {absmax_codes.dtype}")
     n, groups = qweight.shape[0], formats.num_groups(x.shape[-1], group_size)
@@ -139,6 +140,22 @@ def check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, g
     # the decoded absmax.
     check_matmul_args(x, "nf4", qweight, absmax_scales[:1].expand(n, groups), None, group_size,
                       bias)
+
+
+def matmul_nf4_dq_op(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                     bias=None):
+    """torch.ops.qkernels.matmul_nf4_dq: nf4 with double-quantized absmax, read as it is stored
+    by the compiled kernels of x's device (cpu or cuda backend), which decode it per tile of rows
+    (cpu) or where each group's absmax is loaded (cuda)."""
+    return torch.ops.qkernels.matmul_nf4_dq(x, qweight, absmax_codes, absmax_scales,
+                                            absmax_offsets, group_size, bias)
+
+
+@torch.library.register_fake("qkernels::matmul_nf4_dq")
+def _matmul_nf4_dq_fake(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
+                        bias):
+    check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
 
 def matmul_nf4_dq_triton_op(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
@@ -199,8 +216,9 @@ def _matmul_nf4_dq_backward(ctx, grad_y):
     return grad_x, None, None, None, None, None, grad_bias
 
 
-torch.library.register_autograd("qkernels::matmul_nf4_dq_triton", _matmul_nf4_dq_backward,
-                                setup_context=_matmul_nf4_dq_setup_context)
+for _op_name in ("qkernels::matmul_nf4_dq", "qkernels::matmul_nf4_dq_triton"):
+    torch.library.register_autograd(_op_name, _matmul_nf4_dq_backward,
+                                    setup_context=_matmul_nf4_dq_setup_context)
 
 
 # --- backends --------------------------------------------------------------------------------
@@ -323,20 +341,12 @@ def _matmul_nf4_dq_triton(x, qweight, absmax_codes, absmax_scales, absmax_offset
                                    group_size, bias)
 
 
-def _matmul_nf4_dq_decoded(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
-                           bias):
-    # The C++ kernels (cpu, cuda) take fp32 absmax only: decode it on each call (N * G values,
-    # ~1/K of the weight's work) until they read the codes themselves.
-    absmax = formats.decode_absmax(absmax_codes, absmax_scales, absmax_offsets)
-    return matmul_op(x, "nf4", qweight, absmax, None, group_size, bias)
-
-
 # How each backend runs nf4 with double-quantized absmax (the same arguments, in the order of
-# qkernels::matmul_nf4_dq_triton).
+# qkernels::matmul_nf4_dq).
 NF4_DQ_MATMULS = {
-    "cuda": _matmul_nf4_dq_decoded,
+    "cuda": matmul_nf4_dq_op,
     "triton": _matmul_nf4_dq_triton,
-    "cpu": _matmul_nf4_dq_decoded,
+    "cpu": matmul_nf4_dq_op,
     "reference": _matmul_nf4_dq_reference,
 }
 
@@ -344,12 +354,16 @@ NF4_DQ_MATMULS = {
 def matmul_nf4_dq_tensors(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
                           bias=None, backend=None):
     """qk.matmul of a double-quantized nf4 weight, on its canonical tensors."""
-    if not torch.compiler.is_compiling():
-        check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
-                          bias)
+    args = (x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size, bias)
+    if torch.compiler.is_compiling():
+        name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
+        return NF4_DQ_MATMULS[name](*args)
+    check_nf4_dq_args(*args)
     name = select_backend(x.device, backend)
-    return NF4_DQ_MATMULS[name](x, qweight, absmax_codes, absmax_scales, absmax_offsets,
-                                group_size, bias)
+    if name in _OP_BACKENDS and not _needs_grad(x, absmax_scales, absmax_offsets, bias):
+        with torch._C._AutoDispatchBelowAutograd():   # as in matmul_tensors
+            return NF4_DQ_MATMULS[name](*args)
+    return NF4_DQ_MATMULS[name](*args)
 
 
 # Backends whose matmul is a torch.ops.qkernels op, i.e. goes through the Python autograd kernel.

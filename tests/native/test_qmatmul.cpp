@@ -1,7 +1,8 @@
 // Native, torch-free test of every CPU kernel path (csrc/core scalar twins, csrc/cpu SIMD paths
 // available on this machine): each path's GEMV and GEMM, and the dispatcher, against a
 // double-precision reference computed here and against the scalar twin, on odd shapes, all
-// formats, group sizes, activation dtypes, with and without bias.
+// formats, group sizes, activation dtypes, with and without bias; and nf4 with double-quantized
+// absmax through the dispatcher, which decodes it per tile of rows for each path.
 //
 //   test_qmatmul          the full grid
 //   test_qmatmul --quick  a smaller grid (for the aarch64 build under qemu)
@@ -42,13 +43,15 @@ struct Case {
   int64_t m, n, k, group_size;
   DType dtype;
   bool bias;
+  bool double_quant = false;  // nf4 only: absmax as 8-bit codes (qk::DoubleQuantAbsmax)
 };
 
 std::string describe(const Case& c) {
   char text[160];
   std::snprintf(text, sizeof text, "%s%s m=%lld n=%lld k=%lld g=%lld x=%s bias=%d",
                 c.fmt == Format::kInt8 ? "int8" : c.fmt == Format::kInt4 ? "int4" : "nf4",
-                c.symmetric ? "-sym" : "", (long long)c.m, (long long)c.n, (long long)c.k,
+                c.symmetric ? "-sym" : c.double_quant ? "-dq" : "", (long long)c.m,
+                (long long)c.n, (long long)c.k,
                 (long long)c.group_size, dtype_name(c.dtype), int(c.bias));
   return text;
 }
@@ -57,6 +60,10 @@ std::string describe(const Case& c) {
 struct Problem {
   std::vector<uint8_t> qweight, x, bias;  // x and bias raw in the case's dtype
   std::vector<float> scales, zeros;
+  // double_quant: codes [n, G] and per 256 codes a scale and offset; `scales` holds the absmax
+  // they stand for, decoded in fp64 and rounded once, for the reference.
+  std::vector<uint8_t> absmax_codes;
+  std::vector<float> absmax_scales, absmax_offsets;
   std::vector<double> reference;          // [m, n]
   // [m, n]: sqrt(sum_k (x w)^2), the size fp32 rounding errors scale with. When a short dot
   // product cancels (one output near 0), ||reference|| alone would call correct fp32 sums wrong.
@@ -91,6 +98,20 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
   }
   pr.scales.resize(size_t(c.n * groups));
   for (float& s : pr.scales) s = (0.5f + uniform(rng)) * 0.05f;
+  if (c.double_quant) {
+    const int64_t blocks = qk::num_groups(c.n * groups, qk::kDoubleQuantBlock);
+    for (int64_t b = 0; b < blocks; ++b) {
+      pr.absmax_offsets.push_back(-6.0f + 2.0f * uniform(rng));   // log2 of the block's least
+      pr.absmax_scales.push_back(0.02f * uniform(rng));           // up to 5 octaves per block
+    }
+    for (int64_t i = 0; i < c.n * groups; ++i) {
+      const uint8_t code = uint8_t(rng() % 256);
+      const int64_t b = i / qk::kDoubleQuantBlock;
+      pr.absmax_codes.push_back(code);
+      pr.scales[size_t(i)] = float(std::exp2(double(pr.absmax_offsets[size_t(b)]) +
+                                             double(pr.absmax_scales[size_t(b)]) * code));
+    }
+  }
   const bool has_zeros = c.fmt == Format::kInt4 && !c.symmetric;
   if (has_zeros) {
     pr.zeros.resize(size_t(c.n * groups));
@@ -148,6 +169,10 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
   p.scales = pr.scales.data();
   p.zeros = has_zeros ? pr.zeros.data() : nullptr;
   p.scales_row_stride = groups;
+  if (c.double_quant) {
+    p.scales = nullptr;
+    p.absmax_dq = {pr.absmax_codes.data(), pr.absmax_scales.data(), pr.absmax_offsets.data()};
+  }
   p.bias = c.bias ? pr.bias.data() : nullptr;
   p.y_row_stride = c.n;
   p.y_dtype = c.dtype;
@@ -296,6 +321,49 @@ int main(int argc, char** argv) {
             }
           }
         }
+      }
+    }
+  }
+
+  // nf4 with double-quantized absmax, through the dispatcher of each path: blocks of 256 codes
+  // straddling rows, odd and ragged groups, and (n 300, G 515) several tiles of decoded rows.
+  struct DqShape { int64_t m, n, k, group_size; };
+  const std::vector<DqShape> dq_shapes =
+      quick ? std::vector<DqShape>{{1, 17, 577, 16}, {3, 300, 1030, 2}, {9, 3, 17, 1}}
+            : std::vector<DqShape>{{1, 17, 577, 16}, {3, 300, 1030, 2}, {9, 3, 17, 1},
+                                   {17, 19, 577, 64}, {33, 64, 1030, 32}, {2, 1, 1, 1}};
+  for (Isa isa : isas) {
+    const std::string path = std::string(qk::cpu::isa_name(isa)) + "-dispatch-dq";
+    for (const DqShape& shape : dq_shapes) {
+      for (DType dtype : dtypes) {
+        const Case c{Format::kNF4, false, shape.m, shape.n, shape.k, shape.group_size, dtype,
+                     true, true};
+        Problem pr = make_problem(c, rng);
+        ++cases;
+        std::vector<float> y;
+        bool ok = run_split(c, pr, [isa](const QMatmulParams& p, int64_t b, int64_t e) {
+                    return qk::cpu::qmatmul(isa, p, b, e);
+                  }, y, path.c_str());
+        const double error = y.empty() ? INFINITY : relative_error(y, pr.reference, pr.magnitude);
+        Worst& w = worst[path + " x=" + dtype_name(dtype)];
+        ++w.cases;
+        if (error > w.error) {
+          w.error = error;
+          w.where = describe(c);
+        }
+        if (!(error <= tolerance(dtype))) {
+          std::printf("FAIL %s %s: rel err %.3g vs fp64\n", path.c_str(), describe(c).c_str(),
+                      error);
+          ok = false;
+        }
+        // The kernels themselves take stored scales only.
+        if (qk::cpu::kernels(isa).gemv(pr.params, 0, c.n) == Status::kOk ||
+            qk::cpu::kernels(isa).gemm(pr.params, 0, c.n) == Status::kOk) {
+          std::printf("FAIL %s %s: a kernel accepted double-quantized absmax\n", path.c_str(),
+                      describe(c).c_str());
+          ok = false;
+        }
+        failures += !ok;
       }
     }
   }
