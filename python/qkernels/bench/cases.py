@@ -5,6 +5,7 @@ returns one callable per copy for a given x."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 from typing import Callable, List, Optional
 
@@ -196,11 +197,25 @@ def _gemlite_a16w8_case(w, x_dtype) -> Case:
 
 
 def _gemlite_case(name, fmt, group, make, device) -> Case:
+    _match_gemlite_autotune()
     first = make()
     nbytes = _nbytes(*first.get_tensor_args())
     layers = [first] + [make() for _ in range(measure.copies_for_cold_cache(nbytes, device) - 1)]
     return Case(name, "peer", fmt, group, None, nbytes,
                 lambda x: [lambda m=m: m(x) for m in layers])
+
+
+@functools.cache
+def _match_gemlite_autotune() -> None:
+    """With QKERNELS_TRITON_AUTOTUNE=0 (our Triton kernels at their default configs), gemlite too
+    runs its default configs on a miss of its shipped per-GPU config cache instead of timing
+    candidates: that "fast" autotune took 80% of a full H100 run (~20 s per new shape and M).
+    Once, before any layer: set_autotune reloads gemlite's kernel modules."""
+    import gemlite
+    from ..triton import common as triton_common
+
+    if not triton_common.autotune_enabled():
+        gemlite.set_autotune("default")
 
 
 PEERS = (
