@@ -3,6 +3,7 @@ all formats (int4 asymmetric and symmetric, nf4, int8, nf4 with double-quantized
 sizes, odd shapes on both sides of the GEMV/GEMM threshold, fp32 / bf16 / fp16 activations, with
 and without bias."""
 
+import dataclasses
 import sys
 import zlib
 from pathlib import Path
@@ -18,10 +19,12 @@ ISA_ENV_VAR = "QKERNELS_CPU_ISA"
 
 # (M, N, K): M on both sides of every path's GEMV/GEMM threshold; odd K (a half-filled last
 # byte), K not a multiple of the group (a ragged last group), N not a multiple of any tile.
+# K = 576 (SmolLM2) is whole groups of 32 and 96; 358 leaves an unpaired group of 32 or 96
+# after the AVX2 block path and, at 96, a ragged last group off a 64-weight block boundary.
 SHAPES = [(1, 17, 577), (2, 33, 31), (3, 64, 1030), (5, 17, 256), (8, 19, 577), (17, 70, 130),
-          (33, 17, 577)]
+          (33, 17, 577), (1, 40, 576), (4, 9, 358)]
 FORMATS = [("int4", False), ("int4", True), ("nf4", False), ("int8", False)]
-GROUPS = [32, 64, 128, -1]
+GROUPS = [32, 64, 96, 128, -1]
 # Norm-wise relative error allowed: fp32 accumulation for fp32 y; for 16-bit y the rounding of
 # the output itself (2^-9 bf16, 2^-11 fp16 per element) on top.
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -29,6 +32,19 @@ TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 def relative_error(y, reference):
     return float((y.double() - reference).norm() / reference.norm())
+
+
+def quantize_any_group(w, fmt, group_size, symmetric=False):
+    """qk.quantize, and also group sizes it does not offer but a file may carry (96): the
+    codes of group 32 with every (group_size / 32)-th group's scale and zero point, a valid
+    canonical weight for the kernels to compare with its dequantization."""
+    if group_size == -1 or group_size in formats.GROUP_SIZES:
+        return qk.quantize(w, fmt, group_size, symmetric=symmetric)
+    fine = qk.quantize(w, fmt, 32, symmetric=symmetric)
+    every = group_size // 32
+    coarse = {name: t[:, ::every].contiguous() for name, t in fine.tensors().items()
+              if name != "qweight"}
+    return dataclasses.replace(fine, group_size=group_size, **coarse)
 
 
 @pytest.mark.parametrize("group_size", GROUPS)
@@ -41,7 +57,7 @@ def test_cpu_path_matches_fp64(monkeypatch, isa, fmt, symmetric, group_size):
         if group_size != -1 and group_size > k:
             continue  # resolves to per channel: covered by -1
         w = torch.randn(n, k, generator=gen)
-        qw = qk.quantize(w, fmt, group_size, symmetric=symmetric)
+        qw = quantize_any_group(w, fmt, group_size, symmetric=symmetric)
         check_cpu_matmul(qw, m, (torch.float32, torch.bfloat16, torch.float16), gen,
                          f"{isa} {fmt}{'-sym' if symmetric else ''} g={group_size}")
 
@@ -92,16 +108,17 @@ def test_best_isa_is_default(monkeypatch):
     assert torch.equal(qk.matmul(x, qw, backend="cpu"), forced)
 
 
+@pytest.mark.parametrize("group_size", [32, 64, 96])
 @pytest.mark.parametrize("fmt", ["int4", "nf4"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("x_scale", [1e-36, 1e30])
-def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale):
+def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale, group_size):
     # The AVX2 4-bit GEMV scales a permuted copy of x by up to 16^-6; x near the bottom of the
     # fp32 range must not lose bits to subnormals (it takes the unscaled path), nor x near the top.
     monkeypatch.setenv(ISA_ENV_VAR, isa)
-    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-{fmt}-{x_scale}".encode()))
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-{fmt}-{x_scale}-{group_size}".encode()))
     w = torch.randn(19, 577, generator=gen)
-    qw = qk.quantize(w, fmt, 64)
+    qw = quantize_any_group(w, fmt, group_size)
     x = torch.randn(3, 577, generator=gen) * x_scale
     x[1, 5] = 1.0  # one normal value in a row of tiny ones: the row must still be exact
     y = qk.matmul(x, qw, backend="cpu")

@@ -40,6 +40,10 @@ constexpr int kRowBlock = 4;
 // nothing per weight.
 constexpr int64_t kBlockWeights = 64;
 constexpr int64_t kBlockBytes = 32;
+// Both decoders put weights k .. k+31 (the low 16 bytes of the load) in lanes 0-3 and
+// k+32 .. k+63 in lanes 4-7: the halves of a block line up with the 128-bit halves of a vector,
+// which is what lets a block straddle two groups of 32 (dot_split_block_groups).
+constexpr int64_t kHalfBlockWeights = 32;
 
 // int4 v1-v2: broadcast the 4 bytes holding 8 codes, shift lane t right by 4t, keep the low
 // nibble. Nibble t of the little-endian word is weight k+t, so the lanes come out in k order.
@@ -193,6 +197,86 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
 }
 
+// Block path for groups of an odd number of half blocks (g = 32, 96, ...; HALVES = g / 32 when
+// > 0, else runtime_halves): `blocks` blocks that together are whole groups, a block's two halves
+// possibly in different groups. Each block's dot is scaled as it is, by a vector holding the
+// scale of the first half's group in lanes 0-3 and the second half's in lanes 4-7: one add and
+// one FMA per block on top of the 8 FMAs. Groups of 32 took the v2 decoder before: 3.0-4.4x
+// slower (one thread, SmolLM2 shapes, bench/NOTES.md).
+template <class Decoder, int ROWS, int HALVES>
+__attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, const uint8_t* codes,
+                                                      const float* scales, const float* const* x_blocked,
+                                                      int64_t blocks, int64_t runtime_halves,
+                                                      __m256 (&total_out)[ROWS]) {
+  // The accumulators start afresh in every block, so one chain per row does not wait on FMA
+  // latency across blocks; a single row gets two to shorten the chain within a block (four
+  // measured the same).
+  constexpr int chains = ROWS == 1 ? 2 : 1;
+  const int64_t halves_per_group = HALVES > 0 ? HALVES : runtime_halves;
+  __m256 total[ROWS];
+  for (int r = 0; r < ROWS; ++r) total[r] = total_out[r];
+  const float* x_at[ROWS];
+  for (int r = 0; r < ROWS; ++r) x_at[r] = x_blocked[r];
+  const float* group_scale = scales;  // of the group the next half block belongs to
+  int64_t halves_left = halves_per_group;
+  auto next_half_scale = [&]() {
+    const float* scale = group_scale;
+    if (--halves_left == 0) {
+      ++group_scale;
+      halves_left = halves_per_group;
+    }
+    return scale;
+  };
+  for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
+    __m256 w[8];
+    decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
+    __m256 acc[ROWS][chains];
+    for (int r = 0; r < ROWS; ++r) {
+      for (int c = 0; c < chains; ++c) acc[r][c] = _mm256_setzero_ps();
+    }
+    for (int v = 0; v < 8; ++v) {
+      for (int r = 0; r < ROWS; ++r) {
+        acc[r][v % chains] = _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x_at[r] + 8 * v), acc[r][v % chains]);
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) x_at[r] += kBlockWeights;
+    reduce_chains(acc);
+    const float* first = next_half_scale();
+    const float* second = next_half_scale();
+    const __m256 scale = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
+                                              _mm_broadcast_ss(second), 1);
+    for (int r = 0; r < ROWS; ++r) total[r] = _mm256_fmadd_ps(acc[r][0], scale, total[r]);
+  }
+  for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
+}
+
+// correction[r] -= sum over groups [0, count) of scale * zero * sum(x of row r over the group):
+// the int4 zero points of the groups the block path covered, 8 groups at a time. Measured
+// against the scalar loop (one thread, in cache, 1.5-1.8k rows): g = 32 1.11-1.32x faster per
+// row at K = 576 and 1536; the horizontal sum is skipped below 8 groups, where it cost ~8%.
+template <int ROWS>
+void subtract_zero_points(const QMatmulParams& p, int64_t n, const float* row_scales,
+                          const float* x_sums, int64_t groups, int64_t count, float* correction) {
+  const float* row_zeros = p.zeros ? p.zeros + n * p.scales_row_stride : nullptr;
+  int64_t g = 0;
+  if (count >= 8) {
+    __m256 acc[ROWS];
+    for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
+    for (; g + 8 <= count; g += 8) {
+      const __m256 zero = row_zeros ? _mm256_loadu_ps(row_zeros + g) : _mm256_set1_ps(kInt4SymmetricZero);
+      const __m256 scaled_zero = _mm256_mul_ps(_mm256_loadu_ps(row_scales + g), zero);
+      for (int r = 0; r < ROWS; ++r) {
+        acc[r] = _mm256_fmadd_ps(scaled_zero, _mm256_loadu_ps(x_sums + r * groups + g), acc[r]);
+      }
+    }
+    for (int r = 0; r < ROWS; ++r) correction[r] -= hsum(acc[r]);
+  }
+  for (; g < count; ++g) {
+    const float scaled_zero = row_scales[g] * zero_point_of(p, n, g);
+    for (int r = 0; r < ROWS; ++r) correction[r] -= scaled_zero * x_sums[r * groups + g];
+  }
+}
+
 // One weight row n against ROWS rows of x (x_rows rows i0.., fp32). out[r] = y[i0 + r, n]
 // without bias. x_sums: [ROWS, groups] sums of x per group (int4 only, else unused).
 // x_blocked: the same rows permuted for the block path (permuted_x), or nullptr to skip it.
@@ -211,23 +295,34 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
   }
   int64_t group = 0;
   if constexpr (Decoder::kHasBlockPath) {
-    if (x_blocked) {  // the leading groups that are whole blocks (all but a ragged last one)
+    if (x_blocked) {  // the leading groups that the block path covers whole
       const int64_t width = min_i64(p.group_size, p.k);
-      const int64_t whole = width % kBlockWeights == 0 ? p.k / width : 0;
-      const int64_t blocks = width / kBlockWeights;
-      if (blocks == 1) {
-        dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, whole, 1, total);
-      } else if (blocks == 2) {
-        dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, row_scales, x_blocked, whole, 2, total);
-      } else {
-        dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, whole, blocks, total);
-      }
-      group = whole;
-      if (p.fmt == Format::kInt4) {  // their zero points, as in the loop below
-        for (int64_t g = 0; g < whole; ++g) {
-          const float scaled_zero = row_scales[g] * zero_point_of(p, n, g);
-          for (int r = 0; r < ROWS; ++r) correction[r] -= scaled_zero * x_sums[r * groups + g];
+      if (width % kBlockWeights == 0) {  // every group but a ragged last one
+        const int64_t whole = p.k / width;
+        const int64_t blocks = width / kBlockWeights;
+        if (blocks == 1) {
+          dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, whole, 1, total);
+        } else if (blocks == 2) {
+          dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, row_scales, x_blocked, whole, 2, total);
+        } else {
+          dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, whole, blocks, total);
         }
+        group = whole;
+      } else if (p.group_size < p.k) {  // an odd number of half blocks per group
+        // Pairs of whole groups are whole blocks; a last unpaired group and a ragged one are
+        // left to the loop below.
+        const int64_t halves = p.group_size / kHalfBlockWeights;
+        const int64_t pairs = p.k / p.group_size / 2;
+        if (halves == 1) {
+          dot_split_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, pairs, 1, total);
+        } else {
+          dot_split_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, pairs * halves,
+                                                   halves, total);
+        }
+        group = 2 * pairs;
+      }
+      if (p.fmt == Format::kInt4) {  // their zero points, as in the loop below
+        subtract_zero_points<ROWS>(p, n, row_scales, x_sums, groups, group, correction);
       }
     }
   }
@@ -243,9 +338,11 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
     const uint8_t* codes = row + k0 * Decoder::kBytesPer8 / 8;
     constexpr int step = Decoder::kBytesPer8;
     if constexpr (Decoder::kHasBlockPath) {
-      // The whole blocks of a ragged last group. Block starts are multiples of 64 in k
-      // when x_blocked is given (block_path_applies).
-      for (; x_blocked && k + kBlockWeights <= k1; k += kBlockWeights, codes += kBlockBytes) {
+      // The whole blocks of a group the block path left: x_blocked is permuted per 64 weights
+      // from k = 0, so only a group starting on a multiple of 64 can use it (not the odd ones
+      // of g = 96, say).
+      const bool aligned = x_blocked && k0 % kBlockWeights == 0;
+      for (; aligned && k + kBlockWeights <= k1; k += kBlockWeights, codes += kBlockBytes) {
         __m256 w[8];
         decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
         for (int v = 0; v < 8; ++v) {
@@ -310,10 +407,9 @@ const float* group_sums(const QMatmulParams& p, const F32Rows& x, int64_t groups
   return sums;
 }
 
-// The block path needs blocks that never straddle a group: groups of a multiple of 64, or one
-// group per row.
+// The block path needs groups of whole half blocks (a multiple of 32), or one group per row.
 bool block_path_applies(const QMatmulParams& p) {
-  return p.group_size % kBlockWeights == 0 || p.group_size >= p.k;
+  return p.group_size % kHalfBlockWeights == 0 || p.group_size >= p.k;
 }
 
 // x rows permuted for the block path, [m, floor(k / 64) * 64]: within each block of 64,

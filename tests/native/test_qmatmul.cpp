@@ -257,11 +257,14 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> ms = quick ? std::vector<int64_t>{1, 3, 8, 17}
                                         : std::vector<int64_t>{1, 2, 3, 5, 8, 17, 33};
   const std::vector<int64_t> ns = quick ? std::vector<int64_t>{3, 17} : std::vector<int64_t>{1, 3, 17, 64};
+  // 358: groups of 32 and 96 leave an unpaired whole group after the AVX2 block path, and at
+  // 96 a ragged group of 70 starting off a 64-weight block boundary.
   const std::vector<int64_t> ks = quick ? std::vector<int64_t>{1, 17, 64, 577}
-                                        : std::vector<int64_t>{1, 2, 3, 17, 31, 64, 577, 1030};
+                                        : std::vector<int64_t>{1, 2, 3, 17, 31, 64, 358, 577, 1030};
   // 0 = per channel (group_size = k); 17: an odd size, legal for canonical tensors from a file.
+  // 32 and 96: blocks of 64 weights straddle two groups.
   const std::vector<int64_t> group_sizes = quick ? std::vector<int64_t>{32, 0, 17}
-                                                 : std::vector<int64_t>{16, 32, 64, 128, 0, 17};
+                                                 : std::vector<int64_t>{16, 32, 64, 96, 128, 0, 17};
   struct FormatChoice { Format fmt; bool symmetric; };
   const FormatChoice formats[] = {{Format::kInt8, false}, {Format::kInt4, false},
                                   {Format::kInt4, true}, {Format::kNF4, false}};
