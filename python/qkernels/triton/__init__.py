@@ -23,7 +23,11 @@ from . import common, dequant, gemm, gemv
 # on CUDA cores; GEMM pads M to 16 on tensor cores but routes each weight tile through shared
 # memory. To be measured on each GPU: `python bench/triton_dev.py --threshold` times both kernels
 # at M = 1..16 on Llama shapes; set this to the largest M where GEMV is faster.
-GEMV_MAX_M = 4
+# H100 (llama3-8b and llama3-70b suites, commit c5f1c07): on all 10 shapes the GEMV at M = 2 and
+# 4 took 2-6x the GEMM's time at M = 8 (14336x4096 int4: 99.5 / 178 us against 36.5 us; M = 1
+# 32.8 us); the GEMM pads rows to 16, so M = 2 and 4 cost it about what M = 8 does (not timed
+# separately). Hence GEMV at M = 1 only.
+GEMV_MAX_M = 1
 
 # Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
 # multiplies. Not yet measured for Triton: the CUDA backend's crossover (csrc/cuda/qmatmul_cuda.h,
