@@ -156,6 +156,21 @@ inline void reduce_chains(__m256 (&acc)[ROWS][CHAINS]) {
   }
 }
 
+// acc[r][v % CHAINS] += w[v] * x[r][offset + 8v ..] over the 64 weights of the block at codes:
+// the body every block-path loop shares. Inlined, so each loop keeps its own registers.
+template <class Decoder, int ROWS, int CHAINS>
+__attribute__((always_inline)) inline void accumulate_block(const Decoder& decode, const uint8_t* codes,
+                                                            const float* const* x, int64_t offset,
+                                                            __m256 (&acc)[ROWS][CHAINS]) {
+  __m256 w[8];
+  decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
+  for (int v = 0; v < 8; ++v) {
+    for (int r = 0; r < ROWS; ++r) {
+      acc[r][v % CHAINS] = _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x[r] + offset + 8 * v), acc[r][v % CHAINS]);
+    }
+  }
+}
+
 // Block path over groups [0, groups) of one weight row, each exactly `blocks` blocks of 64
 // (BLOCKS when > 0, for g = 64 and 128: the loop then has no runtime trip count):
 // total[r] += scale[g] * sum(x * code) per group. Its own function with nothing else in the
@@ -181,13 +196,7 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
       for (int c = 0; c < chains; ++c) acc[r][c] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
-      __m256 w[8];
-      decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
-      for (int v = 0; v < 8; ++v) {
-        for (int r = 0; r < ROWS; ++r) {
-          acc[r][v % chains] = _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x_at[r] + 8 * v), acc[r][v % chains]);
-        }
-      }
+      accumulate_block(decode, codes, x_at, 0, acc);
       for (int r = 0; r < ROWS; ++r) x_at[r] += kBlockWeights;
     }
     reduce_chains(acc);
@@ -228,17 +237,11 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
     return scale;
   };
   for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
-    __m256 w[8];
-    decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
     __m256 acc[ROWS][chains];
     for (int r = 0; r < ROWS; ++r) {
       for (int c = 0; c < chains; ++c) acc[r][c] = _mm256_setzero_ps();
     }
-    for (int v = 0; v < 8; ++v) {
-      for (int r = 0; r < ROWS; ++r) {
-        acc[r][v % chains] = _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x_at[r] + 8 * v), acc[r][v % chains]);
-      }
-    }
+    accumulate_block(decode, codes, x_at, 0, acc);
     for (int r = 0; r < ROWS; ++r) x_at[r] += kBlockWeights;
     reduce_chains(acc);
     const float* first = next_half_scale();
@@ -343,14 +346,7 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
       // of g = 96, say).
       const bool aligned = x_blocked && k0 % kBlockWeights == 0;
       for (; aligned && k + kBlockWeights <= k1; k += kBlockWeights, codes += kBlockBytes) {
-        __m256 w[8];
-        decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
-        for (int v = 0; v < 8; ++v) {
-          for (int r = 0; r < ROWS; ++r) {
-            acc[r][v % chains] =
-                _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x_blocked[r] + k + 8 * v), acc[r][v % chains]);
-          }
-        }
+        accumulate_block(decode, codes, x_blocked, k, acc);
       }
     }
     for (; k + 32 <= k1; k += 32, codes += 4 * step) {
