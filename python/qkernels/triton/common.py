@@ -50,15 +50,20 @@ MAX_SPLIT_K = 16
 def _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
                 ABSMAX_DQ: tl.constexpr):
     """The fp32 group scale at ``offsets`` (flat [N, G] indices): stored, or decoded from its
-    8-bit log2 code with one FMA and one exp2 (ABSMAX_DQ). Masked entries are 0."""
+    8-bit log2 code with one FMA and one exp2 (ABSMAX_DQ). Masked entries are 0.
+
+    One return after an if/else: Triton 3.6 also type-checks a return that follows a taken
+    constexpr branch, and there scales_ptr holds uint8 codes (the interpreter never noticed)."""
     if ABSMAX_DQ:
         code = tl.load(scales_ptr + offsets, mask=mask, other=0).to(tl.float32)
         block = offsets // DOUBLE_QUANT_BLOCK
         offset = tl.load(absmax_offsets_ptr + block, mask=mask, other=0.0)
         log_absmax = tl.fma(tl.load(absmax_scales_ptr + block, mask=mask, other=0.0), code,
                             offset)
-        return tl.where(mask, tl.exp2(log_absmax), 0.0)
-    return tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+        scale = tl.where(mask, tl.exp2(log_absmax), 0.0)
+    else:
+        scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+    return scale
 
 
 @triton.jit
