@@ -128,11 +128,12 @@ class QuantLinear(nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"x: expected shape [..., {self.in_features}] (in_features), got "
                              f"{tuple(x.shape)}")
-        if self.input_perm is not None:
-            x = x.index_select(-1, self.input_perm)
         # Buffers and the bias straight from their dicts: nn.Module.__getattr__ costs ~1.5 us a
         # name, a tenth of a small layer's whole call.
         buffers, bias = self._buffers, self._parameters["bias"]
+        input_perm = buffers["input_perm"]
+        if input_perm is not None:
+            x = x.index_select(-1, input_perm)
         if bias is not None and bias.dtype != x.dtype:
             bias = bias.to(x.dtype)
         if self.double_quant:

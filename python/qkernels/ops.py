@@ -318,14 +318,29 @@ def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backen
         # closures), and the graph keeps the op's autograd; nothing here is per call.
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
         return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
-    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
     name = select_backend(x.device, backend)
-    if name in _OP_BACKENDS and not _needs_grad(x, scales, zeros, bias):
+    args = (x, fmt, qweight, scales, zeros, group_size, bias)
+    if name not in _COMPILED_BACKENDS:
+        check_matmul_args(*args)
+        return _run_backend(BACKENDS[name].matmul, name, args, (x, scales, zeros, bias))
+    # The compiled ops check the whole contract in C++ (csrc/torch/checks.h) for ~1 us, where the
+    # Python checks cost ~6 us a call; only a rejected call runs them, so that every backend
+    # still reports a bad argument in the same words.
+    try:
+        return _run_backend(BACKENDS[name].matmul, name, args, (x, scales, zeros, bias))
+    except (ValueError, TypeError):
+        check_matmul_args(*args)
+        raise
+
+
+def _run_backend(matmul, name, args, differentiable):
+    """matmul(*args) on backend ``name``; differentiable: the tensors a gradient could reach."""
+    if name in _OP_BACKENDS and not _needs_grad(*differentiable):
         # The ops' autograd kernel is Python (register_autograd): ~9 us a call even under
         # no_grad, when it only redispatches. Without a gradient to record, go past it.
         with torch._C._AutoDispatchBelowAutograd():
-            return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
-    return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
+            return matmul(*args)
+    return matmul(*args)
 
 
 def _matmul_nf4_dq_reference(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
@@ -358,16 +373,21 @@ def matmul_nf4_dq_tensors(x, qweight, absmax_codes, absmax_scales, absmax_offset
     if torch.compiler.is_compiling():
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
         return NF4_DQ_MATMULS[name](*args)
-    check_nf4_dq_args(*args)
     name = select_backend(x.device, backend)
-    if name in _OP_BACKENDS and not _needs_grad(x, absmax_scales, absmax_offsets, bias):
-        with torch._C._AutoDispatchBelowAutograd():   # as in matmul_tensors
-            return NF4_DQ_MATMULS[name](*args)
-    return NF4_DQ_MATMULS[name](*args)
+    differentiable = (x, absmax_scales, absmax_offsets, bias)
+    if name not in _COMPILED_BACKENDS:
+        check_nf4_dq_args(*args)
+        return _run_backend(NF4_DQ_MATMULS[name], name, args, differentiable)
+    try:   # checked in C++ first, as in matmul_tensors
+        return _run_backend(NF4_DQ_MATMULS[name], name, args, differentiable)
+    except (ValueError, TypeError):
+        check_nf4_dq_args(*args)
+        raise
 
 
 # Backends whose matmul is a torch.ops.qkernels op, i.e. goes through the Python autograd kernel.
 _OP_BACKENDS = frozenset(("cuda", "triton", "cpu"))
+_COMPILED_BACKENDS = frozenset(("cuda", "cpu"))
 
 
 def _needs_grad(x, scales, zeros, bias) -> bool:
