@@ -83,7 +83,7 @@ SHAPES_K = [1, 3, 17, 33, 576, 577]
 ROWS_M = [1, 3, 4, 5, 17, 64]
 
 
-@pytest.mark.parametrize("group_size", [32, 64, 96, -1])
+@pytest.mark.parametrize("group_size", [32, 64, 96, 128, -1])
 @pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=["int8", "int4", "int4-sym"])
 @pytest.mark.parametrize("isa", ISAS)
 def test_cpu_paths_match_fp64_oracle(monkeypatch, isa, fmt, symmetric, group_size):

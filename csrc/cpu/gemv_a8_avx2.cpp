@@ -101,28 +101,50 @@ __attribute__((always_inline)) inline void int4_group(const uint8_t* row, int64_
   }
 }
 
+// The weight scales of a pair's two blocks as one vector (block 0's in lanes 0-3, block 1's in
+// 4-7), for the whole pairs of a row, asked for in pair order. Three ways, for the scalar
+// bookkeeping of a walk over blocks (two counters and branches per pair) was as many
+// instructions as the pair's arithmetic at K = 576:
+// groups of 2^s pairs (64, 128, 256, ... weights): one scale, group = pair >> s.
+struct PowerOfTwoPairGroups {
+  const float* w_scales;
+  int shift;
+  __m256 operator()(int64_t pair) const { return _mm256_broadcast_ss(w_scales + (pair >> shift)); }
+};
+// groups of 32: the pair's blocks are groups 2 pair and 2 pair + 1.
+struct BlockGroups {
+  const float* w_scales;
+  __m256 operator()(int64_t pair) const {
+    const __m128 two = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(w_scales + 2 * pair)));
+    return _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1));
+  }
+};
+// any other whole number of blocks (96, 192, ...): walk the blocks.
+struct WalkedGroups {
+  GroupScaleCursor blocks;
+  __m256 operator()(int64_t) {
+    const float* first = blocks.next();
+    const float* second = blocks.next();
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
+                                _mm_broadcast_ss(second), 1);
+  }
+};
+
 // Groups of more than one per row: each pair is scaled as it is accumulated, by its x scales
-// times a vector of its two blocks' weight scales (a pair may straddle two groups when the group
-// is an odd number of blocks: 32, 96, ...). Measured against closing a group of 128 every two
+// times its weight scales (PairScales, above). Measured against closing a group of 128 every two
 // pairs with one FMA (one thread, 2048x4096 in cache, noisy): 2.3 against 2.9 ns per pair; the
 // short group loop cost more than the extra multiply.
-template <int ROWS>
+template <int ROWS, class PairScales>
 void int4_scaled_pairs(const uint8_t* row, const float* w_scales, int64_t blocks,
                        int64_t full_pairs, int64_t row_bytes, int64_t blocks_per_group,
-                       const XRows<ROWS>& x, __m256 (&total)[ROWS]) {
+                       PairScales pair_scales, const XRows<ROWS>& x, __m256 (&total)[ROWS]) {
   const __m256i low_mask = _mm256_set1_epi8(0x0f);
-  GroupScaleCursor block_scales(w_scales, blocks_per_group);
   // Two chains per row (the second is total), alternate pairs: FMA latency, as in int4_group.
   __m256 odd[ROWS];
   for (int r = 0; r < ROWS; ++r) odd[r] = _mm256_setzero_ps();
-  auto step = [&](__m256i packed, int64_t pair, __m256 (&chain)[ROWS]) {
+  auto step = [&](__m256i packed, int64_t pair, __m256 w_scale, __m256 (&chain)[ROWS]) {
     const __m256i low = _mm256_and_si256(packed, low_mask);
     const __m256i high = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low_mask);
-    const float* first = block_scales.next();
-    // A padding block past K has no group (nor scale) of its own; its dot is 0.
-    const float* second = 2 * pair + 1 < blocks ? block_scales.next() : first;
-    const __m256 w_scale = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
-                                                _mm_broadcast_ss(second), 1);
     for (int r = 0; r < ROWS; ++r) {
       const __m256i dot = int4_pair_dot(low, high, x.codes[r] + pair * kActivationPair);
       const __m256 scale = _mm256_mul_ps(_mm256_load_ps(x.pair_scales[r] + 8 * pair), w_scale);
@@ -131,11 +153,17 @@ void int4_scaled_pairs(const uint8_t* row, const float* w_scales, int64_t blocks
   };
   int64_t pair = 0;
   for (; pair + 2 <= full_pairs; pair += 2) {
-    step(load32(row + pair * 32), pair, total);
-    step(load32(row + (pair + 1) * 32), pair + 1, odd);
+    step(load32(row + pair * 32), pair, pair_scales(pair), total);
+    step(load32(row + (pair + 1) * 32), pair + 1, pair_scales(pair + 1), odd);
   }
-  if (pair < full_pairs) step(load32(row + pair * 32), pair, total);
-  if (full_pairs * 2 < blocks) step(load_tail(row, full_pairs * 32, row_bytes), full_pairs, odd);
+  if (pair < full_pairs) step(load32(row + pair * 32), pair, pair_scales(pair), total);
+  if (full_pairs * 2 < blocks) {  // the ragged last pair; a padding block past K has no group
+    const int64_t first = 2 * full_pairs, second = min_i64(first + 1, blocks - 1);
+    const __m256 w_scale = _mm256_insertf128_ps(
+        _mm256_castps128_ps256(_mm_broadcast_ss(w_scales + first / blocks_per_group)),
+        _mm_broadcast_ss(w_scales + second / blocks_per_group), 1);
+    step(load_tail(row, full_pairs * 32, row_bytes), full_pairs, w_scale, odd);
+  }
   for (int r = 0; r < ROWS; ++r) total[r] = _mm256_add_ps(total[r], odd[r]);
 }
 
@@ -190,11 +218,23 @@ void dot_weight_row(const QMatmulParams& p, const XRows<ROWS>& x, int64_t n, flo
     if (groups == 1) {
       int4_group<ROWS>(row, 0, activation_pairs(p.k), full_pairs, row_bytes, x, w_scales[0], total);
     } else {
-      int4_scaled_pairs<ROWS>(row, w_scales, blocks, full_pairs, row_bytes, group_blocks, x, total);
+      const int64_t group_pairs = group_blocks / 2;
+      if (group_blocks == 1) {
+        int4_scaled_pairs<ROWS>(row, w_scales, blocks, full_pairs, row_bytes, group_blocks,
+                                BlockGroups{w_scales}, x, total);
+      } else if (group_blocks % 2 == 0 && (group_pairs & (group_pairs - 1)) == 0) {
+        int4_scaled_pairs<ROWS>(row, w_scales, blocks, full_pairs, row_bytes, group_blocks,
+                                PowerOfTwoPairGroups{w_scales, __builtin_ctzll(uint64_t(group_pairs))},
+                                x, total);
+      } else {
+        int4_scaled_pairs<ROWS>(row, w_scales, blocks, full_pairs, row_bytes, group_blocks,
+                                WalkedGroups{GroupScaleCursor(w_scales, group_blocks)}, x, total);
+      }
     }
   }
   for (int r = 0; r < ROWS; ++r) out[r] = hsum(total[r]);
   if (p.fmt == Format::kInt4) {  // the zero points: one multiply-add per group
+    // (A masked last step instead of the scalar loop measured the same at K = 576, 5 groups.)
     const float* zeros = p.zeros ? p.zeros + n * p.scales_row_stride : nullptr;
     for (int r = 0; r < ROWS; ++r) {
       __m256 acc = _mm256_setzero_ps();
@@ -204,7 +244,7 @@ void dot_weight_row(const QMatmulParams& p, const XRows<ROWS>& x, int64_t n, flo
         acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_loadu_ps(w_scales + group), zero),
                               _mm256_loadu_ps(x.zero_terms[r] + group), acc);
       }
-      float correction = hsum(acc);
+      float correction = groups >= 8 ? hsum(acc) : 0.0f;
       for (; group < groups; ++group) {
         const float zero = zeros ? zeros[group] : kInt4SymmetricZero;
         correction += w_scales[group] * zero * x.zero_terms[r][group];

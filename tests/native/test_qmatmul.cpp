@@ -391,7 +391,7 @@ int main(int argc, char** argv) {
     if (f.fmt == Format::kNF4) continue;
     for (int64_t m : a8_ms) {
       for (int64_t k : a8_ks) {
-        for (int64_t g : {32, 64, 96, 0}) {
+        for (int64_t g : {32, 64, 96, 128, 0}) {
           if (g >= k) continue;
           for (DType dtype : dtypes) {
             for (bool bias : {false, true}) {
