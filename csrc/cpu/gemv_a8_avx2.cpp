@@ -3,15 +3,18 @@
 //
 // The dot of a block is integer (vpmaddubsw: u8 x s8 -> pairs summed in int16; vpmaddwd against
 // ones -> int32), exact, then converted once per block. Per 64 int4 weights and x row: 2 maddubs,
-// 1 add, 1 madd, 1 convert, 1 FMA (with 4 shared instructions to split the nibbles), against
-// ~33 instructions for the fp32 decode-and-FMA of gemv_avx2.cpp.
+// 1 add, 1 madd, 1 convert, 1 multiply, 1 FMA (with ~6 shared instructions to split the nibbles
+// and fetch the weight scales), against ~33 instructions for the fp32 decode-and-FMA of
+// gemv_avx2.cpp.
 //
 //   per weight row n, per block of up to 4 x rows:
 //     int4: per pair of blocks (one 32-byte load = 64 weights): low nibbles x codes[0:32],
 //           high nibbles x codes[32:64] (the quantizer stored x in that order); int32 lanes 0-3
-//           hold block 0, lanes 4-7 block 1, scaled by a vector of the two x scales.
-//     int8: per block (one 32-byte load): |w| x sign(w) * x (maddubs needs one unsigned side).
-//     per weight group: total += w_scale * group sum;  int4: total -= w_scale * zero * zero_term.
+//           hold block 0, lanes 4-7 block 1, scaled by the two blocks' x scales times their
+//           weight scales (per channel: the weight scale once, at the end);
+//     int8: per group, per block (one 32-byte load): |w| x sign(w) * x (maddubs needs one
+//           unsigned side), scaled by its x scale; total += w_scale * group sum;
+//     int4: total -= sum over groups of w_scale * zero * zero_term (one FMA per 8 groups).
 //
 // Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).
 #include <immintrin.h>
@@ -68,13 +71,13 @@ struct XRows {
   const float* zero_terms[ROWS];
 };
 
-// Per channel (one group per row): the sum of x_scale * int4 dot over pairs [p0, p1) of one
-// weight row; total[r] += w_scale * that sum.
+// Per channel (one group per row): the sum of x_scale * int4 dot over the pairs of one weight
+// row; total[r] += w_scale * that sum.
 template <int ROWS>
-__attribute__((always_inline)) inline void int4_group(const uint8_t* row, int64_t p0, int64_t p1,
-                                                      int64_t full_pairs, int64_t row_bytes,
-                                                      const XRows<ROWS>& x, float w_scale,
-                                                      __m256 (&total)[ROWS]) {
+__attribute__((always_inline)) inline void int4_per_channel(const uint8_t* row, int64_t pairs,
+                                                            int64_t full_pairs, int64_t row_bytes,
+                                                            const XRows<ROWS>& x, float w_scale,
+                                                            __m256 (&total)[ROWS]) {
   const __m256i low_mask = _mm256_set1_epi8(0x0f);
   // Two chains per row, alternate pairs: one FMA a pair would otherwise wait on the last one.
   __m256 acc[2][ROWS];
@@ -87,14 +90,13 @@ __attribute__((always_inline)) inline void int4_group(const uint8_t* row, int64_
       chain[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_load_ps(x.pair_scales[r] + 8 * pair), chain[r]);
     }
   };
-  const int64_t whole_end = min_i64(p1, full_pairs);
-  int64_t pair = p0;
-  for (; pair + 2 <= whole_end; pair += 2) {
+  int64_t pair = 0;
+  for (; pair + 2 <= full_pairs; pair += 2) {
     step(load32(row + pair * 32), pair, acc[0]);
     step(load32(row + (pair + 1) * 32), pair + 1, acc[1]);
   }
-  if (pair < whole_end) step(load32(row + pair * 32), pair, acc[0]);
-  if (p1 > full_pairs) step(load_tail(row, full_pairs * 32, row_bytes), full_pairs, acc[1]);
+  if (pair < full_pairs) step(load32(row + pair * 32), pair, acc[0]);
+  if (pairs > full_pairs) step(load_tail(row, full_pairs * 32, row_bytes), full_pairs, acc[1]);
   const __m256 scale = _mm256_set1_ps(w_scale);
   for (int r = 0; r < ROWS; ++r) {
     total[r] = _mm256_fmadd_ps(_mm256_add_ps(acc[0][r], acc[1][r]), scale, total[r]);
@@ -139,7 +141,7 @@ void int4_scaled_pairs(const uint8_t* row, const float* w_scales, int64_t blocks
                        int64_t full_pairs, int64_t row_bytes, int64_t blocks_per_group,
                        PairScales pair_scales, const XRows<ROWS>& x, __m256 (&total)[ROWS]) {
   const __m256i low_mask = _mm256_set1_epi8(0x0f);
-  // Two chains per row (the second is total), alternate pairs: FMA latency, as in int4_group.
+  // Two chains per row (the second is total), alternate pairs: FMA latency, as in int4_per_channel.
   __m256 odd[ROWS];
   for (int r = 0; r < ROWS; ++r) odd[r] = _mm256_setzero_ps();
   auto step = [&](__m256i packed, int64_t pair, __m256 w_scale, __m256 (&chain)[ROWS]) {
@@ -173,7 +175,7 @@ __attribute__((always_inline)) inline void int8_group(const uint8_t* row, int64_
                                                       int64_t full_blocks, int64_t k,
                                                       const XRows<ROWS>& x, float w_scale,
                                                       __m256 (&total)[ROWS]) {
-  // Two chains per row, alternate blocks, as in int4_group.
+  // Two chains per row, alternate blocks, as in int4_per_channel.
   __m256 acc[2][ROWS];
   for (int r = 0; r < ROWS; ++r) acc[0][r] = acc[1][r] = _mm256_setzero_ps();
   auto step = [&](__m256i weights, int64_t block, __m256 (&chain)[ROWS]) {
@@ -216,7 +218,7 @@ void dot_weight_row(const QMatmulParams& p, const XRows<ROWS>& x, int64_t n, flo
     const int64_t row_bytes = packed_row_bytes(p.fmt, p.k);
     const int64_t full_pairs = p.k / kActivationPair;
     if (groups == 1) {
-      int4_group<ROWS>(row, 0, activation_pairs(p.k), full_pairs, row_bytes, x, w_scales[0], total);
+      int4_per_channel<ROWS>(row, activation_pairs(p.k), full_pairs, row_bytes, x, w_scales[0], total);
     } else {
       const int64_t group_pairs = group_blocks / 2;
       if (group_blocks == 1) {
