@@ -257,6 +257,17 @@ def test_cuda_tensors_raise_cpu_only():
         ops.matmul_a8_op(x, "int4", qw.qweight, qw.scales, qw.zeros, 32)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_non_finite_x_gives_non_finite_rows(backend, bad):
+    qw = qk.quantize(random_weight(6, 96), "int4", 32)
+    x = torch.randn(3, 96, generator=generator("non-finite"))
+    x[1, 40] = bad
+    y = qk.matmul(x, qw, backend=backend, activations="int8")
+    assert y[1].isnan().all()
+    assert y[[0, 2]].isfinite().all()
+
+
 def test_per_channel_k_not_a_multiple_of_32_is_accepted():
     qw = qk.quantize(random_weight(4, 45), "int8")   # one group of 45: blocks 32 + 13
     x = torch.randn(1, 45, generator=generator("per-channel"))
