@@ -32,13 +32,25 @@ def check_activations(activations) -> Optional[str]:
     return activations
 
 
+def weight_conditions(fmt: str, group_size: int, k):
+    """What a weight needs for int8 activations, as (condition, message) pairs: the conditions
+    stay symbolic under tracing (k may be a SymInt), for the op's fake impl to torch._check."""
+    return (
+        (fmt in FORMATS,
+         lambda: f"fmt: expected one of {FORMATS} with activations='int8', got {fmt!r}"),
+        (group_size % BLOCK == 0 or group_size >= k,
+         lambda: f"group_size: expected a multiple of {BLOCK} or >= K={k} (per channel) with "
+                 f"activations='int8', got {group_size}"),
+    )
+
+
 def check_weight(fmt: str, group_size: int, k: int) -> None:
     """Whether a weight can be multiplied with int8 activations; ValueError naming the argument."""
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt: expected one of {FORMATS} with activations='int8', got {fmt!r}")
-    if group_size % BLOCK != 0 and group_size < k:
-        raise ValueError(f"group_size: expected a multiple of {BLOCK} or >= K={k} (per channel) "
-                         f"with activations='int8', got {group_size}")
+    if fmt in FORMATS and (group_size % BLOCK == 0 or group_size >= k):
+        return   # per call on qk.matmul's path: no messages built (0.1 against 0.5 us)
+    for condition, message in weight_conditions(fmt, group_size, k):
+        if not condition:
+            raise ValueError(message())
 
 
 def quantize_activations(x: torch.Tensor) -> tuple:

@@ -119,13 +119,8 @@ def check_matmul_a8_args(x, fmt, qweight, scales, zeros, group_size, bias):
     """The contract of qkernels::matmul_a8: matmul's, with a weight that int8 activations can
     multiply (activations.check_weight)."""
     check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
-    block, k = int8_activations.BLOCK, x.shape[-1]
-    _check(ValueError, fmt in int8_activations.FORMATS,
-           lambda: f"fmt: expected one of {int8_activations.FORMATS} with activations='int8', "
-                   f"got {fmt!r}")
-    _check(ValueError, group_size % block == 0 or group_size >= k,
-           lambda: f"group_size: expected a multiple of {block} or >= K={k} (per channel) with "
-                   f"activations='int8', got {group_size}")
+    for condition, message in int8_activations.weight_conditions(fmt, group_size, x.shape[-1]):
+        _check(ValueError, condition, message)
 
 
 def matmul_a8_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
@@ -383,8 +378,9 @@ def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend
     """matmul_tensors with activations="int8": the cpu or reference backend."""
     if torch.compiler.is_compiling():
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
-    else:
-        check_matmul_a8_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    else:   # check_matmul_a8_args, with the cheap eager form of its weight conditions
+        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+        int8_activations.check_weight(fmt, group_size, x.shape[-1])
         name = select_backend(x.device, backend)
     if name not in A8_MATMULS:
         raise ValueError(f"activations: 'int8' runs on the backends {tuple(A8_MATMULS)} (CPU "
