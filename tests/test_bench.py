@@ -130,6 +130,13 @@ def test_tiny_cpu_run_writes_json_and_markdown(tmp_path, monkeypatch):
     assert not list(out.glob("*.png"))
 
 
+def test_int8_activation_rows(tmp_path, monkeypatch):
+    out, results = _tiny_run(tmp_path, monkeypatch, "--no-plots", "--no-peers", "--formats",
+                             "int4,nf4", "--activations", "int8")
+    text = (out / "custom.md").read_text()
+    assert "cpu int4 g128 a8" in text and "nf4 g64 a8" not in text
+
+
 def test_summary_prints_the_pivot_tables(tmp_path, monkeypatch, capsys):
     out, _ = _tiny_run(tmp_path, monkeypatch, "--no-plots", "--no-peers")
     (out / "model-cpu.json").write_text(json.dumps({"meta": {}, "results": []}))

@@ -118,6 +118,30 @@ inline void store_columns(const QMatmulParams& p, int64_t n0, int64_t columns, f
   }
 }
 
+// The GEMVs' outer loops over columns [n_begin, n_end) of y: dot_rows(n, i0, rows, out) writes
+// y[i0 .. i0 + rows, n] without bias into out (rows <= row_block), for every weight row n and
+// block of x rows; the outputs of kMaxStoreColumns weight rows are collected, then biased and
+// stored as vectors: a staged store_from_f32 per output was ~5% of the time of an int4 row at
+// K = 4096 (int8: 8%).
+template <class DotRows>
+inline void gemv_store_chunks(const QMatmulParams& p, int64_t n_begin, int64_t n_end,
+                              int64_t row_block, DotRows&& dot_rows) {
+  constexpr int64_t kColumnChunk = kMaxStoreColumns;
+  float* outputs = scratch_floats(ScratchSlot::kAccumulators, size_t(p.m * kColumnChunk));
+  for (int64_t n0 = n_begin; n0 < n_end; n0 += kColumnChunk) {
+    const int64_t columns = n_end - n0 < kColumnChunk ? n_end - n0 : kColumnChunk;
+    for (int64_t n = n0; n < n0 + columns; ++n) {
+      for (int64_t i0 = 0; i0 < p.m; i0 += row_block) {
+        const int rows = int(p.m - i0 < row_block ? p.m - i0 : row_block);
+        float out[kMaxStoreColumns];  // at least row_block
+        dot_rows(n, i0, rows, out);
+        for (int r = 0; r < rows; ++r) outputs[(i0 + r) * kColumnChunk + (n - n0)] = out[r];
+      }
+    }
+    store_columns(p, n0, columns, outputs, kColumnChunk);
+  }
+}
+
 // x as fp32 rows: x itself when it is fp32, else a converted copy in per-thread scratch.
 struct F32Rows {
   const float* base;

@@ -16,7 +16,7 @@ namespace {
 
 // Scalar, 1024x4096: M=1 8.2 / 13.5, M=2 16.8 / 17.2, M=4 32.6 / 24.2, M=8 68 / 39,
 // M=16 143 / 67: the tiled GEMM wins from 3 rows on (GEMV is 2.1x slower at M=16).
-constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 2};
+constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 2, gemv_a8_scalar};
 
 #if defined(__x86_64__)
 // AVX2, 4096x4096 cold: M=4 3.5 / 7.1, M=8 7.3 / 8.4, M=12 11.0 / 9.8, M=16 18.5 / 11.4.
@@ -24,12 +24,12 @@ constexpr KernelTable kScalarKernels{gemv_scalar, gemm_scalar, 2};
 // (M=8 9.2 / 8.8), where the two are within noise.
 // Re-measured after the GEMV block path (512x4096 in cache, us): int4 M=6 626 / 611, M=8
 // 843 / 766; nf4 M=8 789 / 939; int8 M=8 791 / 991. The crossover stays near 8.
-constexpr KernelTable kAvx2Kernels{gemv_avx2, gemm_avx2, 8};
+constexpr KernelTable kAvx2Kernels{gemv_avx2, gemm_avx2, 8, gemv_a8_avx2};
 #endif
 #if defined(__aarch64__)
 // NEON: not measured on hardware yet (tested under qemu only); the AVX2 crossover, halved for
 // registers half as wide, is a placeholder to replace with a measurement.
-constexpr KernelTable kNeonKernels{gemv_neon, gemm_neon, 4};
+constexpr KernelTable kNeonKernels{gemv_neon, gemm_neon, 4, gemv_a8_neon};
 #endif
 
 }  // namespace
@@ -157,6 +157,19 @@ Status qmatmul(Isa isa, const QMatmulParams& p, int64_t n_begin, int64_t n_end) 
   const KernelTable& table = kernels(isa);
   return p.m <= table.gemv_max_rows ? table.gemv(p, n_begin, n_end)
                                     : table.gemm(p, n_begin, n_end);
+}
+
+Status qmatmul_a8(Isa isa, const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
+  if (Status status = validate_a8(p); status != Status::kOk) return status;
+  const int64_t pairs = activation_pairs(p.k);
+  const int64_t groups = num_groups(p.k, p.group_size);
+  auto* codes = reinterpret_cast<int8_t*>(
+      scratch_floats(ScratchSlot::kActivationCodes, size_t(p.m * pairs * kActivationPair / 4)));
+  float* scales = scratch_floats(ScratchSlot::kActivationScales, size_t(p.m * pairs * 2));
+  float* zero_terms = scratch_floats(ScratchSlot::kActivationZeroTerms, size_t(p.m * groups));
+  quantize_activations(p, codes, scales, zero_terms);
+  const QuantizedActivations xq{codes, scales, zero_terms, pairs, groups};
+  return kernels(isa).gemv_a8(p, xq, n_begin, n_end);
 }
 
 }  // namespace qk::cpu

@@ -226,16 +226,7 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
   for (int r = 0; r < ROWS; ++r) total[r] = total_out[r];
   const float* x_at[ROWS];
   for (int r = 0; r < ROWS; ++r) x_at[r] = x_blocked[r];
-  const float* group_scale = scales;  // of the group the next half block belongs to
-  int64_t halves_left = halves_per_group;
-  auto next_half_scale = [&]() {
-    const float* scale = group_scale;
-    if (--halves_left == 0) {
-      ++group_scale;
-      halves_left = halves_per_group;
-    }
-    return scale;
-  };
+  GroupScaleCursor half_scales(scales, halves_per_group);
   for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
     __m256 acc[ROWS][chains];
     for (int r = 0; r < ROWS; ++r) {
@@ -244,8 +235,8 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
     accumulate_block(decode, codes, x_at, 0, acc);
     for (int r = 0; r < ROWS; ++r) x_at[r] += kBlockWeights;
     reduce_chains(acc);
-    const float* first = next_half_scale();
-    const float* second = next_half_scale();
+    const float* first = half_scales.next();
+    const float* second = half_scales.next();
     const __m256 scale = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
                                               _mm_broadcast_ss(second), 1);
     for (int r = 0; r < ROWS; ++r) total[r] = _mm256_fmadd_ps(acc[r][0], scale, total[r]);
@@ -459,35 +450,22 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
     if (block_path_applies(p)) blocked = permuted_x<Decoder>(p, x);
   }
   const int64_t blocked_stride = p.k / kBlockWeights * kBlockWeights;
-  // Outputs of kColumnChunk weight rows are collected, then biased and stored as vectors: a
-  // staged store_from_f32 per output was ~5% of the time of an int4 row at K = 4096 (int8: 8%).
-  constexpr int64_t kColumnChunk = kMaxStoreColumns;
-  float* outputs = scratch_floats(ScratchSlot::kAccumulators, size_t(p.m * kColumnChunk));
-  for (int64_t n0 = n_begin; n0 < n_end; n0 += kColumnChunk) {
-    const int64_t columns = min_i64(kColumnChunk, n_end - n0);
-    for (int64_t n = n0; n < n0 + columns; ++n) {
-      for (int64_t i0 = 0; i0 < p.m; i0 += kRowBlock) {
-        const int rows = int(min_i64(kRowBlock, p.m - i0));
-        const float* x_rows[kRowBlock];
-        const float* x_blocked_rows[kRowBlock];
-        for (int r = 0; r < rows; ++r) {
-          x_rows[r] = x.row(i0 + r);
-          x_blocked_rows[r] = blocked ? blocked + (i0 + r) * blocked_stride : nullptr;
-        }
-        const float* const* xb = blocked ? x_blocked_rows : nullptr;
-        const float* block_sums = sums ? sums + i0 * groups : nullptr;
-        float out[kRowBlock];
-        switch (rows) {
-          case 1: dot_weight_row<Decoder, 1>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
-          case 2: dot_weight_row<Decoder, 2>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
-          case 3: dot_weight_row<Decoder, 3>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
-          default: dot_weight_row<Decoder, 4>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
-        }
-        for (int r = 0; r < rows; ++r) outputs[(i0 + r) * kColumnChunk + (n - n0)] = out[r];
-      }
+  gemv_store_chunks(p, n_begin, n_end, kRowBlock, [&](int64_t n, int64_t i0, int rows, float* out) {
+    const float* x_rows[kRowBlock];
+    const float* x_blocked_rows[kRowBlock];
+    for (int r = 0; r < rows; ++r) {
+      x_rows[r] = x.row(i0 + r);
+      x_blocked_rows[r] = blocked ? blocked + (i0 + r) * blocked_stride : nullptr;
     }
-    store_columns(p, n0, columns, outputs, kColumnChunk);
-  }
+    const float* const* xb = blocked ? x_blocked_rows : nullptr;
+    const float* block_sums = sums ? sums + i0 * groups : nullptr;
+    switch (rows) {
+      case 1: dot_weight_row<Decoder, 1>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
+      case 2: dot_weight_row<Decoder, 2>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
+      case 3: dot_weight_row<Decoder, 3>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
+      default: dot_weight_row<Decoder, 4>(p, decode, x_rows, xb, block_sums, groups, n, out); break;
+    }
+  });
 }
 
 }  // namespace

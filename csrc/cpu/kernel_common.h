@@ -34,5 +34,24 @@ inline bool groups_start_even(const QMatmulParams& p) {
   return p.fmt == Format::kInt8 || p.group_size % 2 == 0 || p.group_size >= p.k;
 }
 
+// Walks a row's group scales one sub-block at a time (half blocks of gemv_avx2.cpp, blocks of 32
+// of gemv_a8_avx2.cpp), for groups of a whole number of sub-blocks.
+struct GroupScaleCursor {
+  const float* scale;  // of the group of the next sub-block
+  int64_t per_group;   // sub-blocks per group
+  int64_t left;        // sub-blocks of the current group not yet taken
+  GroupScaleCursor(const float* row_scales, int64_t sub_blocks_per_group)
+      : scale(row_scales), per_group(sub_blocks_per_group), left(sub_blocks_per_group) {}
+  // The scale of the next sub-block.
+  const float* next() {
+    const float* current = scale;
+    if (--left == 0) {
+      ++scale;
+      left = per_group;
+    }
+    return current;
+  }
+};
+
 }  // namespace
 }  // namespace qk::cpu

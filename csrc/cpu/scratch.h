@@ -17,7 +17,13 @@ enum class ScratchSlot : int {
   kAccumulators = 2,
   kPermutedActivations = 3,
   kDecodedAbsmax = 4,  // dispatch.cpp: double-quantized nf4 absmax of one tile of rows
-  kCount = 5
+  // Int8 activations (dispatch.cpp, gemv_a8_*.cpp): codes, block scales, int4 zero terms, and
+  // the AVX2 kernel's per-pair scale vectors.
+  kActivationCodes = 5,
+  kActivationScales = 6,
+  kActivationZeroTerms = 7,
+  kActivationPairScales = 8,
+  kCount = 9
 };
 
 // At least `count` floats, 64-byte aligned, valid until the next call with the same slot on

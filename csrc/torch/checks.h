@@ -172,4 +172,25 @@ inline std::pair<at::Tensor, std::vector<int64_t>> flatten_input(const at::Tenso
   return {x.reshape({-1, x.size(-1)}).contiguous(), out_shape};
 }
 
+// The start of every qkernels::matmul-shaped impl: x as [M, K], y allocated as [M, N] in x's
+// dtype, and the checked params; out_shape is y's shape as returned, [..., N].
+struct PreparedMatmul {
+  QMatmulParams params;
+  at::Tensor x2d;  // owns what params.x points to when x needed a contiguous copy
+  at::Tensor y;
+  std::vector<int64_t> out_shape;
+};
+
+inline PreparedMatmul prepare_matmul(const char* op, const at::Tensor& x, c10::string_view fmt,
+                                     const at::Tensor& qweight, const at::Tensor& scales,
+                                     const std::optional<at::Tensor>& zeros, int64_t group_size,
+                                     const std::optional<at::Tensor>& bias) {
+  const Format format = parse_format(fmt);
+  TORCH_CHECK_VALUE(qweight.dim() == 2, op, ": qweight expected 2 dims, got ", num(qweight.dim()));
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
+  return {params, x2d, y, out_shape};
+}
+
 }  // namespace qk::binding

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "../core/formats.h"
+#include "../core/qmatmul_a8.h"
 #include "../cpu/dispatch.h"
 
 namespace py = pybind11;
@@ -23,6 +24,8 @@ PYBIND11_MODULE(_C, m) {
     constants["nibble_bits_low"] = qk::kNibbleBitsLow;
     constants["nibble_bits_high"] = qk::kNibbleBitsHigh;
     constants["double_quant_block"] = qk::kDoubleQuantBlock;
+    constants["activation_block"] = qk::kActivationBlock;
+    constants["activation_max_code"] = qk::kActivationMaxCode;
     constants["formats"] = py::dict(py::arg("int8") = int(qk::Format::kInt8),
                                     py::arg("int4") = int(qk::Format::kInt4),
                                     py::arg("nf4") = int(qk::Format::kNF4));

@@ -23,6 +23,13 @@ TORCH_LIBRARY(qkernels, m) {
   m.def(
       "matmul_nf4_dq(Tensor x, Tensor qweight, Tensor absmax_codes, Tensor absmax_scales, "
       "Tensor absmax_offsets, int group_size, Tensor? bias) -> Tensor");
+  // matmul with int8 activations (CPU only): x taken as fp32 and quantized per block of 32
+  // along K, s = max|x_block| / 127, code = round-half-even(x / s); then y = (code * s) @
+  // dequant(W)^T (+ bias), by integer dots per block. fmt "int8" | "int4"; group_size a multiple
+  // of 32 or >= K. Arguments as for matmul.
+  m.def(
+      "matmul_a8(Tensor x, str fmt, Tensor qweight, Tensor scales, Tensor? zeros, int group_size, "
+      "Tensor? bias) -> Tensor");
   // The same computation by the Triton kernels, registered from Python like matmul_triton.
   m.def(
       "matmul_nf4_dq_triton(Tensor x, Tensor qweight, Tensor absmax_codes, Tensor absmax_scales, "

@@ -143,7 +143,8 @@ class QKernelsHfQuantizer(HfQuantizer):
             replacement = QuantLinear(layer["in_features"], layer["out_features"],
                                       bias=layer["bias"], fmt=layer["fmt"], group_size=group_size,
                                       symmetric=layer["symmetric"], device="meta",
-                                      dtype=layer_dtype, backend=self.quantization_config.backend)
+                                      dtype=layer_dtype, backend=self.quantization_config.backend,
+                                      activations=layer.get("activations"))
             model.set_submodule(name, replacement)
 
     # -- while loading: one full-precision weight at a time ----------------------------------
@@ -172,7 +173,8 @@ class QKernelsHfQuantizer(HfQuantizer):
                               symmetric=settings["symmetric"])
         # A bias not read yet stays on the meta device: transformers fills it in later.
         replacement = QuantLinear.from_quantized(qw, linear.bias,
-                                                 backend=self.quantization_config.backend)
+                                                 backend=self.quantization_config.backend,
+                                                 activations=settings["activations"])
         replacement._is_hf_initialized = True
         model.set_submodule(name, replacement)
         self.quantized_count += 1

@@ -11,6 +11,7 @@ from typing import ClassVar, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import activations as int8_activations
 from . import formats, memory, ops
 from .formats import QuantizedWeight
 
@@ -27,21 +28,27 @@ class QuantLinear(nn.Module):
     (safetensors-compatible). They keep their dtypes through ``.half()`` / ``.to(dtype)``: only
     the bias follows the module's dtype; the output always has the dtype of the input.
     The weight is frozen; gradients flow to the input (and the bias, if it requires grad).
+
+    ``activations="int8"`` (CPU, int8 and int4 weights with groups of a multiple of 32 or per
+    channel) quantizes the input to int8 per block of 32 before the integer kernels multiply it
+    (qkernels.activations); its input gradient is that of the dequantized weight, as if the input
+    had not been quantized. None (default): weight-only.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, fmt: str = "int4",
                  group_size: Optional[int] = None, symmetric: bool = False, device=None,
                  dtype: Optional[torch.dtype] = None, backend: Optional[str] = None,
-                 double_quant: bool = False):
+                 double_quant: bool = False, activations: Optional[str] = None):
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"in_features, out_features: expected >= 1, got "
                              f"({in_features}, {out_features})")
         self.in_features, self.out_features = in_features, out_features
         self.fmt = fmt
-        self.group_size = resolve_settings(fmt, group_size, symmetric, in_features)
+        self.group_size = resolve_settings(fmt, group_size, symmetric, in_features, activations)
         if double_quant and fmt != "nf4":
             raise ValueError(f"double_quant: only nf4 has double quantization, got fmt={fmt!r}")
+        self.activations = activations
         self.symmetric = symmetric
         self.double_quant = double_quant
         self.backend = backend
@@ -86,19 +93,21 @@ class QuantLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear: nn.Linear, fmt: str = "int4", group_size: Optional[int] = None,
                     symmetric: bool = False, backend: Optional[str] = None,
-                    double_quant: bool = False) -> "QuantLinear":
+                    double_quant: bool = False, activations: Optional[str] = None) -> "QuantLinear":
         """Quantize an nn.Linear (its weight, round-to-nearest) into a new QuantLinear on the
         same device; the bias is kept in its dtype. double_quant: nf4 absmax in 8 bits."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        resolve_settings(fmt, group_size, symmetric, linear.in_features, activations)
         qw = formats.quantize(linear.weight.detach(), fmt, group_size, symmetric=symmetric,
                               double_quant=double_quant)
-        return cls.from_quantized(qw, linear.bias, backend=backend)
+        return cls.from_quantized(qw, linear.bias, backend=backend, activations=activations)
 
     @classmethod
     def from_quantized(cls, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
                        backend: Optional[str] = None,
-                       input_perm: Optional[torch.Tensor] = None) -> "QuantLinear":
+                       input_perm: Optional[torch.Tensor] = None,
+                       activations: Optional[str] = None) -> "QuantLinear":
         """A layer holding qw's tensors (not copied). input_perm: int64 [K], for a weight whose
         columns were permuted (qw = W[:, input_perm]); the layer then computes
         x[..., input_perm] @ dequantize(qw).T = x @ W.T."""
@@ -107,9 +116,11 @@ class QuantLinear(nn.Module):
                                        or tuple(input_perm.shape) != (k,)):
             raise ValueError(f"input_perm: expected int64 of shape ({k},), got "
                              f"{input_perm.dtype} of shape {tuple(input_perm.shape)}")
+        if activations is not None:   # qw's group size, which __init__ below does not see
+            int8_activations.check_weight(qw.fmt, qw.group_size, k)
         layer = cls(k, n, bias=bias is not None, fmt=qw.fmt, group_size=-1, symmetric=qw.symmetric,
                     device="meta", dtype=None if bias is None else bias.dtype, backend=backend,
-                    double_quant=qw.double_quant)
+                    double_quant=qw.double_quant, activations=activations)
         layer.group_size = qw.group_size
         for name, tensor in qw.tensors().items():
             layer._buffers[name] = tensor
@@ -142,7 +153,7 @@ class QuantLinear(nn.Module):
                                              self.group_size, bias, self.backend)
         scales = buffers["absmax" if self.fmt == "nf4" else "scales"]
         return ops.matmul_tensors(x, self.fmt, buffers["qweight"], scales, buffers.get("zeros"),
-                                  self.group_size, bias, self.backend)
+                                  self.group_size, bias, self.backend, self.activations)
 
     def _apply(self, fn, recurse=True):
         # Canonical tensors follow the device of a move but never its dtype: .half() must not
@@ -159,6 +170,7 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         mode = ", symmetric=True" if self.symmetric else ""
         mode += ", double_quant=True" if self.double_quant else ""
+        mode += f", activations={self.activations!r}" if self.activations else ""
         backend = f", backend={self.backend!r}" if self.backend else ""
         permuted = ", input_perm=True" if self.input_perm is not None else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -166,12 +178,15 @@ class QuantLinear(nn.Module):
                 f"{mode}{backend}{permuted}")
 
 
-def resolve_settings(fmt: str, group_size: Optional[int], symmetric: bool, in_features: int) -> int:
+def resolve_settings(fmt: str, group_size: Optional[int], symmetric: bool, in_features: int,
+                     activations: Optional[str] = None) -> int:
     """Check one layer's settings and return its stored group size (see
     formats.resolve_group_size)."""
     group_size = formats.resolve_group_size(formats.check_format(fmt), group_size, in_features)
     if symmetric and fmt != "int4":
         raise ValueError(f"symmetric: only int4 has a symmetric mode, got fmt={fmt!r}")
+    if int8_activations.check_activations(activations) is not None:
+        int8_activations.check_weight(fmt, group_size, in_features)
     return group_size
 
 
@@ -181,7 +196,8 @@ class QKernelsConfig:
     transformers' ``from_pretrained(quantization_config=...)`` (registered as "qkernels" by
     qkernels.hf once transformers is imported). ``modules_to_not_convert`` are name patterns
     (exact name, last name component, or fnmatch glob); ``module_overrides`` maps a pattern to
-    {"fmt": ..., "group_size": ..., "symmetric": ...} for the modules it matches."""
+    {"fmt": ..., "group_size": ..., "symmetric": ..., "activations": ...} for the modules it
+    matches. ``activations``: None (weight-only) or "int8" (QuantLinear)."""
 
     # The key transformers files the config under in config.json.
     quant_method: ClassVar[str] = "qkernels"
@@ -192,19 +208,22 @@ class QKernelsConfig:
     modules_to_not_convert: Optional[list] = None
     module_overrides: Optional[dict] = None
     backend: Optional[str] = None
+    activations: Optional[str] = None
 
     def __post_init__(self):
         formats.check_format(self.fmt)
+        int8_activations.check_activations(self.activations)
         # Validate group sizes early: any K works for the check because sizes are clamped to K.
         formats.resolve_group_size(self.fmt, self.group_size, 1 << 20)
         for pattern, override in (self.module_overrides or {}).items():
-            unknown = set(override) - {"fmt", "group_size", "symmetric"}
+            unknown = set(override) - {"fmt", "group_size", "symmetric", "activations"}
             if unknown:
                 raise ValueError(f"module_overrides[{pattern!r}]: expected keys fmt, group_size, "
-                                 f"symmetric, got {sorted(unknown)}")
+                                 f"symmetric, activations, got {sorted(unknown)}")
             fmt = override.get("fmt", self.fmt)
             formats.resolve_group_size(formats.check_format(fmt),
                                        override.get("group_size", self.group_size), 1 << 20)
+            int8_activations.check_activations(override.get("activations", self.activations))
 
     def to_dict(self) -> dict:
         return {"quant_method": self.quant_method, **dataclasses.asdict(self)}
@@ -225,10 +244,12 @@ class QKernelsConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def settings_for(self, module_name: str) -> Optional[dict]:
-        """fmt / group_size / symmetric for a module, or None if it is not to be converted."""
+        """fmt / group_size / symmetric / activations for a module, or None if it is not to be
+        converted."""
         if any(_matches(module_name, p) for p in self.modules_to_not_convert or ()):
             return None
-        settings = {"fmt": self.fmt, "group_size": self.group_size, "symmetric": self.symmetric}
+        settings = {"fmt": self.fmt, "group_size": self.group_size, "symmetric": self.symmetric,
+                    "activations": self.activations}
         for pattern, override in (self.module_overrides or {}).items():
             if _matches(module_name, pattern):
                 settings.update(override)
@@ -243,11 +264,12 @@ def _matches(module_name: str, pattern: str) -> bool:
 def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4",
                    group_size: Optional[int] = None, skip: Sequence[str] = ("lm_head",),
                    symmetric: bool = False, backend: Optional[str] = None,
-                   verbose: Optional[bool] = None) -> nn.Module:
+                   verbose: Optional[bool] = None, activations: Optional[str] = None) -> nn.Module:
     """Replace every nn.Linear of ``model`` in place by a QuantLinear and return the model.
 
     ``config`` is a QKernelsConfig, or a format name with ``group_size``, ``skip`` (module name
-    patterns left in full precision), ``symmetric`` and ``backend`` given alongside. Linear
+    patterns left in full precision), ``symmetric``, ``backend`` and ``activations`` (None or
+    "int8": see QuantLinear) given alongside. Linear
     layers whose weight is shared with another module (tied embeddings) are left alone.
 
     ``verbose``: show a progress bar and print a memory summary (replaced weights, packed bytes,
@@ -256,7 +278,8 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
     """
     if isinstance(config, str):
         config = QKernelsConfig(fmt=config, group_size=group_size, symmetric=symmetric,
-                                modules_to_not_convert=list(skip), backend=backend)
+                                modules_to_not_convert=list(skip), backend=backend,
+                                activations=activations)
     elif not isinstance(config, QKernelsConfig):
         raise TypeError(f"config: expected a format name or a QKernelsConfig, got "
                         f"{type(config).__name__}")
@@ -311,7 +334,7 @@ def plan_quantization(model: nn.Module, config: QKernelsConfig, tied: Sequence[s
         else:
             try:   # e.g. overrides that combine badly: fail before any weight is touched
                 resolve_settings(settings["fmt"], settings["group_size"], settings["symmetric"],
-                                 module.in_features)
+                                 module.in_features, settings["activations"])
             except (TypeError, ValueError) as error:
                 raise type(error)(f"{name}: {error}") from error
             targets.append((name, module, settings))

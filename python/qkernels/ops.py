@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _C  # noqa: F401  (registers the torch.ops.qkernels schemas and C++ impls)
+from . import activations as int8_activations
 from . import formats
 from .formats import QuantizedWeight
 
@@ -112,6 +113,32 @@ def matmul_triton_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
 def _matmul_triton_fake(x, fmt, qweight, scales, zeros, group_size, bias):
     check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
     return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def check_matmul_a8_args(x, fmt, qweight, scales, zeros, group_size, bias):
+    """The contract of qkernels::matmul_a8: matmul's, with a weight that int8 activations can
+    multiply (activations.check_weight)."""
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    for condition, message in int8_activations.weight_conditions(fmt, group_size, x.shape[-1]):
+        _check(ValueError, condition, message)
+
+
+def matmul_a8_op(x, fmt, qweight, scales, zeros, group_size, bias=None):
+    """torch.ops.qkernels.matmul_a8: matmul with x quantized to int8 per block of 32
+    (activations.py), by the CPU kernels; CPU tensors only."""
+    return torch.ops.qkernels.matmul_a8(x, fmt, qweight, scales, zeros, group_size, bias)
+
+
+@torch.library.register_fake("qkernels::matmul_a8")
+def _matmul_a8_fake(x, fmt, qweight, scales, zeros, group_size, bias):
+    check_matmul_a8_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+@torch.library.impl("qkernels::matmul_a8", "CUDA")
+def _matmul_a8_cuda(x, fmt, qweight, scales, zeros, group_size, bias):
+    raise NotImplementedError("qkernels.matmul_a8: int8 activations run on the CPU only; x is on "
+                              f"{x.device} (use activations=None there)")
 
 
 def check_nf4_dq_args(x, qweight, absmax_codes, absmax_scales, absmax_offsets, group_size,
@@ -198,7 +225,9 @@ def _input_and_bias_grads(ctx, grad_y, qweight, scales, zeros):
     return grad_x, grad_bias
 
 
-for _op_name in ("qkernels::matmul", "qkernels::matmul_triton"):
+# matmul_a8 too: its input gradient is that of the dequantized weight alone, as if x had not been
+# quantized (straight-through), computed through the same dequantized copy.
+for _op_name in ("qkernels::matmul", "qkernels::matmul_triton", "qkernels::matmul_a8"):
     torch.library.register_autograd(_op_name, _matmul_backward, setup_context=_matmul_setup_context)
 
 
@@ -227,6 +256,20 @@ def _matmul_reference(x, fmt, qweight, scales, zeros, group_size, bias):
     w = formats.dequantize_tensors(fmt, x.shape[-1], group_size, qweight, scales, zeros)
     y = F.linear(x.to(torch.float32), w, None if bias is None else bias.to(torch.float32))
     return y.to(x.dtype)
+
+
+def _matmul_a8_reference(x, fmt, qweight, scales, zeros, group_size, bias):
+    w = formats.dequantize_tensors(fmt, x.shape[-1], group_size, qweight, scales, zeros)
+    x_seen = int8_activations.fake_quantize(x)
+    y = F.linear(x_seen, w, None if bias is None else bias.to(torch.float32))
+    return y.to(x.dtype)
+
+
+# The backends with an int8-activation matmul (activations="int8"), same arguments as matmul.
+A8_MATMULS = {
+    "cpu": matmul_a8_op,
+    "reference": _matmul_a8_reference,
+}
 
 
 def _matmul_triton(x, fmt, qweight, scales, zeros, group_size, bias):
@@ -311,8 +354,11 @@ def available_backends(device_type: Optional[str] = None):
 
 # --- the public matmul -----------------------------------------------------------------------
 
-def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None):
+def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backend=None,
+                   activations=None):
     """qk.matmul on canonical tensors (scales = absmax for nf4); what QuantLinear calls."""
+    if activations is not None:
+        return _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend)
     if torch.compiler.is_compiling():
         # The ops' fake impls run the checks while tracing (dynamo cannot trace their message
         # closures), and the graph keeps the op's autograd; nothing here is per call.
@@ -341,6 +387,25 @@ def _run_backend(matmul, name, args, differentiable):
         with torch._C._AutoDispatchBelowAutograd():
             return matmul(*args)
     return matmul(*args)
+
+
+def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend):
+    """matmul_tensors with activations="int8": the cpu or reference backend."""
+    if torch.compiler.is_compiling():
+        name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
+    else:   # check_matmul_a8_args, with the cheap eager form of its weight conditions
+        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+        int8_activations.check_weight(fmt, group_size, x.shape[-1])
+        name = select_backend(x.device, backend)
+    if name not in A8_MATMULS:
+        raise ValueError(f"activations: 'int8' runs on the backends {tuple(A8_MATMULS)} (CPU "
+                         f"only), got backend {name!r} for {x.device.type} tensors")
+    args = (x, fmt, qweight, scales, zeros, group_size, bias)
+    if (name in _OP_BACKENDS and not torch.compiler.is_compiling()
+            and not _needs_grad(x, scales, zeros, bias)):
+        with torch._C._AutoDispatchBelowAutograd():   # as in matmul_tensors
+            return A8_MATMULS[name](*args)
+    return A8_MATMULS[name](*args)
 
 
 def _matmul_nf4_dq_reference(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
@@ -398,8 +463,14 @@ def _needs_grad(x, scales, zeros, bias) -> bool:
 
 
 def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = None,
-           backend: Optional[str] = None) -> torch.Tensor:
-    """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N]."""
+           backend: Optional[str] = None, activations: Optional[str] = None) -> torch.Tensor:
+    """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N].
+
+    activations="int8" (CPU only, int8 and int4 weights with groups of a multiple of 32 or per
+    channel): x is first quantized to int8 per block of 32 along K (qkernels.activations), and
+    the kernels multiply integer codes; faster for decode-sized x, at a measured accuracy cost
+    (README). None (default): x is used as given."""
+    int8_activations.check_activations(activations)
     if not isinstance(qw, QuantizedWeight):
         raise TypeError(f"qw: expected a QuantizedWeight (from qk.quantize), got {type(qw).__name__}")
     if not isinstance(x, torch.Tensor):
@@ -409,7 +480,10 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
         raise ValueError(f"x: expected last dimension {qw.shape[1]} (K of qw), got shape "
                          f"{tuple(x.shape)}")
     if qw.double_quant:
+        if activations is not None:
+            raise ValueError("activations: 'int8' needs an int8 or int4 weight, got nf4 with "
+                             "double-quantized absmax")
         return matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes, qw.absmax_scales,
                                      qw.absmax_offsets, qw.group_size, bias, backend)
     return matmul_tensors(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,
-                          backend)
+                          backend, activations)

@@ -4,7 +4,8 @@ in its metadata under "qkernels", a JSON description of the quantized layers:
 
     {"format_version": 1,
      "layers": {"model.layers.0.mlp.up_proj": {"fmt": "int4", "group_size": 128,
-                "symmetric": false, "in_features": 576, "out_features": 1536, "bias": false}, ...},
+                "symmetric": false, "in_features": 576, "out_features": 1536, "bias": false,
+                "activations": null}, ...},
      "tied": {"lm_head.weight": "model.embed_tokens.weight"}}
 
 The file is a pure function of the model's tensors: they are written from the CPU, contiguous,
@@ -57,7 +58,8 @@ def header(model: nn.Module) -> dict:
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     layers = {name: {"fmt": module.fmt, "group_size": module.group_size,
                      "symmetric": module.symmetric, "in_features": module.in_features,
-                     "out_features": module.out_features, "bias": module.bias is not None}
+                     "out_features": module.out_features, "bias": module.bias is not None,
+                     "activations": module.activations}
               for name, module in model.named_modules() if isinstance(module, QuantLinear)}
     tied, first_name = {}, {}
     for name, tensor in model.state_dict(keep_vars=True).items():
@@ -146,8 +148,10 @@ def _replace_with_quantized(model: nn.Module, name: str, layer: dict, stored: di
     qw = QuantizedWeight(layer["fmt"], shape, layer["group_size"], **canonical)
     bias = stored[f"{name}.bias"] if layer["bias"] else None
     backend = module.backend if isinstance(module, QuantLinear) else None
+    # Files written before int8 activations existed have no "activations": weight-only.
     replacement = QuantLinear.from_quantized(qw, bias, backend=backend,
-                                             input_perm=stored.get(f"{name}.input_perm"))
+                                             input_perm=stored.get(f"{name}.input_perm"),
+                                             activations=layer.get("activations"))
     model.set_submodule(name, replacement)
 
 

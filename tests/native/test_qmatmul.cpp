@@ -64,6 +64,7 @@ struct Problem {
   // they stand for, decoded in fp64 and rounded once, for the reference.
   std::vector<uint8_t> absmax_codes;
   std::vector<float> absmax_scales, absmax_offsets;
+  std::vector<double> weights;            // [n, k] dequantized, exact
   std::vector<double> reference;          // [m, n]
   // [m, n]: sqrt(sum_k (x w)^2), the size fp32 rounding errors scale with. When a short dot
   // product cancels (one output near 0), ||reference|| alone would call correct fp32 sums wrong.
@@ -142,6 +143,7 @@ Problem make_problem(const Case& c, std::mt19937& rng) {
         w[size_t(k)] = scale * (code - zero);
       }
     }
+    pr.weights.insert(pr.weights.end(), w.begin(), w.end());
     for (int64_t i = 0; i < c.m; ++i) {
       double acc = c.bias ? qk::load_as_float(pr.bias.data(), c.dtype, n) : 0.0;
       double squares = acc * acc;
@@ -240,6 +242,24 @@ struct Worst {
   std::string where;
   int64_t cases = 0;
 };
+
+// y of one path against the case's fp64 reference: records the worst error per path and dtype,
+// prints and returns false past bound (or when the path produced nothing).
+bool check_against_fp64(const Case& c, const Problem& pr, const std::vector<float>& y,
+                        const std::string& path, double bound, std::map<std::string, Worst>& worst) {
+  const double error = y.empty() ? INFINITY : relative_error(y, pr.reference, pr.magnitude);
+  Worst& w = worst[path + " x=" + dtype_name(c.dtype)];
+  ++w.cases;
+  if (error > w.error) {
+    w.error = error;
+    w.where = describe(c);
+  }
+  if (!(error <= bound)) {
+    std::printf("FAIL %s %s: rel err %.3g vs fp64\n", path.c_str(), describe(c).c_str(), error);
+    return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -347,18 +367,7 @@ int main(int argc, char** argv) {
         bool ok = run_split(c, pr, [isa](const QMatmulParams& p, int64_t b, int64_t e) {
                     return qk::cpu::qmatmul(isa, p, b, e);
                   }, y, path.c_str());
-        const double error = y.empty() ? INFINITY : relative_error(y, pr.reference, pr.magnitude);
-        Worst& w = worst[path + " x=" + dtype_name(dtype)];
-        ++w.cases;
-        if (error > w.error) {
-          w.error = error;
-          w.where = describe(c);
-        }
-        if (!(error <= tolerance(dtype))) {
-          std::printf("FAIL %s %s: rel err %.3g vs fp64\n", path.c_str(), describe(c).c_str(),
-                      error);
-          ok = false;
-        }
+        ok = check_against_fp64(c, pr, y, path, tolerance(dtype), worst) && ok;
         // The kernels themselves take stored scales only.
         if (qk::cpu::kernels(isa).gemv(pr.params, 0, c.n) == Status::kOk ||
             qk::cpu::kernels(isa).gemm(pr.params, 0, c.n) == Status::kOk) {
@@ -367,6 +376,83 @@ int main(int argc, char** argv) {
           ok = false;
         }
         failures += !ok;
+      }
+    }
+  }
+
+  // Int8 activations (core/qmatmul_a8.h) through the dispatcher of each path, against x
+  // quantized here by the definition (fp32 scale max|x| / 127, fp32 division, ties to even) and
+  // multiplied in fp64. The integer dots are exact, so only fp32 scale products and sums round
+  // (and the zero point's cancellation, as for the weight-only kernels): 1e-5 for fp32 y.
+  const std::vector<int64_t> a8_ms = quick ? std::vector<int64_t>{1, 5} : std::vector<int64_t>{1, 3, 4, 5, 17, 64};
+  const std::vector<int64_t> a8_ks = quick ? std::vector<int64_t>{1, 33, 577}
+                                           : std::vector<int64_t>{1, 3, 17, 33, 64, 576, 577};
+  for (const FormatChoice& f : formats) {
+    if (f.fmt == Format::kNF4) continue;
+    for (int64_t m : a8_ms) {
+      for (int64_t k : a8_ks) {
+        for (int64_t g : {32, 64, 96, 128, 0}) {
+          if (g >= k) continue;
+          for (DType dtype : dtypes) {
+            for (bool bias : {false, true}) {
+              const Case c{f.fmt, f.symmetric, m, 17, k, g ? g : k, dtype, bias};
+              Problem pr = make_problem(c, rng);
+              ++cases;
+              std::vector<double> x_seen(size_t(m * k));  // code * scale per block of 32
+              for (int64_t i = 0; i < m; ++i) {
+                for (int64_t k0 = 0; k0 < k; k0 += qk::kActivationBlock) {
+                  const int64_t k1 = std::min(k, k0 + qk::kActivationBlock);
+                  float amax = 0.0f;
+                  for (int64_t kk = k0; kk < k1; ++kk) {
+                    amax = std::max(amax, std::fabs(qk::load_as_float(pr.x.data(), dtype, i * k + kk)));
+                  }
+                  const float scale = amax / 127.0f;
+                  for (int64_t kk = k0; kk < k1 && scale > 0.0f; ++kk) {
+                    const float code = std::nearbyint(qk::load_as_float(pr.x.data(), dtype, i * k + kk) / scale);
+                    x_seen[size_t(i * k + kk)] = double(code) * double(scale);
+                  }
+                }
+              }
+              for (int64_t i = 0; i < m; ++i) {
+                for (int64_t n = 0; n < c.n; ++n) {
+                  double acc = bias ? qk::load_as_float(pr.bias.data(), dtype, n) : 0.0;
+                  double squares = acc * acc;
+                  for (int64_t kk = 0; kk < k; ++kk) {
+                    const double product = x_seen[size_t(i * k + kk)] * pr.weights[size_t(n * k + kk)];
+                    acc += product;
+                    squares += product * product;
+                  }
+                  pr.reference[size_t(i * c.n + n)] = acc;
+                  pr.magnitude[size_t(i * c.n + n)] = std::sqrt(squares);
+                }
+              }
+              const double bound = dtype == DType::kF32 ? 1e-5 : tolerance(dtype);
+              bool ok = true;
+              for (Isa isa : isas) {
+                const std::string path = std::string(qk::cpu::isa_name(isa)) + "-a8";
+                std::vector<float> y;
+                ok = run_split(c, pr, [isa](const QMatmulParams& p, int64_t b, int64_t e) {
+                       return qk::cpu::qmatmul_a8(isa, p, b, e);
+                     }, y, path.c_str()) && ok;
+                ok = check_against_fp64(c, pr, y, path, bound, worst) && ok;
+              }
+              failures += !ok;
+            }
+          }
+        }
+      }
+    }
+  }
+  // ... and refuse nf4, and groups that split a block of 32.
+  for (Isa isa : isas) {
+    for (const Case& c : {Case{Format::kNF4, false, 2, 3, 64, 32, DType::kF32, false},
+                          Case{Format::kInt4, false, 2, 3, 64, 16, DType::kF32, false}}) {
+      Problem pr = make_problem(c, rng);
+      std::vector<float> y(6);
+      pr.params.y = y.data();
+      if (qk::cpu::qmatmul_a8(isa, pr.params, 0, 3) != Status::kInt8Activations) {
+        std::printf("FAIL %s-a8 %s: not rejected\n", qk::cpu::isa_name(isa), describe(c).c_str());
+        ++failures;
       }
     }
   }

@@ -40,13 +40,17 @@ def baseline_case(w: torch.Tensor, dtype: torch.dtype) -> Case:
                 nbytes, lambda x: [lambda c=c: F.linear(x, c["w"]) for c in copies])
 
 
-def qkernels_case(w: torch.Tensor, fmt: str, group_size: Optional[int], backend: str) -> Case:
+def qkernels_case(w: torch.Tensor, fmt: str, group_size: Optional[int], backend: str,
+                  activations: Optional[str] = None) -> Case:
+    """activations="int8": the int8-activation mode, labelled "... a8"."""
     qw = qk.quantize(w, fmt, group_size)
     copies = _clones(qw.tensors(), measure.copies_for_cold_cache(qw.nbytes, w.device))
     weights = [dataclasses.replace(qw, **c) for c in copies]
     label = "per-channel" if qw.group_size == w.shape[1] else f"g{qw.group_size}"
+    label += " a8" if activations else ""
     return Case(f"{backend} {fmt} {label}", "qkernels", fmt, qw.group_size, backend, qw.nbytes,
-                lambda x: [lambda q=q: qk.matmul(x, q, backend=backend) for q in weights])
+                lambda x: [lambda q=q: qk.matmul(x, q, backend=backend, activations=activations)
+                           for q in weights])
 
 
 @dataclasses.dataclass

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import qkernels as qk
+from qkernels import activations as int8_activations
 from qkernels import formats, ops
 
 from . import cases, measure, report, suites
@@ -48,6 +49,9 @@ def parse_args(argv=None):
     parser.add_argument("--group-size", type=int,
                         help="group size for every format (default: int4 128, nf4 64, int8 per channel)")
     parser.add_argument("--backends", help="comma list (default: every backend available)")
+    parser.add_argument("--activations", choices=["int8"],
+                        help="also time the int8 and int4 formats with int8 activations (rows "
+                             "'... a8'; CPU backends)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="activation dtype (default: float32 on CPU, float16 on GPU)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads for the CPU")
@@ -138,6 +142,14 @@ def run(args) -> dict:
             for fmt in args.formats:
                 group = args.group_size or DEFAULT_GROUP[fmt]
                 shape_cases += [cases.qkernels_case(w, fmt, group, b) for b in wanted]
+                if args.activations and fmt in int8_activations.FORMATS:
+                    try:
+                        int8_activations.check_weight(fmt, group if group > 0 else k, k)
+                    except ValueError as error:
+                        skipped.append(f"{n}x{k}: {fmt} a8: {error}")
+                        continue
+                    shape_cases += [cases.qkernels_case(w, fmt, group, b, args.activations)
+                                    for b in wanted if b in ops.A8_MATMULS]
             if not args.no_peers:
                 peers, missing = cases.peer_cases(w, args.formats, x_dtype, peer_libraries)
                 shape_cases += peers
