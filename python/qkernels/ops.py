@@ -393,19 +393,29 @@ def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend
     """matmul_tensors with activations="int8": the cpu or reference backend."""
     if torch.compiler.is_compiling():
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
-    else:   # check_matmul_a8_args, with the cheap eager form of its weight conditions
-        check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
-        int8_activations.check_weight(fmt, group_size, x.shape[-1])
+    else:
         name = select_backend(x.device, backend)
     if name not in A8_MATMULS:
         raise ValueError(f"activations: 'int8' runs on the backends {tuple(A8_MATMULS)} (CPU "
                          f"only), got backend {name!r} for {x.device.type} tensors")
     args = (x, fmt, qweight, scales, zeros, group_size, bias)
-    if (name in _OP_BACKENDS and not torch.compiler.is_compiling()
-            and not _needs_grad(x, scales, zeros, bias)):
-        with torch._C._AutoDispatchBelowAutograd():   # as in matmul_tensors
-            return A8_MATMULS[name](*args)
-    return A8_MATMULS[name](*args)
+    differentiable = (x, scales, zeros, bias)
+    if torch.compiler.is_compiling():
+        return A8_MATMULS[name](*args)
+    if name not in _COMPILED_BACKENDS:
+        _check_matmul_a8_eager(*args)
+        return _run_backend(A8_MATMULS[name], name, args, differentiable)
+    try:   # checked in C++ first, as in matmul_tensors
+        return _run_backend(A8_MATMULS[name], name, args, differentiable)
+    except (ValueError, TypeError):
+        _check_matmul_a8_eager(*args)
+        raise
+
+
+def _check_matmul_a8_eager(x, fmt, qweight, scales, zeros, group_size, bias):
+    """check_matmul_a8_args, with the cheap eager form of its weight conditions."""
+    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
+    int8_activations.check_weight(fmt, group_size, x.shape[-1])
 
 
 def _matmul_nf4_dq_reference(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
