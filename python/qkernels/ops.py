@@ -366,16 +366,22 @@ def matmul_tensors(x, fmt, qweight, scales, zeros, group_size, bias=None, backen
         return BACKENDS[name].matmul(x, fmt, qweight, scales, zeros, group_size, bias)
     name = select_backend(x.device, backend)
     args = (x, fmt, qweight, scales, zeros, group_size, bias)
+    return _run_checked(BACKENDS[name].matmul, name, args, (x, scales, zeros, bias),
+                        check_matmul_args)
+
+
+def _run_checked(matmul, name, args, differentiable, check):
+    """matmul(*args) on backend ``name`` in eager mode, its arguments checked by check(*args).
+    The compiled backends' ops check the whole contract in C++ (csrc/torch/checks.h) for ~1 us,
+    where the Python checks cost ~6 us a call: there only a rejected call runs them, so that every
+    backend still reports a bad argument in the same words."""
     if name not in _COMPILED_BACKENDS:
-        check_matmul_args(*args)
-        return _run_backend(BACKENDS[name].matmul, name, args, (x, scales, zeros, bias))
-    # The compiled ops check the whole contract in C++ (csrc/torch/checks.h) for ~1 us, where the
-    # Python checks cost ~6 us a call; only a rejected call runs them, so that every backend
-    # still reports a bad argument in the same words.
+        check(*args)
+        return _run_backend(matmul, name, args, differentiable)
     try:
-        return _run_backend(BACKENDS[name].matmul, name, args, (x, scales, zeros, bias))
+        return _run_backend(matmul, name, args, differentiable)
     except (ValueError, TypeError):
-        check_matmul_args(*args)
+        check(*args)
         raise
 
 
@@ -399,17 +405,10 @@ def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend
         raise ValueError(f"activations: 'int8' runs on the backends {tuple(A8_MATMULS)} (CPU "
                          f"only), got backend {name!r} for {x.device.type} tensors")
     args = (x, fmt, qweight, scales, zeros, group_size, bias)
-    differentiable = (x, scales, zeros, bias)
     if torch.compiler.is_compiling():
         return A8_MATMULS[name](*args)
-    if name not in _COMPILED_BACKENDS:
-        _check_matmul_a8_eager(*args)
-        return _run_backend(A8_MATMULS[name], name, args, differentiable)
-    try:   # checked in C++ first, as in matmul_tensors
-        return _run_backend(A8_MATMULS[name], name, args, differentiable)
-    except (ValueError, TypeError):
-        _check_matmul_a8_eager(*args)
-        raise
+    return _run_checked(A8_MATMULS[name], name, args, (x, scales, zeros, bias),
+                        _check_matmul_a8_eager)
 
 
 def _check_matmul_a8_eager(x, fmt, qweight, scales, zeros, group_size, bias):
@@ -449,15 +448,8 @@ def matmul_nf4_dq_tensors(x, qweight, absmax_codes, absmax_scales, absmax_offset
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
         return NF4_DQ_MATMULS[name](*args)
     name = select_backend(x.device, backend)
-    differentiable = (x, absmax_scales, absmax_offsets, bias)
-    if name not in _COMPILED_BACKENDS:
-        check_nf4_dq_args(*args)
-        return _run_backend(NF4_DQ_MATMULS[name], name, args, differentiable)
-    try:   # checked in C++ first, as in matmul_tensors
-        return _run_backend(NF4_DQ_MATMULS[name], name, args, differentiable)
-    except (ValueError, TypeError):
-        check_nf4_dq_args(*args)
-        raise
+    return _run_checked(NF4_DQ_MATMULS[name], name, args,
+                        (x, absmax_scales, absmax_offsets, bias), check_nf4_dq_args)
 
 
 # Backends whose matmul is a torch.ops.qkernels op, i.e. goes through the Python autograd kernel.
