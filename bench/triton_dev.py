@@ -5,7 +5,7 @@ harness: a quick check while tuning the kernels.
     python bench/triton_dev.py              # the table
     python bench/triton_dev.py --threshold  # GEMV vs GEMM at M = 1..16 (sets GEMV_MAX_M)
     python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
-    python bench/triton_dev.py --gemv       # the GEMV at M = 1, word path against byte path
+    python bench/triton_dev.py --gemv       # the GEMV at M = 1 (int4): word path against byte path
     python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
 
 Timing: CUDA events around replays of a CUDA graph that calls the op once per weight copy,
@@ -117,41 +117,47 @@ def threshold(nbytes_l2):
                   f"{'gemv' if t_gemv < t_gemm else 'gemm'}", flush=True)
 
 
-GEMV_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096))
+GEMV_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (576, 576))
+GEMV_FORMATS = (("int4", 128, False), ("int4", 128, True))  # the word path's format
+# Word-path tiles timed beside the default one: (BLOCK_N, BLOCK_K, num_warps, split-K or None
+# for the heuristic's).
+GEMV_WORD_TILES = ((128, 128, 4, None), (32, 128, 4, None), (64, 128, 4, 8), (64, 128, 2, None))
 GEMV_ROUNDS = 3
 
 
 def gemv_versions(nbytes_l2):
-    """The GEMV at M = 1, autotune off: the word path (now) against the byte path it replaced
-    (its sm_90 default, 64 x 128), the CUDA backend and fp16 F.linear, interleaved over
-    GEMV_ROUNDS rounds in one process; medians."""
+    """The GEMV at M = 1, autotune off: the word path at its default tile and at
+    GEMV_WORD_TILES against the byte path it replaced (its sm_90 default, 64 x 128), the CUDA
+    backend and fp16 F.linear, interleaved over GEMV_ROUNDS rounds in one process; medians."""
     byte_config = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2)
+    tiles = [f"{n}x{k}w{w}" + (f"s{split}" if split else "")
+             for n, k, w, split in GEMV_WORD_TILES]
     print("GEMV M=1, us per call (median of rounds): fp16 | cuda | triton bytes (before) | "
-          "triton words (now) | now vs before, vs fp16, vs cuda")
+          "triton words, default tile (now) | now vs before, vs fp16, vs cuda | words at "
+          + ", ".join(tiles))
     for n, k in GEMV_SHAPES:
         x = torch.randn(1, k, device="cuda", dtype=torch.float16)
-        for f in FORMATS:
+        for f in GEMV_FORMATS:
             copies = weight_copies(quantized(*f, n, k), nbytes_l2)
 
-            def gemv_calls(words):
+            def gemv_calls(words, config=None, split_k=None):
                 def call(qw):
                     y = torch.empty(1, n, dtype=x.dtype, device=x.device)
-                    num_groups = formats.num_groups(k, qw.group_size)
-                    config = (gemv.default_config(common.capability(x.device), 1, qw.group_size,
-                                                  num_groups)
-                              if words else gemv._adapt(byte_config, 1, qw.group_size,
-                                                        num_groups))
                     return lambda: gemv.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
-                                               qw.group_size, None, y, config=None if words
-                                               else config, words=words)
+                                               qw.group_size, None, y, config=config,
+                                               split_k=split_k, words=words)
                 return [call(qw) for qw in copies]
 
             variants = {
                 "fp16": fp16_calls(x, n, k, nbytes_l2),
                 "cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
-                "bytes": gemv_calls(False),
+                "bytes": gemv_calls(False, gemv._adapt(byte_config, 1, 128, k // 128)),
                 "words": gemv_calls(True),
             }
+            for tile, (block_n, block_k, warps, split) in zip(tiles, GEMV_WORD_TILES):
+                variants[tile] = gemv_calls(True, triton.Config(
+                    {"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=2),
+                    split)
             times = collections.defaultdict(list)
             for _ in range(GEMV_ROUNDS):
                 for name, calls in variants.items():
@@ -159,7 +165,8 @@ def gemv_versions(nbytes_l2):
             t = {name: statistics.median(v) for name, v in times.items()}
             print(f"{n}x{k} {_name(f):>14}: {t['fp16']:6.1f} | {t['cuda']:6.1f} | "
                   f"{t['bytes']:6.1f} | {t['words']:6.1f} | {t['bytes'] / t['words']:.2f}x, "
-                  f"{t['fp16'] / t['words']:.2f}x, {t['cuda'] / t['words']:.2f}x", flush=True)
+                  f"{t['fp16'] / t['words']:.2f}x, {t['cuda'] / t['words']:.2f}x | "
+                  + ", ".join(f"{t[tile]:6.1f}" for tile in tiles), flush=True)
 
 
 def dequant_calls(x, copies):
@@ -246,28 +253,23 @@ def sass():
         num_groups = K // group_size
         qweight_type = "*i8" if fmt == "int8" else "*u8"
         base = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=fmt == "int4", ABSMAX_DQ=False)
-        codes_per_word = gemv.word_codes(True, formats.FORMAT_IDS[fmt])
+        words = fmt == "int4"  # the word path's only format
         gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
-                                          codes_per_word)
-        bytes_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups)
+                                          words)
         gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
                                           group_size, num_groups)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                WORDS=True, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
-                                                                 gemv_config.kwargs["BLOCK_K"]))),
-            "gemv M=1, byte path": (gemv.gemv_kernel, bytes_config, dict(
-                HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                WORDS=False, SCALE_PER_TILE=common.scale_per_tile(
-                    group_size, num_groups, bytes_config.kwargs["BLOCK_K"]))),
+                WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
+                                                                  gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
                 HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
         }
-        if fmt == "nf4":  # the byte path's decode it does not use, for comparison
-            kernel, config, meta = kernels["gemv M=1, byte path"]
+        if fmt == "nf4":  # the decode the GEMV does not use, for comparison
+            kernel, config, meta = kernels["gemv M=1"]
             kernels["gemv M=1, other nf4 decode"] = (
                 kernel, config, {**meta, "NF4_FROM_TABLE": not gemv.NF4_FROM_TABLE})
         for name, (kernel, config, meta) in kernels.items():
@@ -319,7 +321,7 @@ def main():
     parser.add_argument("--crossover", action="store_true",
                         help="fused GEMM vs dequantize + cuBLAS at M = 32..1024")
     parser.add_argument("--gemv", action="store_true",
-                        help="GEMV at M = 1: word path against the byte path, CUDA, fp16")
+                        help="GEMV at M = 1, int4: word path against the byte path, CUDA, fp16")
     parser.add_argument("--sass", action="store_true",
                         help="SASS instructions per weight of each kernel's main loop (no GPU)")
     args = parser.parse_args()

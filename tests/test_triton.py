@@ -222,8 +222,7 @@ def test_many_rows_dequantize_then_matmul(monkeypatch, fmt, symmetric, dtype):
 
 def _all_configs(kernel, m):
     if kernel is gemv:
-        codes_per_word = gemv.word_codes(m == 1, formats.FORMAT_IDS["int4"])
-        return [gemv._adapt(c, m, 64, 3, codes_per_word) for c in gemv.CONFIG_SPACE]
+        return [gemv._adapt(c, m, 64, 3, words=m == 1) for c in gemv.CONFIG_SPACE]
     return [gemm._adapt(c, 64, 3) for c in gemm.CONFIG_SPACE] + [gemm.FP32_CONFIG]
 
 
@@ -249,26 +248,29 @@ def test_split_k(kernel, split_k, fmt, symmetric):
     assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
 
 
-# The GEMV's word path (one row of x, codes read as 32-bit words): K a multiple of 8 (4-bit) or 4
-# (int8); K = 584 leaves a ragged last tile and, with g = 64, a ragged last group in it.
+# The GEMV's word path (int4, one row of x, codes read as 32-bit words): K a multiple of 8;
+# K = 584 leaves a ragged last tile and, with g = 32 and 128, a ragged last group in it.
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("group_size", [32, 128, -1])
-@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
-def test_gemv_word_path(fmt, symmetric, group_size, dtype):
-    x, qw, b = sample_inputs(1, 19, 584, fmt, symmetric, group_size, dtype, bias=True)
+@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
+def test_gemv_word_path(symmetric, group_size, dtype):
+    x, qw, b = sample_inputs(1, 19, 584, "int4", symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(584, qw.group_size)
-    assert gemv.words_supported(fmt, qw.qweight, 584, qw.group_size, num_groups, 1)
+    assert gemv.words_supported("int4", qw.qweight, 584, qw.group_size, num_groups, 1)
     for split_k in (1, 3):
         assert_close(run_kernel(gemv, x, qw, b, split_k=split_k), x, qw, b)
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4", "nf4"])
-def test_gemv_word_path_conditions(fmt):
-    # Elsewhere the byte path runs: several rows, K not whole words, a word across two groups,
-    # rows that do not start on a 4-byte boundary.
+def test_gemv_word_path_conditions():
+    # Elsewhere the byte path runs: other formats, several rows, K not whole words, a word
+    # across two groups, rows that do not start on a 4-byte boundary.
+    fmt = "int4"
     x, qw, _ = sample_inputs(1, 5, 96, fmt, group_size=32)
     groups = formats.num_groups(96, 32)
     assert gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 1)
+    for other in ("int8", "nf4"):
+        other_qw = sample_inputs(1, 5, 96, other, group_size=32)[1]
+        assert not gemv.words_supported(other, other_qw.qweight, 96, 32, groups, 1)
     assert not gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 2)
     row_bytes = qw.qweight.shape[1]
     padded = torch.zeros(5, row_bytes + 2, dtype=qw.qweight.dtype, device=DEVICE)

@@ -5,10 +5,10 @@ tiles, dequantizes in registers and does the M multiply-adds per weight on CUDA 
 cores would pad M to 16 and route W through shared memory). Split-K spreads short-and-wide
 shapes (small N, long K) over all SMs; common.store_output reduces the splits in one launch.
 
-Two inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the op runs:
-GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: three instructions per weight and
-the group scale once per word. The byte path, for several rows or unaligned codes: each byte's
-two nibbles dequantized to fp32 in the load's layout, then the multiply-adds.
+Two inner loops. The word path (_row_dot_words), for int4 and one row of x (the only GEMV the op
+runs: GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: three instructions per weight
+and the group scale once per word. The byte path, for the rest: each code dequantized to fp32 in
+the load's layout, then the multiply-adds.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import (FLOAT_ONE_BITS, FORMAT_INT8, FORMAT_NF4, INT4_SYMMETRIC_ZERO,
+from .common import (FLOAT_ONE_BITS, FORMAT_INT8, INT4_SYMMETRIC_ZERO,
                      dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
                      store_output)
 
@@ -41,83 +41,64 @@ MIN_BLOCK_K = 32
 # turns the table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x
 # fp16 for M = 16).
 NF4_FROM_TABLE = True
+# int4 codes per 32-bit word, on the word path.
+WORD_CODES: tl.constexpr = tl.constexpr(8)
 
 
 @triton.jit
-def _word_code_values(words, j: tl.constexpr, FORMAT: tl.constexpr, nf4_table_ptr):
-    """Code j of each 32-bit word of codes (k = CODES_PER_WORD w + j), as the fp32 value the word
-    path multiplies x by: int4 1 + q / 16 and int8 1 + (q + 128) / 256, the code shifted into the
-    mantissa of 1.0 (a shift and one LOP3, exact, no conversion; the 1 and the offset come out
-    after the sum, in _word_coefficients); nf4 its table value (a load that stays in L1)."""
-    if FORMAT == FORMAT_NF4:
-        return tl.load(nf4_table_ptr + ((words >> (4 * j)) & 0xF))
-    if FORMAT == FORMAT_INT8:
-        # byte j to bits 15-22; flipping its top bit gives q + 128 (two's complement).
-        if 8 * j <= 15:
-            placed = words << (15 - 8 * j)
-        else:
-            placed = words >> (8 * j - 15)
-        bits = ((placed & 0x7F8000) ^ 0x400000) | FLOAT_ONE_BITS
+def _word_nibbles(words, j: tl.constexpr):
+    """Nibble j of each 32-bit word of int4 codes (k = WORD_CODES w + j) as the fp32 value
+    1 + q / 16: the nibble shifted into the mantissa of 1.0, a shift and one LOP3, exact, no
+    conversion (the 1 comes out after the sum, in _word_coefficients)."""
+    if 4 * j <= 19:  # nibble j to bits 19-22 (the arithmetic shift's sign bits are masked)
+        placed = words << (19 - 4 * j)
     else:
-        if 4 * j <= 19:  # nibble j to bits 19-22 (the arithmetic shift's sign bits are masked)
-            placed = words << (19 - 4 * j)
-        else:
-            placed = words >> (4 * j - 19)
-        bits = (placed & 0x780000) | FLOAT_ONE_BITS
-    return bits.to(tl.float32, bitcast=True)
+        placed = words >> (4 * j - 19)
+    return ((placed & 0x780000) | FLOAT_ONE_BITS).to(tl.float32, bitcast=True)
 
 
 @triton.jit
-def _word_coefficients(scales_ptr, zeros_ptr, absmax_scales_ptr, absmax_offsets_ptr, offs_n,
-                       k_start, offs_w, N, row_words, group_size, num_groups,
-                       FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, ABSMAX_DQ: tl.constexpr,
-                       CODES_PER_WORD: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
-    """(a, b) such that a word's share of y is a * sum_j v_j x_j + b * sum_j x_j, v_j from
-    _word_code_values: int4 s (q - z) = 16 s v - s (16 + z); int8 s q = 256 s v - 384 s;
-    nf4 s v (b is not used: no zero point). [BLOCK_N, 1] when the tile starting at k_start
-    lies in one group, else per word."""
+def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_words, group_size,
+                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
+    """(a, b) such that a word's share of y is a * sum_j v_j x_j + b * sum_j x_j with v_j from
+    _word_nibbles: s (q - z) = 16 s v - s (16 + z). [BLOCK_N, 1] when the tile starting at
+    k_start lies in one group, else per word."""
     row_ok = offs_n < N
     if SCALE_PER_TILE:
+        # Loaded as [BLOCK_N], then expanded: a [BLOCK_N, 1] load took a layout of one row per
+        # thread, and the whole tile's arithmetic with it.
         offsets = offs_n * num_groups + k_start // group_size
         mask = row_ok
     else:
         offsets = (offs_n[:, None] * num_groups
-                   + (offs_w * CODES_PER_WORD // group_size)[None, :])
+                   + (offs_w * WORD_CODES // group_size)[None, :])
         mask = row_ok[:, None] & (offs_w < row_words)[None, :]
-    scale = common._load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets,
-                               mask, ABSMAX_DQ)
+    scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
     if HAS_ZEROS:
         zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
     else:
         zero = INT4_SYMMETRIC_ZERO
-    if FORMAT == FORMAT_NF4:
-        a, b = scale, scale
-    elif FORMAT == FORMAT_INT8:
-        a, b = 256.0 * scale, -384.0 * scale
-    else:
-        a, b = 16.0 * scale, -scale * (16.0 + zero)
+    a, b = 16.0 * scale, -scale * (16.0 + zero)
     if SCALE_PER_TILE:
         a, b = a[:, None], b[:, None]
     return a, b
 
 
 @triton.jit
-def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
-                   absmax_offsets_ptr, offs_n, first_tile, last_tile, N, K, row_words,
-                   group_size, num_groups, stride_xk, stride_qw,
-                   FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, ABSMAX_DQ: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
+def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
+                   row_words, group_size, num_groups, stride_xk, stride_qw,
+                   HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   SCALE_PER_TILE: tl.constexpr):
     """sum_k x[0, k] W[offs_n, k] over K tiles [first_tile, last_tile), [BLOCK_N] fp32, for one
-    row of x, reading the codes as int32 words [N, row_words] (words_supported).
+    row of x and int4 codes read as int32 words [N, row_words] (words_supported).
 
-    Per weight: a shift, a LOP3 (_word_code_values) and one FMA with x; the group scale and zero
+    Per weight: a shift, a LOP3 (_word_nibbles) and one FMA with x; the group scale and zero
     point are applied once per word (_word_coefficients), and x is loaded once per tile for all
     the rows a thread holds. The next tile's words are loaded before this tile's arithmetic,
-    so a program keeps a tile of loads in flight while it computes.
-    Words past the row read 0 and meet x = 0 past K.
+    so a program keeps a tile of loads in flight while it computes. Words past the row read 0
+    and meet x = 0 past K.
     """
-    CODES_PER_WORD: tl.constexpr = 4 if FORMAT == FORMAT_INT8 else 8
-    BLOCK_W: tl.constexpr = BLOCK_K // CODES_PER_WORD
+    BLOCK_W: tl.constexpr = BLOCK_K // WORD_CODES
     row_ok = offs_n < N
     word_range = tl.arange(0, BLOCK_W)
     word_end = tl.minimum(last_tile * BLOCK_W, row_words)  # this split's words: no loads past
@@ -131,41 +112,31 @@ def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absma
         next_w = offs_w + BLOCK_W
         next_words = tl.load(words_ptr + offs_n[:, None] * stride_qw + next_w[None, :],
                              mask=row_ok[:, None] & (next_w < word_end)[None, :], other=0)
-        # Loaded here, used after the products: not carried from the previous iteration, so
-        # that Triton keeps them in the words' register layout (carried, they took their own
-        # layout and dragged the accumulator into it: one row per thread, x loaded per row).
-        a, b = _word_coefficients(scales_ptr, zeros_ptr, absmax_scales_ptr, absmax_offsets_ptr,
-                                  offs_n, tile * BLOCK_K, offs_w, N, row_words, group_size,
-                                  num_groups, FORMAT, HAS_ZEROS, ABSMAX_DQ, CODES_PER_WORD,
-                                  SCALE_PER_TILE)
+        # Loaded here, used after the products: carried from the previous iteration instead,
+        # they took their own layout and dragged the accumulator into it.
+        a, b = _word_coefficients(scales_ptr, zeros_ptr, offs_n, tile * BLOCK_K, offs_w, N,
+                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE)
         dot = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
         x_sum = tl.zeros([BLOCK_W], tl.float32)
-        # x[k] for k = CODES_PER_WORD w + j: one address and one mask per word for all j (K is
-        # a multiple of CODES_PER_WORD, so k < K exactly when the word is in the row).
-        x_words = x_ptr + offs_w * (CODES_PER_WORD * stride_xk)
+        # x[k] for k = WORD_CODES w + j: one address and one mask per word for all j (K is a
+        # multiple of WORD_CODES, so k < K exactly when the word is in the row).
+        x_words = x_ptr + offs_w * (WORD_CODES * stride_xk)
         word_ok = offs_w < row_words
-        for j in tl.static_range(CODES_PER_WORD):
+        for j in tl.static_range(WORD_CODES):
             x = tl.load(x_words + j * stride_xk, mask=word_ok, other=0.0).to(tl.float32)
-            dot += _word_code_values(words, j, FORMAT, nf4_table_ptr) * x[None, :]
+            dot += _word_nibbles(words, j) * x[None, :]
             x_sum += x
-        if FORMAT == FORMAT_NF4:
-            acc += a * dot
-        else:
-            acc += a * dot + b * x_sum[None, :]
+        acc += a * dot + b * x_sum[None, :]
         words = next_words
     return tl.sum(acc, axis=1)
 
 
-def word_codes(words: bool, format_id: int) -> int:
-    """Codes per 32-bit word of a packed row on the word path; 0 on the byte path."""
-    return (4 if format_id == FORMAT_INT8 else 8) if words else 0
-
-
 def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
-    """The word path's conditions: one row of x, whole 32-bit words of codes per row (K a multiple
-    of 8 for 4-bit, 4 for int8, 4-byte-aligned rows), each word inside one group."""
-    codes = word_codes(True, formats.FORMAT_IDS[fmt])
-    return (m == 1 and k % codes == 0 and (num_groups == 1 or group_size % codes == 0)
+    """The word path's conditions: int4 (for nf4 and int8 it measured slower than the byte path:
+    bench/NOTES.md, "Triton GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
+    multiple of 8, 4-byte-aligned rows), each word inside one group."""
+    return (fmt == "int4" and m == 1 and k % WORD_CODES.value == 0
+            and (num_groups == 1 or group_size % WORD_CODES.value == 0)
             and qweight.stride(1) == 1 and qweight.stride(0) % 4 == 0
             and qweight.storage_offset() % 4 == 0 and qweight.data_ptr() % 4 == 0)
 
@@ -174,10 +145,10 @@ def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
 def gemv_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
     qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense;
-                        # WORDS: the same rows as int32 words (row_bytes, stride_qn in words)
+                        # WORDS: int4 rows as int32 words (row_bytes, stride_qn in words)
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
-    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE or WORDS; else unused)
+    nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE; otherwise unused)
     absmax_scales_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ, scales_ptr = absmax codes; else unused)
     absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
@@ -196,7 +167,7 @@ def gemv_kernel(
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
-    WORDS: tl.constexpr,           # M = 1 and codes read as 32-bit words (words_supported)
+    WORDS: tl.constexpr,           # M = 1, int4 codes read as 32-bit words (words_supported)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -210,10 +181,9 @@ def gemv_kernel(
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
     if WORDS:
-        out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
-                             absmax_scales_ptr, absmax_offsets_ptr, offs_n, first_tile, last_tile,
-                             N, K, row_bytes, group_size, num_groups, stride_xk, stride_qn,
-                             FORMAT, HAS_ZEROS, ABSMAX_DQ, BLOCK_N, BLOCK_K, SCALE_PER_TILE)
+        out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
+                             last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
+                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE)
         out = out[None, :]
     else:
         # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
@@ -274,30 +244,31 @@ CONFIG_SPACE = [
 ]
 
 # Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major; replace with the
-# winners bench/triton_dev.py prints on each GPU. sm_90, chosen by SASS count (bench/triton_dev.py
-# --sass; "Triton" in bench/NOTES.md): on the word path 128 x 128 with 4 warps gives each thread
-# 4 rows that share its x loads (int4 g128: 6.3 instructions per weight, 127 registers; 64 x 128
-# 8.3), and _adapt halves it to 128 x 64 for int8 and nf4 g64. On the byte path _adapt shrinks
-# it to 64 x 128, which issued 32% fewer instructions per weight than 16 x 256 for int4 g128.
+# winners bench/triton_dev.py prints on each GPU. sm_90: 64 x 128, 4 warps. On the word path it
+# measured level with or faster than 128 x 128 (fewer instructions per weight: 6.3 against 8.3 by
+# bench/triton_dev.py --sass, each thread's 4 rows sharing its x loads) and 128 x 128 with 8
+# warps: 14336x4096 int4 g128 M = 1 27.7 / 27.0 / 26.5 us, 4096x4096 10.9 / 12.2 / 11.2,
+# 576x576 5.3 / 6.7 / 6.1 (bench/results/h100/triton_gemv_dev.md): twice the programs keep more
+# loads in flight. On the byte path it issued 32% fewer instructions per weight than 16 x 256
+# for int4 g128 ("Triton" in bench/NOTES.md); _adapt fits it to nf4 g64 as 128 x 64.
 DEFAULT_CONFIGS = {
-    9: triton.Config({"BLOCK_N": 128, "BLOCK_K": 128}, num_warps=4, num_stages=2),
+    9: triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
 }
 FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
 
 
-def _fits_registers(block_m: int, config: triton.Config, codes_per_word: int) -> bool:
-    """codes_per_word (word_codes): 0 for the byte path, whose fp32 accumulator holds a value per
-    code; on the word path four arrays (words, next words, products, accumulator) hold a value
-    per word."""
+def _fits_registers(block_m: int, config: triton.Config, words: bool) -> bool:
+    """The byte path's fp32 accumulator holds a value per code; on the word path four arrays
+    (words, next words, products, accumulator) hold a value per word."""
     tile = block_m * config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"]
-    if codes_per_word:
-        tile = 4 * tile // codes_per_word
+    if words:
+        tile = 4 * tile // WORD_CODES.value
     return tile <= MAX_ACC_PER_THREAD * 32 * config.num_warps
 
 
 def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int,
-           codes_per_word: int = 0) -> triton.Config:
+           words: bool = False) -> triton.Config:
     """The config with BLOCK_K fitted to the groups (BLOCK_N grown to keep the bytes loaded per
     step), then the tile shrunk to the register budget: the word path first gives up K (each
     thread's rows share its x loads), the byte path N."""
@@ -305,10 +276,10 @@ def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int
     kwargs["BLOCK_N"], kwargs["BLOCK_K"] = common.fit_tile(
         kwargs["BLOCK_N"], kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K, MAX_BLOCK_N)
     adapted = triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    order = ("BLOCK_K", "BLOCK_N") if codes_per_word else ("BLOCK_N", "BLOCK_K")
+    order = ("BLOCK_K", "BLOCK_N") if words else ("BLOCK_N", "BLOCK_K")
     floor = {"BLOCK_N": MIN_BLOCK_N, "BLOCK_K": MIN_BLOCK_K}
     for name in order:
-        while (not _fits_registers(block_m, adapted, codes_per_word)
+        while (not _fits_registers(block_m, adapted, words)
                and adapted.kwargs[name] > floor[name]):
             adapted.kwargs[name] //= 2
     return adapted
@@ -319,9 +290,8 @@ def prune_configs(configs, named_args, **kwargs):
     def meta(name):
         return kwargs.get(name, named_args.get(name))
 
-    codes_per_word = word_codes(meta("WORDS"), meta("FORMAT"))
     adapted = [_adapt(c, meta("BLOCK_M"), named_args["group_size"], named_args["num_groups"],
-                      codes_per_word) for c in configs]
+                      meta("WORDS")) for c in configs]
     return common.unique_configs(adapted)
 
 
@@ -351,11 +321,10 @@ _autotuned_kernel = triton.autotune(
 )(_kernel)
 
 
-def default_config(cap, block_m: int, group_size: int, num_groups: int,
-                   codes_per_word: int = 0):
+def default_config(cap, block_m: int, group_size: int, num_groups: int, words: bool = False):
     """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
     config = DEFAULT_CONFIGS.get(cap[0], FALLBACK_CONFIG) if cap else FALLBACK_CONFIG
-    return _adapt(config, block_m, group_size, num_groups, codes_per_word)
+    return _adapt(config, block_m, group_size, num_groups, words)
 
 
 # --- launcher -----------------------------------------------------------------------------------
@@ -373,11 +342,10 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
     words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m)
-    format_id = formats.FORMAT_IDS[fmt]
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         config = config or default_config(common.capability(x.device), block_m, group_size,
-                                         num_groups, word_codes(words, format_id))
+                                         num_groups, words)
         split_k = split_k or common.choose_split_k(
             triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
             x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
@@ -393,7 +361,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
             bias if bias is not None else y, y, partials, tile_counters, m, n, k,
             codes.shape[1], group_size, num_groups, x.stride(0), x.stride(1), codes.stride(0),
             y.stride(0))
-    meta = dict(FORMAT=format_id, HAS_ZEROS=zeros is not None,
+    meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
                 NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m, WORDS=words)
 
