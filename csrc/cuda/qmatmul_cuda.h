@@ -35,18 +35,18 @@ constexpr int64_t kGemmMaxRows = 128;
 // (GemmPlan::few_blocks), small_weight_gemv() picks the GEMV (its grid is N / 16 x M / 8 blocks
 // whatever K) or dequantize + cuBLAS: on every such shape measured the GEMM lost to one or the
 // other at every M from 16 to 256 (bench/results/h100/small_layers.md). int4 g128, us, GEMM /
-// GEMV / dequantize + cuBLAS: 576x576 M = 16 9.7 / 3.6 / 5.5, M = 128 17.2 / 5.3 / 5.6, M = 256
-// 17.2 / 7.6 / 5.8; 1536x576 M = 64 13.2 / 5.3 / 5.9, M = 128 17.3 / 8.6 / 6.2; 1024x4096
-// (32-64 blocks) M = 32 15.1 / 7.0 / 11.1, M = 64 15.5 / 12.4 / 11.9. The Llama-3 shapes' grids
+// GEMV / dequantize + cuBLAS: 576x576 M = 16 9.8 / 3.6 / 5.5, M = 128 17.1 / 5.3 / 5.6, M = 256
+// 17.1 / 7.5 / 5.7; 1536x576 M = 64 13.1 / 5.4 / 5.9, M = 128 17.1 / 8.4 / 6.1; 1024x4096
+// (32-64 blocks) M = 32 15.0 / 6.9 / 11.0, M = 64 15.4 / 12.3 / 11.8. The Llama-3 shapes' grids
 // have >= 128 blocks from M = 16 and keep their paths.
 //
 // The GEMV unpacks the weights once per 8 rows of x, so it wins up to kGemvMaxRowsSmallGemm rows
 // everywhere measured, and beyond while it unpacks at most kGemvSmallGemmMaxUnpacked weights
 // (N K ceil(M / 8)): 192x576 up to M = 256 (3.5 M: int4 4.5 against 5.4 us), 576x576 to 128
-// (5.3 M), 1536x576 and 576x1536 to 64 (7.1 M; at 128, 14 M, 1536x576 took 8.6 against 6.2),
-// and 1024x4096 at 64 (34 M) already lost (12.4 against 11.9). Not for nf4: its GEMV fills a
+// (5.3 M), 1536x576 and 576x1536 to 64 (7.1 M; at 128, 14 M, 1536x576 took 8.4 against 6.1),
+// and 1024x4096 at 64 (34 M) already lost (12.3 against 11.8). Not for nf4: its GEMV fills a
 // 32 KiB table per block, ~2.5 us on these shapes (192x576 M = 16: 6.0 us against int4's 3.5),
-// and trails dequantize + cuBLAS past 32 rows (576x576 M = 64: 6.6 against 6.0).
+// and trails dequantize + cuBLAS past 32 rows (576x576 M = 64: 6.5 against 5.9).
 constexpr int64_t kGemvMaxRowsSmallGemm = 32;
 constexpr int64_t kGemvSmallGemmMaxUnpacked = int64_t(1) << 23;
 
