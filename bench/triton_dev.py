@@ -121,7 +121,8 @@ GEMV_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (576, 576))
 GEMV_FORMATS = (("int4", 128, False), ("int4", 128, True))  # the word path's format
 # Word-path tiles timed beside the default one: (BLOCK_N, BLOCK_K, num_warps, split-K or None
 # for the heuristic's).
-GEMV_WORD_TILES = ((128, 128, 4, None), (32, 128, 4, None), (64, 128, 4, 8), (64, 128, 2, None))
+GEMV_WORD_TILES = ((64, 128, 4, 16), (64, 128, 4, 32), (32, 128, 4, 16), (128, 128, 4, 32),
+                   (64, 128, 2, 32))
 GEMV_ROUNDS = 3
 
 
