@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One device call for the small-layer CUDA dispatch and the Triton GEMV at M = 1 (bench/NOTES.md,
-# "Small layers" and "Triton GEMV v2"): build for sm_90a, time every CUDA path on SmolLM2 and
-# Llama-3 shapes (bench/cuda_gemm.py), profile the GEMM on 576x576 with ncu, time the GEMV's
+# One device call for the small-layer CUDA dispatch and the Triton GEMV at M = 1 (bench/NOTES.md:
+# "Small layers" under CUDA GEMM, "GEMV v2" under Triton): build for sm_90a, time every CUDA path
+# on SmolLM2 and Llama-3 shapes (bench/cuda_gemm.py), profile the GEMM on 576x576 with ncu, time the GEMV's
 # word path against its byte path (bench/triton_dev.py --gemv), then targeted tests.
 # Logs and JSON go to $OUT. Usage: bash bench/gpu_small_device.sh [build|small|llama|ncu|triton|test]...
 set -uo pipefail

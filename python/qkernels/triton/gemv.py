@@ -133,7 +133,7 @@ def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, 
 
 def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
     """The word path's conditions: int4 (for nf4 and int8 it measured slower than the byte path:
-    bench/NOTES.md, "Triton GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
+    bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
     multiple of 8, 4-byte-aligned rows), each word inside one group."""
     return (fmt == "int4" and m == 1 and k % WORD_CODES.value == 0
             and (num_groups == 1 or group_size % WORD_CODES.value == 0)
