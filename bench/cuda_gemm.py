@@ -21,7 +21,13 @@ from cuda_gemv import SHAPES, clone_weight, copies_for, time_calls
 
 FORMATS = (("int4 g128", "int4", 128), ("nf4 g64", "nf4", 64), ("int8 per-ch", "int8", -1))
 ROWS = (8, 16, 32, 64, 128, 256, 1024, 4096)
-GEMV_MAX_ROWS = 64  # beyond it the GEMV is never the fastest (bench/NOTES.md, "CUDA GEMV")
+GEMV_MAX_ROWS = 64  # on the large shapes the GEMV is never the fastest beyond it (--gemv-max-rows)
+
+
+def path_before_small_weights(m):
+    """The path the dispatch of commit c6da403 took at M (GEMM applicable): the 'before' column
+    of the small-weight rule in csrc/cuda/qmatmul_cuda.h."""
+    return "gemv" if m <= 8 else "gemm" if m <= 128 else "dequant"
 
 
 def timed(calls, m):
@@ -43,6 +49,8 @@ def main():
     parser.add_argument("--shapes", help="NxK[,NxK...] (default: the four goal shapes)")
     parser.add_argument("--rows", help="M[,M...]")
     parser.add_argument("--formats", help="comma list of labels' formats: int4,nf4,int8")
+    parser.add_argument("--gemv-max-rows", type=int, default=GEMV_MAX_ROWS,
+                        help="time the GEMV up to this M")
     args = parser.parse_args()
     shapes = ([tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
               if args.shapes else SHAPES)
@@ -65,27 +73,29 @@ def main():
             for m in rows_m:
                 x = xs[m]
                 times = {path: time_path(path, x, weights, m) for path in ("gemm", "dequant")}
-                if m <= GEMV_MAX_ROWS:
+                if m <= args.gemv_max_rows or path_before_small_weights(m) == "gemv":
                     times["gemv"] = time_path("gemv", x, weights, m)
                 times["auto"] = timed([lambda q=q: qk.matmul(x, q, backend="cuda")
                                        for q in weights], m)
                 row = dict(shape=f"{n}x{k}", m=m, fmt=label, linear_us=linear[m], **{
                     f"{path}_us": us for path, us in times.items()})
                 row["best"] = min(times, key=times.get)
+                row["before_us"] = times[path_before_small_weights(m)]
                 row["auto_speedup"] = linear[m] / times["auto"]
                 rows.append(row)
                 print(f"{row['shape']:>11} M={m:<5} {label:<12} F.linear {linear[m]:9.1f} us | " +
                       " ".join(f"{p} {t:9.1f}" for p, t in times.items()) +
-                      f" | auto x{row['auto_speedup']:.2f}", flush=True)
+                      f" | before {row['before_us']:.1f} auto x{row['auto_speedup']:.2f}",
+                      flush=True)
             del weights
     print("\n| shape (NxK) | M | fmt | F.linear us | GEMV us | GEMM us | dequant+cuBLAS us | "
-          "dispatched us | speedup vs F.linear |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "dispatched us | before (c6da403 dispatch) us | speedup vs F.linear |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for r in rows:
         print(f"| {r['shape']} | {r['m']} | {r['fmt']} | {r['linear_us']:.1f} | "
               f"{r.get('gemv_us', nan):.1f} | {r['gemm_us']:.1f} | {r['dequant_us']:.1f} | "
-              f"{r['auto_us']:.1f} | {r['auto_speedup']:.2f} |")
+              f"{r['auto_us']:.1f} | {r['before_us']:.1f} | {r['auto_speedup']:.2f} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=torch.cuda.get_device_name(), rows=rows), f, indent=1)

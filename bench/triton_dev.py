@@ -5,6 +5,7 @@ harness: a quick check while tuning the kernels.
     python bench/triton_dev.py              # the table
     python bench/triton_dev.py --threshold  # GEMV vs GEMM at M = 1..16 (sets GEMV_MAX_M)
     python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
+    python bench/triton_dev.py --gemv       # the GEMV at M = 1 (int4): word path against byte path
     python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
 
 Timing: CUDA events around replays of a CUDA graph that calls the op once per weight copy,
@@ -116,6 +117,59 @@ def threshold(nbytes_l2):
                   f"{'gemv' if t_gemv < t_gemm else 'gemm'}", flush=True)
 
 
+GEMV_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (576, 576))
+GEMV_FORMATS = (("int4", 128, False), ("int4", 128, True))  # the word path's format
+# Word-path tiles timed beside the default one: (BLOCK_N, BLOCK_K, num_warps, split-K or None
+# for the heuristic's).
+GEMV_WORD_TILES = ((64, 128, 4, 16), (64, 128, 4, 32), (32, 128, 4, 16), (128, 128, 4, 32),
+                   (64, 128, 2, 32))
+GEMV_ROUNDS = 3
+
+
+def gemv_versions(nbytes_l2):
+    """The GEMV at M = 1, autotune off: the word path at its default tile and at
+    GEMV_WORD_TILES against the byte path it replaced (its sm_90 default, 64 x 128), the CUDA
+    backend and fp16 F.linear, interleaved over GEMV_ROUNDS rounds in one process; medians."""
+    byte_config = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2)
+    tiles = [f"{n}x{k}w{w}" + (f"s{split}" if split else "")
+             for n, k, w, split in GEMV_WORD_TILES]
+    print("GEMV M=1, us per call (median of rounds): fp16 | cuda | triton bytes (before) | "
+          "triton words, default tile (now) | now vs before, vs fp16, vs cuda | words at "
+          + ", ".join(tiles))
+    for n, k in GEMV_SHAPES:
+        x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+        for f in GEMV_FORMATS:
+            copies = weight_copies(quantized(*f, n, k), nbytes_l2)
+
+            def gemv_calls(words, config=None, split_k=None):
+                def call(qw):
+                    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+                    return lambda: gemv.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
+                                               qw.group_size, None, y, config=config,
+                                               split_k=split_k, words=words)
+                return [call(qw) for qw in copies]
+
+            variants = {
+                "fp16": fp16_calls(x, n, k, nbytes_l2),
+                "cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
+                "bytes": gemv_calls(False, gemv._adapt(byte_config, 1, 128, k // 128)),
+                "words": gemv_calls(True),
+            }
+            for tile, (block_n, block_k, warps, split) in zip(tiles, GEMV_WORD_TILES):
+                variants[tile] = gemv_calls(True, triton.Config(
+                    {"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=2),
+                    split)
+            times = collections.defaultdict(list)
+            for _ in range(GEMV_ROUNDS):
+                for name, calls in variants.items():
+                    times[name].append(time_per_call(calls))
+            t = {name: statistics.median(v) for name, v in times.items()}
+            print(f"{n}x{k} {_name(f):>14}: {t['fp16']:6.1f} | {t['cuda']:6.1f} | "
+                  f"{t['bytes']:6.1f} | {t['words']:6.1f} | {t['bytes'] / t['words']:.2f}x, "
+                  f"{t['fp16'] / t['words']:.2f}x, {t['cuda'] / t['words']:.2f}x | "
+                  + ", ".join(f"{t[tile]:6.1f}" for tile in tiles), flush=True)
+
+
 def dequant_calls(x, copies):
     def call(qw):
         return lambda: F.linear(x, dequant.dequantize(qw.fmt, qw.qweight, qw.scale_tensor,
@@ -200,14 +254,16 @@ def sass():
         num_groups = K // group_size
         qweight_type = "*i8" if fmt == "int8" else "*u8"
         base = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=fmt == "int4", ABSMAX_DQ=False)
-        gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups)
+        words = fmt == "int4"  # the word path's only format
+        gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
+                                          words)
         gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
                                           group_size, num_groups)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
-                                                     gemv_config.kwargs["BLOCK_K"]))),
+                WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
+                                                                  gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
                 HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
@@ -218,7 +274,8 @@ def sass():
             kernels["gemv M=1, other nf4 decode"] = (
                 kernel, config, {**meta, "NF4_FROM_TABLE": not gemv.NF4_FROM_TABLE})
         for name, (kernel, config, meta) in kernels.items():
-            compiled = _compile(kernel, {"x_ptr": "*fp16", "qweight_ptr": qweight_type,
+            codes_type = "*i32" if meta.get("WORDS") else qweight_type
+            compiled = _compile(kernel, {"x_ptr": "*fp16", "qweight_ptr": codes_type,
                                          "bias_ptr": "*fp16", "y_ptr": "*fp16",
                                          "tile_counters_ptr": "*i32"},
                                 {**base, **meta, **config.kwargs}, config.num_warps,
@@ -264,6 +321,8 @@ def main():
     parser.add_argument("--threshold", action="store_true", help="GEMV vs GEMM at M = 1..16")
     parser.add_argument("--crossover", action="store_true",
                         help="fused GEMM vs dequantize + cuBLAS at M = 32..1024")
+    parser.add_argument("--gemv", action="store_true",
+                        help="GEMV at M = 1, int4: word path against the byte path, CUDA, fp16")
     parser.add_argument("--sass", action="store_true",
                         help="SASS instructions per weight of each kernel's main loop (no GPU)")
     args = parser.parse_args()
@@ -273,7 +332,9 @@ def main():
     props = torch.cuda.get_device_properties(0)
     print(f"{props.name}, torch {torch.__version__}, triton {triton.__version__}")
     nbytes_l2 = getattr(props, "L2_cache_size", 50 * 2**20)
-    if args.threshold:
+    if args.gemv:
+        gemv_versions(nbytes_l2)
+    elif args.threshold:
         threshold(nbytes_l2)
     elif args.crossover:
         crossover(nbytes_l2)

@@ -220,19 +220,21 @@ def test_many_rows_dequantize_then_matmul(monkeypatch, fmt, symmetric, dtype):
 
 # --- tile shapes, split-K, the GEMV/GEMM choice ------------------------------------------------
 
-def _all_configs(kernel):
+def _all_configs(kernel, m):
     if kernel is gemv:
-        return [gemv._adapt(c, 4, 64, 3) for c in gemv.CONFIG_SPACE]
+        return [gemv._adapt(c, m, 64, 3, words=m == 1) for c in gemv.CONFIG_SPACE]
     return [gemm._adapt(c, 64, 3) for c in gemm.CONFIG_SPACE] + [gemm.FP32_CONFIG]
 
 
-@pytest.mark.parametrize("kernel,config", [(k, c) for k in (gemv, gemm) for c in
-                                           common.unique_configs(_all_configs(k))],
+# The GEMV at M = 4 (byte path) and at M = 1 (K = 152: the word path), the GEMM at M = 37.
+@pytest.mark.parametrize("kernel,m,config", [(k, m, c) for k, m in ((gemv, 4), (gemv, 1),
+                                                                     (gemm, 37))
+                                             for c in common.unique_configs(_all_configs(k, m))],
                          ids=lambda v: getattr(v, "__name__", None) or str(v).replace(" ", ""))
-def test_every_config_in_the_tuning_space(kernel, config):
+def test_every_config_in_the_tuning_space(kernel, m, config):
     # The autotuner may pick any of them on a GPU; each must be correct, edges included.
-    m = 4 if kernel is gemv else 37
-    x, qw, _ = sample_inputs(m, 70, 150, "int4", group_size=64)
+    k = 152 if m == 1 else 150
+    x, qw, _ = sample_inputs(m, 70, k, "int4", group_size=64)
     assert_close(run_kernel(kernel, x, qw, config=config, split_k=1), x, qw)
 
 
@@ -244,6 +246,40 @@ def test_split_k(kernel, split_k, fmt, symmetric):
     m = 2 if kernel == "gemv" else 20
     x, qw, b = sample_inputs(m, 40, 300, fmt, symmetric, 32, bias=True)
     assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
+
+
+# The GEMV's word path (int4, one row of x, codes read as 32-bit words): K a multiple of 8;
+# K = 584 leaves a ragged last tile and, with g = 32 and 128, a ragged last group in it.
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("group_size", [32, 128, -1])
+@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
+def test_gemv_word_path(symmetric, group_size, dtype):
+    x, qw, b = sample_inputs(1, 19, 584, "int4", symmetric, group_size, dtype, bias=True)
+    num_groups = formats.num_groups(584, qw.group_size)
+    assert gemv.words_supported("int4", qw.qweight, 584, qw.group_size, num_groups, 1)
+    for split_k in (1, 3):
+        assert_close(run_kernel(gemv, x, qw, b, split_k=split_k), x, qw, b)
+
+
+def test_gemv_word_path_conditions():
+    # Elsewhere the byte path runs: other formats, several rows, K not whole words, a word
+    # across two groups, rows that do not start on a 4-byte boundary.
+    fmt = "int4"
+    x, qw, _ = sample_inputs(1, 5, 96, fmt, group_size=32)
+    groups = formats.num_groups(96, 32)
+    assert gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 1)
+    for other in ("int8", "nf4"):
+        other_qw = sample_inputs(1, 5, 96, other, group_size=32)[1]
+        assert not gemv.words_supported(other, other_qw.qweight, 96, 32, groups, 1)
+    assert not gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 2)
+    row_bytes = qw.qweight.shape[1]
+    padded = torch.zeros(5, row_bytes + 2, dtype=qw.qweight.dtype, device=DEVICE)
+    padded[:, :row_bytes] = qw.qweight
+    assert not gemv.words_supported(fmt, padded[:, :row_bytes], 96, 32, groups, 1)
+    x, qw, _ = sample_inputs(1, 5, 99, fmt, group_size=17)
+    assert not gemv.words_supported(fmt, qw.qweight, 99, 17, formats.num_groups(99, 17), 1)
+    x, qw, _ = sample_inputs(1, 5, 102, fmt, group_size=-1)
+    assert not gemv.words_supported(fmt, qw.qweight, 102, 102, 1, 1)
 
 
 def test_split_k_heuristic_splits_long_thin_shapes():

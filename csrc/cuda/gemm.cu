@@ -37,7 +37,7 @@ bool gemm_supported(const QMatmulParams& p) {
 }
 
 GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block) {
-  GemmPlan plan{0, 1};
+  GemmPlan plan{0, 1, false};
   // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
   // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).
   int rows = p.m <= 16 ? 16 : p.m <= 64 ? 32 : 64;
@@ -52,6 +52,7 @@ GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block) {
   // k-blocks per split so the pipeline fills.
   const int64_t resident = int64_t(sm_count) * gemm_blocks_per_sm(rows);
   plan.split_k = int(std::max<int64_t>(1, std::min<int64_t>(resident / tiles, k_blocks / 4)));
+  plan.few_blocks = 2 * tiles * gemm_k_slices(k_blocks, plan.split_k) < sm_count;
   return plan;
 }
 

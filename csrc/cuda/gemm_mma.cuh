@@ -278,10 +278,10 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
   const int64_t m_tiles = (p.m + Tile::kBlockX - 1) / Tile::kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
-  const int64_t per_split = (k_blocks + split_k - 1) / split_k;
+  const int64_t per_split = gemm_k_blocks_per_slice(k_blocks, split_k);
   if (m_tiles > 0x7fffffff || n_tiles > 65535) return cudaErrorInvalidConfiguration;
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
-  const int64_t splits = (k_blocks + per_split - 1) / per_split;
+  const int64_t splits = gemm_k_slices(k_blocks, split_k);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles), unsigned(splits)};
   kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, group_shift, int(per_split),
                                                              split_k > 1 ? workspace : nullptr);

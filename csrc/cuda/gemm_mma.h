@@ -31,6 +31,16 @@ constexpr int gemm_block_x(int x_rows_per_warp) {
 // Blocks per SM the GEMM is compiled for (__launch_bounds__), by tile height: see GemmTile.
 constexpr int gemm_blocks_per_sm(int x_rows_per_warp) { return x_rows_per_warp <= 32 ? 2 : 1; }
 
+// K split into split_k slices of whole 128-k blocks: blocks per slice, and the slices that makes
+// (fewer than split_k when the blocks do not divide evenly).
+constexpr int64_t gemm_k_blocks_per_slice(int64_t k_blocks, int split_k) {
+  return (k_blocks + split_k - 1) / split_k;
+}
+constexpr int64_t gemm_k_slices(int64_t k_blocks, int split_k) {
+  return (k_blocks + gemm_k_blocks_per_slice(k_blocks, split_k) - 1) /
+         gemm_k_blocks_per_slice(k_blocks, split_k);
+}
+
 // The block's shape for x_rows_per_warp = kWarpRowsX and its shared memory.
 template <Format kFmt, int kWarpRowsX>
 struct GemmTile {

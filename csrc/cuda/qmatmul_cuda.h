@@ -27,6 +27,35 @@ constexpr int64_t kGemvMaxRows = 8;
 // and format (14336x4096 int4: 110.5 against 191.5).
 constexpr int64_t kGemmMaxRows = 128;
 
+// Small weights (SmolLM2's 576x576, Llama's 1024x4096 k/v projections). The GEMM's tiles are
+// 256 weight rows wide (128 from M = 65) and a K slice keeps >= 4 k-blocks of 128, so a small
+// weight gets few blocks: 576x576 at M = 16 runs 3 blocks on 132 SMs, each walking all of K
+// (ncu: grid 3, 0.01 waves, 12% achieved occupancy, 2.9% of memory throughput) and took 9.8 us
+// against F.linear's 3.3. Where the GEMM's grid has fewer blocks than half the SMs
+// (GemmPlan::few_blocks), small_weight_gemv() picks the GEMV (its grid is N / 16 x M / 8 blocks
+// whatever K) or dequantize + cuBLAS: on every such shape measured the GEMM lost to one or the
+// other at every M from 16 to 256 (bench/results/h100/small_layers.md). int4 g128, us, GEMM /
+// GEMV / dequantize + cuBLAS: 576x576 M = 16 9.8 / 3.6 / 5.5, M = 128 17.1 / 5.3 / 5.6, M = 256
+// 17.1 / 7.5 / 5.7; 1536x576 M = 64 13.1 / 5.4 / 5.9, M = 128 17.1 / 8.4 / 6.1; 1024x4096
+// (32-64 blocks) M = 32 15.0 / 6.9 / 11.0, M = 64 15.4 / 12.3 / 11.8. The Llama-3 shapes' grids
+// have >= 128 blocks from M = 16 and keep their paths.
+//
+// The GEMV unpacks the weights once per 8 rows of x, so it wins up to kGemvMaxRowsSmallGemm rows
+// everywhere measured, and beyond while it unpacks at most kGemvSmallGemmMaxUnpacked weights
+// (N K ceil(M / 8)): 192x576 up to M = 256 (3.5 M: int4 4.5 against 5.4 us), 576x576 to 128
+// (5.3 M), 1536x576 and 576x1536 to 64 (7.1 M; at 128, 14 M, 1536x576 took 8.4 against 6.1),
+// and 1024x4096 at 64 (34 M) already lost (12.3 against 11.8). Not for nf4: its GEMV fills a
+// 32 KiB table per block, ~2.5 us on these shapes (192x576 M = 16: 6.0 us against int4's 3.5),
+// and trails dequantize + cuBLAS past 32 rows (576x576 M = 64: 6.5 against 5.9).
+constexpr int64_t kGemvMaxRowsSmallGemm = 32;
+constexpr int64_t kGemvSmallGemmMaxUnpacked = int64_t(1) << 23;
+
+// Where the GEMM's grid is small: true for the GEMV, false for dequantize + cuBLAS.
+inline bool small_weight_gemv(const QMatmulParams& p) {
+  if (p.m <= kGemvMaxRowsSmallGemm) return true;
+  return p.fmt != Format::kNF4 && p.n * p.k * ((p.m + 7) / 8) <= kGemvSmallGemmMaxUnpacked;
+}
+
 // Where the GEMM does not apply (fp32 x, K not a multiple of 32, other group sizes): GEMV up to
 // here, then dequantize + cuBLAS, which costs 102-110 us up to M = 128 on 14336x4096 int4 against
 // the GEMV's 69 (M = 32) and 129 (M = 64); 4096x4096: 27 against 23 and 40.
@@ -43,11 +72,13 @@ bool gemm_supported(const QMatmulParams& p);
 
 // How launch_gemm runs a problem on a GPU with sm_count SMs and smem_per_block bytes of shared
 // memory per block (opt-in maximum): the tile height (x rows per warp: 16, 32 or 64; 0 when no
-// tile fits, and the GEMM cannot run) and the number of slices K is split into. split_k > 1 needs
-// a zero-filled fp32 workspace of p.m x p.n.
+// tile fits, and the GEMM cannot run), the number of slices K is split into, and whether that
+// leaves most SMs idle. split_k > 1 needs a zero-filled fp32 workspace of p.m x p.n.
+// few_blocks: the grid has fewer blocks than half the SMs (see kGemvMaxRowsSmallGemm).
 struct GemmPlan {
   int x_rows_per_warp;
   int split_k;
+  bool few_blocks;
 };
 GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block);
 

@@ -24,7 +24,9 @@ void check_launch(cudaError_t error) {
 
 enum class Path { kGemv, kGemm, kDequantCublas };
 
-Path choose_path(const QMatmulParams& p, bool gemm_ok) {
+// gemm: the GEMM's plan (x_rows_per_warp 0 where it cannot run).
+Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm) {
+  const bool gemm_ok = gemm.x_rows_per_warp > 0;
   if (const char* forced = std::getenv("QKERNELS_CUDA_KERNEL"); forced && *forced) {
     if (std::strcmp(forced, "gemv") == 0) return Path::kGemv;
     if (std::strcmp(forced, "dequant") == 0) return Path::kDequantCublas;
@@ -34,6 +36,9 @@ Path choose_path(const QMatmulParams& p, bool gemm_ok) {
     if (gemm_ok) return Path::kGemm;
   }
   if (p.m <= cuda::kGemvMaxRows) return Path::kGemv;
+  if (gemm_ok && gemm.few_blocks) {
+    return cuda::small_weight_gemv(p) ? Path::kGemv : Path::kDequantCublas;
+  }
   if (gemm_ok && p.m <= cuda::kGemmMaxRows) return Path::kGemm;
   if (!gemm_ok && p.m <= cuda::kGemvMaxRowsWithoutGemm) return Path::kGemv;
   return Path::kDequantCublas;
@@ -59,9 +64,9 @@ void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tens
 void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
               const std::optional<at::Tensor>& bias, at::Tensor& y) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  cuda::GemmPlan plan{0, 1};
+  cuda::GemmPlan plan{0, 1, false};
   if (cuda::gemm_supported(params)) plan = plan_gemm(params, x2d.get_device());
-  switch (choose_path(params, plan.x_rows_per_warp > 0)) {
+  switch (choose_path(params, plan)) {
     case Path::kGemv: check_launch(cuda::launch_gemv(params, stream)); break;
     case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
     case Path::kDequantCublas: {

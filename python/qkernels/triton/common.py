@@ -34,6 +34,7 @@ INT4_SYMMETRIC_ZERO: tl.constexpr = tl.constexpr(formats.INT4_SYMMETRIC_ZERO)
 DOUBLE_QUANT_BLOCK: tl.constexpr = tl.constexpr(formats.DOUBLE_QUANT_BLOCK)
 FLOAT_2P23_BITS: tl.constexpr = tl.constexpr(0x4B000000)  # 2.0**23 as fp32 bits
 FLOAT_2P23: tl.constexpr = tl.constexpr(8388608.0)
+FLOAT_ONE_BITS: tl.constexpr = tl.constexpr(0x3F800000)  # 1.0 as fp32 bits
 # The 16 NF4 values as compile-time constants, from formats.NF4_TABLE (each an fp32 value, so the
 # kernels' fp32 constants are exact).
 (NF4_0, NF4_1, NF4_2, NF4_3, NF4_4, NF4_5, NF4_6, NF4_7,

@@ -4,6 +4,11 @@ Memory-bound: every weight byte is read once, so the kernel streams W in wide ro
 tiles, dequantizes in registers and does the M multiply-adds per weight on CUDA cores (tensor
 cores would pad M to 16 and route W through shared memory). Split-K spreads short-and-wide
 shapes (small N, long K) over all SMs; common.store_output reduces the splits in one launch.
+
+Two inner loops. The word path (_row_dot_words), for int4 and one row of x (the only GEMV the op
+runs: GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: three instructions per weight
+and the group scale once per word. The byte path, for the rest: each code dequantized to fp32 in
+the load's layout, then the multiply-adds.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import (FORMAT_INT8, dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
+from .common import (FLOAT_ONE_BITS, FORMAT_INT8, INT4_SYMMETRIC_ZERO,
+                     dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
                      store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
@@ -35,12 +41,111 @@ MIN_BLOCK_K = 32
 # turns the table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x
 # fp16 for M = 16).
 NF4_FROM_TABLE = True
+# int4 codes per 32-bit word, on the word path.
+WORD_CODES: tl.constexpr = tl.constexpr(8)
+
+
+@triton.jit
+def _word_nibbles(words, j: tl.constexpr):
+    """Nibble j of each 32-bit word of int4 codes (k = WORD_CODES w + j) as the fp32 value
+    1 + q / 16: the nibble shifted into the mantissa of 1.0, a shift and one LOP3, exact, no
+    conversion (the 1 comes out after the sum, in _word_coefficients)."""
+    if 4 * j <= 19:  # nibble j to bits 19-22 (the arithmetic shift's sign bits are masked)
+        placed = words << (19 - 4 * j)
+    else:
+        placed = words >> (4 * j - 19)
+    return ((placed & 0x780000) | FLOAT_ONE_BITS).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_words, group_size,
+                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
+    """(a, b) such that a word's share of y is a * sum_j v_j x_j + b * sum_j x_j with v_j from
+    _word_nibbles: s (q - z) = 16 s v - s (16 + z). [BLOCK_N, 1] when the tile starting at
+    k_start lies in one group, else per word."""
+    row_ok = offs_n < N
+    if SCALE_PER_TILE:
+        # Loaded as [BLOCK_N], then expanded: a [BLOCK_N, 1] load took a layout of one row per
+        # thread, and the whole tile's arithmetic with it.
+        offsets = offs_n * num_groups + k_start // group_size
+        mask = row_ok
+    else:
+        offsets = (offs_n[:, None] * num_groups
+                   + (offs_w * WORD_CODES // group_size)[None, :])
+        mask = row_ok[:, None] & (offs_w < row_words)[None, :]
+    scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+    else:
+        zero = INT4_SYMMETRIC_ZERO
+    a, b = 16.0 * scale, -scale * (16.0 + zero)
+    if SCALE_PER_TILE:
+        a, b = a[:, None], b[:, None]
+    return a, b
+
+
+@triton.jit
+def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
+                   row_words, group_size, num_groups, stride_xk, stride_qw,
+                   HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   SCALE_PER_TILE: tl.constexpr):
+    """sum_k x[0, k] W[offs_n, k] over K tiles [first_tile, last_tile), [BLOCK_N] fp32, for one
+    row of x and int4 codes read as int32 words [N, row_words] (words_supported).
+
+    Per weight: a shift, a LOP3 (_word_nibbles) and one FMA with x; the group scale and zero
+    point are applied once per word (_word_coefficients), and x is loaded once per tile for all
+    the rows a thread holds. The next tile's words are loaded before this tile's arithmetic,
+    so a program keeps a tile of loads in flight while it computes. Words past the row read 0
+    and meet x = 0 past K.
+    """
+    BLOCK_W: tl.constexpr = BLOCK_K // WORD_CODES
+    row_ok = offs_n < N
+    word_range = tl.arange(0, BLOCK_W)
+    word_end = tl.minimum(last_tile * BLOCK_W, row_words)  # this split's words: no loads past
+
+    offs_w = first_tile * BLOCK_W + word_range
+    words = tl.load(words_ptr + offs_n[:, None] * stride_qw + offs_w[None, :],
+                    mask=row_ok[:, None] & (offs_w < word_end)[None, :], other=0)
+    acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+    for tile in range(first_tile, last_tile):
+        offs_w = tile * BLOCK_W + word_range
+        next_w = offs_w + BLOCK_W
+        next_words = tl.load(words_ptr + offs_n[:, None] * stride_qw + next_w[None, :],
+                             mask=row_ok[:, None] & (next_w < word_end)[None, :], other=0)
+        # Loaded here, used after the products: carried from the previous iteration instead,
+        # they took their own layout and dragged the accumulator into it.
+        a, b = _word_coefficients(scales_ptr, zeros_ptr, offs_n, tile * BLOCK_K, offs_w, N,
+                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE)
+        dot = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+        x_sum = tl.zeros([BLOCK_W], tl.float32)
+        # x[k] for k = WORD_CODES w + j: one address and one mask per word for all j (K is a
+        # multiple of WORD_CODES, so k < K exactly when the word is in the row).
+        x_words = x_ptr + offs_w * (WORD_CODES * stride_xk)
+        word_ok = offs_w < row_words
+        for j in tl.static_range(WORD_CODES):
+            x = tl.load(x_words + j * stride_xk, mask=word_ok, other=0.0).to(tl.float32)
+            dot += _word_nibbles(words, j) * x[None, :]
+            x_sum += x
+        acc += a * dot + b * x_sum[None, :]
+        words = next_words
+    return tl.sum(acc, axis=1)
+
+
+def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
+    """The word path's conditions: int4 (for nf4 and int8 it measured slower than the byte path:
+    bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
+    multiple of 8, 4-byte-aligned rows), each word inside one group."""
+    return (fmt == "int4" and m == 1 and k % WORD_CODES.value == 0
+            and (num_groups == 1 or group_size % WORD_CODES.value == 0)
+            and qweight.stride(1) == 1 and qweight.stride(0) % 4 == 0
+            and qweight.storage_offset() % 4 == 0 and qweight.data_ptr() % 4 == 0)
 
 
 @triton.jit
 def gemv_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
-    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense
+    qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense;
+                        # WORDS: int4 rows as int32 words (row_bytes, stride_qn in words)
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE; otherwise unused)
@@ -62,6 +167,7 @@ def gemv_kernel(
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
+    WORDS: tl.constexpr,           # M = 1, int4 codes read as 32-bit words (words_supported)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -74,49 +180,56 @@ def gemv_kernel(
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
-
-    # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
-    # the weight tile's own register layout. Several rows: each tile's products are summed over
-    # K at once into [BLOCK_M, BLOCK_N] (a 3-D accumulator would take a layout conversion of
-    # every weight tile through shared memory). The 4-bit formats multiply even and odd columns
-    # separately (x read at stride 2), so the unpacked nibbles stay where they were loaded.
-    if BLOCK_M == 1:
-        acc = tl.zeros([BLOCK_N, BLOCK_K if FORMAT == FORMAT_INT8 else BLOCK_K // 2], tl.float32)
+    if WORDS:
+        out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
+                             last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
+                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE)
+        out = out[None, :]
     else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for tile in range(first_tile, last_tile):
-        k_start = tile * BLOCK_K
-        if FORMAT == FORMAT_INT8:
-            w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
-                                absmax_scales_ptr, absmax_offsets_ptr, offs_n,
-                                k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
-                                FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
-            offs_k = k_start + tl.arange(0, BLOCK_K)
-            if BLOCK_M == 1:
-                acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
-            else:
-                x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
-                acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+        # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
+        # the weight tile's own register layout. Several rows: each tile's products are summed over
+        # K at once into [BLOCK_M, BLOCK_N] (a 3-D accumulator would take a layout conversion of
+        # every weight tile through shared memory). The 4-bit formats multiply even and odd columns
+        # separately (x read at stride 2), so the unpacked nibbles stay where they were loaded.
+        if BLOCK_M == 1:
+            acc = tl.zeros([BLOCK_N, BLOCK_K if FORMAT == FORMAT_INT8 else BLOCK_K // 2],
+                           tl.float32)
         else:
-            w_even, w_odd = dequantize_nibble_pairs(
-                qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
-                absmax_offsets_ptr, offs_n, k_start, N, K, row_bytes, group_size, num_groups,
-                stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, NF4_FROM_TABLE, BLOCK_K)
-            offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
-            if BLOCK_M == 1:
-                # Two updates, two FMAs per byte (a sum of the products first would add one).
-                acc += w_even * load_x_row(x_ptr, offs_even, K, stride_xk)[None, :]
-                acc += w_odd * load_x_row(x_ptr, offs_even + 1, K, stride_xk)[None, :]
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for tile in range(first_tile, last_tile):
+            k_start = tile * BLOCK_K
+            if FORMAT == FORMAT_INT8:
+                w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
+                                    absmax_scales_ptr, absmax_offsets_ptr, offs_n,
+                                    k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
+                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
+                offs_k = k_start + tl.arange(0, BLOCK_K)
+                if BLOCK_M == 1:
+                    acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
+                else:
+                    x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
+                    acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
             else:
-                x_even = load_x(x_ptr, offs_m, offs_even, M, K, stride_xm, stride_xk)
-                x_odd = load_x(x_ptr, offs_m, offs_even + 1, M, K, stride_xm, stride_xk)
-                acc += tl.sum(x_even[:, None, :] * w_even[None, :, :]
-                              + x_odd[:, None, :] * w_odd[None, :, :], axis=2)
+                w_even, w_odd = dequantize_nibble_pairs(
+                    qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
+                    absmax_offsets_ptr, offs_n, k_start, N, K, row_bytes, group_size, num_groups,
+                    stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, NF4_FROM_TABLE,
+                    BLOCK_K)
+                offs_even = k_start + 2 * tl.arange(0, BLOCK_K // 2)
+                if BLOCK_M == 1:
+                    # Two updates, two FMAs per byte (a sum of the products first would add one).
+                    acc += w_even * load_x_row(x_ptr, offs_even, K, stride_xk)[None, :]
+                    acc += w_odd * load_x_row(x_ptr, offs_even + 1, K, stride_xk)[None, :]
+                else:
+                    x_even = load_x(x_ptr, offs_m, offs_even, M, K, stride_xm, stride_xk)
+                    x_odd = load_x(x_ptr, offs_m, offs_even + 1, M, K, stride_xm, stride_xk)
+                    acc += tl.sum(x_even[:, None, :] * w_even[None, :, :]
+                                  + x_odd[:, None, :] * w_odd[None, :, :], axis=2)
 
-    if BLOCK_M == 1:
-        out = tl.sum(acc, axis=1)[None, :]
-    else:
-        out = acc
+        if BLOCK_M == 1:
+            out = tl.sum(acc, axis=1)[None, :]
+        else:
+            out = acc
     store_output(out, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid_n,
                  offs_m, offs_n, M, N, stride_ym, HAS_BIAS, SPLIT_K)
 
@@ -125,16 +238,19 @@ def gemv_kernel(
 
 CONFIG_SPACE = [
     triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=num_warps, num_stages=2)
-    for block_n in (16, 32, 64)
+    for block_n in (32, 64, 128)
     for block_k in (128, 256)
     for num_warps in (4, 8)
 ]
 
 # Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major; replace with the
-# winners bench/triton_dev.py prints on each GPU. sm_90: chosen by SASS count (Triton 3.6), not
-# yet timed: 64 x 128 issues 32% fewer instructions per weight than 16 x 256 for int4 g128 (x is
-# loaded once per two rows instead of once per row), 16% fewer for int8 and 18% for nf4 g64
-# (adapted to 128 x 64) ("Triton" in bench/NOTES.md).
+# winners bench/triton_dev.py prints on each GPU. sm_90: 64 x 128, 4 warps. On the word path it
+# measured level with or faster than 128 x 128 (fewer instructions per weight: 6.3 against 8.3 by
+# bench/triton_dev.py --sass, each thread's 4 rows sharing its x loads) and 128 x 128 with 8
+# warps: 14336x4096 int4 g128 M = 1 27.7 / 27.0 / 26.5 us, 4096x4096 10.9 / 12.2 / 11.2,
+# 576x576 5.3 / 6.7 / 6.1 (bench/results/h100/triton_gemv_dev.md): twice the programs keep more
+# loads in flight. On the byte path it issued 32% fewer instructions per weight than 16 x 256
+# for int4 g128 ("Triton" in bench/NOTES.md); _adapt fits it to nf4 g64 as 128 x 64.
 DEFAULT_CONFIGS = {
     9: triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
@@ -142,30 +258,40 @@ DEFAULT_CONFIGS = {
 FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
 
 
-def _fits_registers(block_m: int, config: triton.Config) -> bool:
+def _fits_registers(block_m: int, config: triton.Config, words: bool) -> bool:
+    """The byte path's fp32 accumulator holds a value per code; on the word path four arrays
+    (words, next words, products, accumulator) hold a value per word."""
     tile = block_m * config.kwargs["BLOCK_N"] * config.kwargs["BLOCK_K"]
+    if words:
+        tile = 4 * tile // WORD_CODES.value
     return tile <= MAX_ACC_PER_THREAD * 32 * config.num_warps
 
 
-def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int) -> triton.Config:
+def _adapt(config: triton.Config, block_m: int, group_size: int, num_groups: int,
+           words: bool = False) -> triton.Config:
     """The config with BLOCK_K fitted to the groups (BLOCK_N grown to keep the bytes loaded per
-    step), then the tile shrunk to the register budget."""
+    step), then the tile shrunk to the register budget: the word path first gives up K (each
+    thread's rows share its x loads), the byte path N."""
     kwargs = dict(config.kwargs)
     kwargs["BLOCK_N"], kwargs["BLOCK_K"] = common.fit_tile(
         kwargs["BLOCK_N"], kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K, MAX_BLOCK_N)
     adapted = triton.Config(kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
-    while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_N"] > MIN_BLOCK_N:
-        adapted.kwargs["BLOCK_N"] //= 2
-    while not _fits_registers(block_m, adapted) and adapted.kwargs["BLOCK_K"] > MIN_BLOCK_K:
-        adapted.kwargs["BLOCK_K"] //= 2
+    order = ("BLOCK_K", "BLOCK_N") if words else ("BLOCK_N", "BLOCK_K")
+    floor = {"BLOCK_N": MIN_BLOCK_N, "BLOCK_K": MIN_BLOCK_K}
+    for name in order:
+        while (not _fits_registers(block_m, adapted, words)
+               and adapted.kwargs[name] > floor[name]):
+            adapted.kwargs[name] //= 2
     return adapted
 
 
 def prune_configs(configs, named_args, **kwargs):
     """Fit each config to the groups and registers; drop duplicates."""
-    block_m = kwargs.get("BLOCK_M", named_args.get("BLOCK_M"))
-    adapted = [_adapt(c, block_m, named_args["group_size"], named_args["num_groups"])
-               for c in configs]
+    def meta(name):
+        return kwargs.get(name, named_args.get(name))
+
+    adapted = [_adapt(c, meta("BLOCK_M"), named_args["group_size"], named_args["num_groups"],
+                      meta("WORDS")) for c in configs]
     return common.unique_configs(adapted)
 
 
@@ -185,7 +311,7 @@ _kernel = triton.heuristics({
 
 _autotuned_kernel = triton.autotune(
     configs=CONFIG_SPACE,
-    key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "group_size"],
+    key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "WORDS", "group_size"],
     prune_configs_by={"early_config_prune": prune_configs},
     # Tuning runs the kernel repeatedly: hand each run, and the real one after, the zeroed
     # workspace it expects (restore_value also covers Triton versions that skip the reset
@@ -195,29 +321,31 @@ _autotuned_kernel = triton.autotune(
 )(_kernel)
 
 
-def default_config(cap, block_m: int, group_size: int, num_groups: int):
+def default_config(cap, block_m: int, group_size: int, num_groups: int, words: bool = False):
     """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
     config = DEFAULT_CONFIGS.get(cap[0], FALLBACK_CONFIG) if cap else FALLBACK_CONFIG
-    return _adapt(config, block_m, group_size, num_groups)
+    return _adapt(config, block_m, group_size, num_groups, words)
 
 
 # --- launcher -----------------------------------------------------------------------------------
 
 def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
-           split_k=None, absmax_dq=None):
+           split_k=None, absmax_dq=None, words=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
     x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
     otherwise the autotuned or per-GPU default config and the split-K heuristic decide.
     ``absmax_dq``: (absmax_scales, absmax_offsets) of a double-quantized nf4 weight, whose
-    ``scales`` are then the absmax codes."""
+    ``scales`` are then the absmax codes. ``words=False`` forces the byte path where the word
+    path applies (benchmarks)."""
     m, k = x.shape
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
+    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         config = config or default_config(common.capability(x.device), block_m, group_size,
-                                         num_groups)
+                                         num_groups, words)
         split_k = split_k or common.choose_split_k(
             triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
             x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
@@ -227,14 +355,15 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
         partials, tile_counters = common.split_k_workspace(m, n, triton.cdiv(n, MIN_BLOCK_N),
                                                            x.device)
     absmax_scales, absmax_offsets = absmax_dq if absmax_dq is not None else (scales, scales)
-    args = (x, qweight, scales, zeros if zeros is not None else scales,
+    codes = qweight.view(torch.int32) if words else qweight
+    args = (x, codes, scales, zeros if zeros is not None else scales,
             formats.nf4_table(x.device), absmax_scales, absmax_offsets,
             bias if bias is not None else y, y, partials, tile_counters, m, n, k,
-            qweight.shape[1], group_size, num_groups, x.stride(0), x.stride(1), qweight.stride(0),
+            codes.shape[1], group_size, num_groups, x.stride(0), x.stride(1), codes.stride(0),
             y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
-                NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m)
+                NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m, WORDS=words)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
