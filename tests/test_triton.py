@@ -331,7 +331,12 @@ def test_config_space_respects_the_workspace_bounds():
     # BLOCK_K fitted to 64-wide groups: BLOCK_N grows so each step loads as many bytes.
     fitted = gemv._adapt(triton.Config({"BLOCK_N": 16, "BLOCK_K": 256}), 1, 64, 4)
     assert (fitted.kwargs["BLOCK_N"], fitted.kwargs["BLOCK_K"]) == (64, 64)
-    assert gemm._adapt(gemm.LARGE_M_CONFIGS[0], 17, 4).kwargs["BLOCK_K"] == 64
+    # Groups no K tile fits (17, and 16 below the GEMM's shortest tile) take the per-element
+    # scale path at its shortest tile and two stages (shared memory).
+    for group_size in (17, 16):
+        fitted = gemm._adapt(gemm.LARGE_M_CONFIGS[0], group_size, 4)
+        assert (fitted.kwargs["BLOCK_K"], fitted.num_stages) == (gemm.MIN_BLOCK_K, 2)
+    assert gemm._adapt(gemm.LARGE_M_CONFIGS[0], 32, 4).kwargs["BLOCK_K"] == 32
 
 
 # --- the op's contract -------------------------------------------------------------------------

@@ -20,8 +20,10 @@ from .common import dequantize_tile, store_output
 
 # tl.dot needs every tile dimension >= 16; tile counters are sized for the smallest tiles.
 MIN_BLOCK = 16
-# BLOCK_K where every weight loads its own scale (see _adapt).
-MIN_K_TILE_PER_ELEMENT_SCALES = 32
+# The shortest K tile, also where every weight loads its own scale (see _adapt). On the H100
+# (Triton 3.6) 16-deep tiles fitted to groups of 16 gave wrong sums (relative error 1.5 in
+# test_nf4_double_quant_kernels_read_the_codes; the interpreter was right).
+MIN_BLOCK_K = 32
 MAX_M_BUCKET = 4096
 # Split-K only pays below this M (above it the output tiles alone fill the GPU), so only here
 # is the workspace allocated.
@@ -138,13 +140,13 @@ def m_bucket(m: int) -> int:
 
 def _adapt(config: triton.Config, group_size: int, num_groups: int) -> triton.Config:
     kwargs = dict(config.kwargs)
-    kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK)
+    kwargs["BLOCK_K"] = common.fit_block_k(kwargs["BLOCK_K"], group_size, num_groups, MIN_BLOCK_K)
     num_stages = config.num_stages
     if not common.scale_per_tile(group_size, num_groups, kwargs["BLOCK_K"]):
-        # Group sizes no BLOCK_K divides (odd ones) load a scale and a zero per weight: the
+        # Group sizes no BLOCK_K divides (odd ones, 16) load a scale and a zero per weight: the
         # 16x128x128 tile at 4 stages asked for 233472 bytes of shared memory on the H100
         # (232448 there). A correctness path: the shortest K tile, two stages.
-        kwargs["BLOCK_K"], num_stages = MIN_K_TILE_PER_ELEMENT_SCALES, 2
+        kwargs["BLOCK_K"], num_stages = MIN_BLOCK_K, 2
     return triton.Config(kwargs, num_warps=config.num_warps, num_stages=num_stages)
 
 
