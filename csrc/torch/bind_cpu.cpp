@@ -71,14 +71,10 @@ at::Tensor matmul_nf4_dq_cpu(const at::Tensor& x, const at::Tensor& qweight,
                              const at::Tensor& absmax_codes, const at::Tensor& absmax_scales,
                              const at::Tensor& absmax_offsets, int64_t group_size,
                              const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul_nf4_dq: qweight expected 2 dims, got ",
-                    num(qweight.dim()));
-  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
-  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
-  const QMatmulParams params = make_nf4_dq_params(x2d, qweight, absmax_codes, absmax_scales,
-                                                  absmax_offsets, group_size, bias, y);
-  if (params.m > 0) run_cpu(params, cpu::qmatmul);
-  return y.view(out_shape);
+  const PreparedMatmul call = prepare_nf4_dq_matmul(x, qweight, absmax_codes, absmax_scales,
+                                                    absmax_offsets, group_size, bias);
+  if (call.params.m > 0) run_cpu(call.params, cpu::qmatmul);
+  return call.y.view(call.out_shape);
 }
 
 }  // namespace

@@ -85,19 +85,15 @@ void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
 at::Tensor matmul_cuda(const at::Tensor& x, c10::string_view fmt, const at::Tensor& qweight,
                        const at::Tensor& scales, const std::optional<at::Tensor>& zeros,
                        int64_t group_size, const std::optional<at::Tensor>& bias) {
-  const Format format = parse_format(fmt);
-  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul: qweight expected 2 dims, got ",
-                    num(qweight.dim()));
   TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul: expected all tensors on ", qweight.device(),
                     ", got x on ", x.device());
   const c10::cuda::CUDAGuard device_guard(x.device());
-  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
-  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
-  const QMatmulParams params = make_params(x2d, format, qweight, scales, zeros, group_size, bias, y);
-  if (params.m == 0) return y.view(out_shape);
-  check_status(validate(params));
-  run_cuda(params, x2d, bias, y);
-  return y.view(out_shape);
+  PreparedMatmul call =
+      prepare_matmul("qkernels.matmul", x, fmt, qweight, scales, zeros, group_size, bias);
+  if (call.params.m == 0) return call.y.view(call.out_shape);
+  check_status(validate(call.params));
+  run_cuda(call.params, call.x2d, bias, call.y);
+  return call.y.view(call.out_shape);
 }
 
 // nf4 with double-quantized absmax: every path decodes it where it loads a group's absmax.
@@ -105,19 +101,15 @@ at::Tensor matmul_nf4_dq_cuda(const at::Tensor& x, const at::Tensor& qweight,
                               const at::Tensor& absmax_codes, const at::Tensor& absmax_scales,
                               const at::Tensor& absmax_offsets, int64_t group_size,
                               const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul_nf4_dq: qweight expected 2 dims, got ",
-                    num(qweight.dim()));
   TORCH_CHECK_VALUE(x.is_cuda(), "qkernels.matmul_nf4_dq: expected all tensors on ",
                     qweight.device(), ", got x on ", x.device());
   const c10::cuda::CUDAGuard device_guard(x.device());
-  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
-  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
-  const QMatmulParams params = make_nf4_dq_params(x2d, qweight, absmax_codes, absmax_scales,
-                                                  absmax_offsets, group_size, bias, y);
-  if (params.m == 0) return y.view(out_shape);
-  check_status(validate_double_quant(params));
-  run_cuda(params, x2d, bias, y);
-  return y.view(out_shape);
+  PreparedMatmul call = prepare_nf4_dq_matmul(x, qweight, absmax_codes, absmax_scales,
+                                              absmax_offsets, group_size, bias);
+  if (call.params.m == 0) return call.y.view(call.out_shape);
+  check_status(validate_double_quant(call.params));
+  run_cuda(call.params, call.x2d, bias, call.y);
+  return call.y.view(call.out_shape);
 }
 
 }  // namespace

@@ -193,4 +193,19 @@ inline PreparedMatmul prepare_matmul(const char* op, const at::Tensor& x, c10::s
   return {params, x2d, y, out_shape};
 }
 
+// The same for qkernels::matmul_nf4_dq.
+inline PreparedMatmul prepare_nf4_dq_matmul(const at::Tensor& x, const at::Tensor& qweight,
+                                            const at::Tensor& absmax_codes,
+                                            const at::Tensor& absmax_scales,
+                                            const at::Tensor& absmax_offsets, int64_t group_size,
+                                            const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(qweight.dim() == 2, "qkernels.matmul_nf4_dq: qweight expected 2 dims, got ",
+                    num(qweight.dim()));
+  auto [x2d, out_shape] = flatten_input(x, qweight.size(0));
+  at::Tensor y = at::empty({x2d.size(0), qweight.size(0)}, x2d.options());
+  const QMatmulParams params = make_nf4_dq_params(x2d, qweight, absmax_codes, absmax_scales,
+                                                  absmax_offsets, group_size, bias, y);
+  return {params, x2d, y, out_shape};
+}
+
 }  // namespace qk::binding

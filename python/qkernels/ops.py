@@ -397,7 +397,8 @@ def _run_backend(matmul, name, args, differentiable):
 
 def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend):
     """matmul_tensors with activations="int8": the cpu or reference backend."""
-    if torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if compiling:
         name = _select_backend(x.device.type, backend, os.environ.get(BACKEND_ENV_VAR))
     else:
         name = select_backend(x.device, backend)
@@ -405,7 +406,7 @@ def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend
         raise ValueError(f"activations: 'int8' runs on the backends {tuple(A8_MATMULS)} (CPU "
                          f"only), got backend {name!r} for {x.device.type} tensors")
     args = (x, fmt, qweight, scales, zeros, group_size, bias)
-    if torch.compiler.is_compiling():
+    if compiling:   # the fake impl checks while tracing, as in matmul_tensors
         return A8_MATMULS[name](*args)
     return _run_checked(A8_MATMULS[name], name, args, (x, scales, zeros, bias),
                         _check_matmul_a8_eager)
