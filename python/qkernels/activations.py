@@ -46,8 +46,6 @@ def weight_conditions(fmt: str, group_size: int, k):
 
 def check_weight(fmt: str, group_size: int, k: int) -> None:
     """Whether a weight can be multiplied with int8 activations; ValueError naming the argument."""
-    if fmt in FORMATS and (group_size % BLOCK == 0 or group_size >= k):
-        return   # per call on qk.matmul's path: no messages built (0.1 against 0.5 us)
     for condition, message in weight_conditions(fmt, group_size, k):
         if not condition:
             raise ValueError(message())

@@ -409,13 +409,7 @@ def _matmul_a8_tensors(x, fmt, qweight, scales, zeros, group_size, bias, backend
     if compiling:   # the fake impl checks while tracing, as in matmul_tensors
         return A8_MATMULS[name](*args)
     return _run_checked(A8_MATMULS[name], name, args, (x, scales, zeros, bias),
-                        _check_matmul_a8_eager)
-
-
-def _check_matmul_a8_eager(x, fmt, qweight, scales, zeros, group_size, bias):
-    """check_matmul_a8_args, with the cheap eager form of its weight conditions."""
-    check_matmul_args(x, fmt, qweight, scales, zeros, group_size, bias)
-    int8_activations.check_weight(fmt, group_size, x.shape[-1])
+                        check_matmul_a8_args)
 
 
 def _matmul_nf4_dq_reference(x, qweight, absmax_codes, absmax_scales, absmax_offsets,
