@@ -2,10 +2,12 @@
 
 x is taken as fp32 and cut along K into blocks of ``BLOCK`` (the last one may be ragged); each
 block is quantized symmetrically, ``s = max|x_block| / 127``, ``code = round-half-even(x / s)``
-in [-127, 127] (``s = 0`` gives code 0). Then ``y = (code * s) @ dequantize(W).T (+ bias)``.
+in [-127, 127] (``s = 0`` gives code 0). Then ``y = (code * s) @ W.T (+ bias)``, W =
+``dequantize_weight(...)`` (dequantize(W), except for nf4: below).
 The CPU kernels (csrc/core/qmatmul_a8.h) compute the codes bit-identically (fp32 division,
 round half to even) and the dot products exactly in integers; only the fp32 scale products and
-their sums round. The reference backend computes exactly this definition.
+their sums round (and nf4's block dots, up to 2^27, on their conversion to fp32). The reference
+backend computes exactly this definition.
 
 Weight groups must be whole blocks (group_size a multiple of 32, or per channel).
 
