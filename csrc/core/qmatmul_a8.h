@@ -1,6 +1,7 @@
 // Opt-in int8 activations (W8A8, W4A8): x is quantized per block of 32 along K, then each weight
-// row is an integer dot per block, scaled in fp32 (nf4: against its table in Q15, as int16). The semantics are python/qkernels/activations.py
-// (the reference backend computes exactly them); this header is the kernels' side of it.
+// row is an integer dot per block, scaled in fp32 (nf4: against its table in Q15, as int16). The
+// semantics are python/qkernels/activations.py (the reference backend computes exactly them);
+// this header is the kernels' side of it.
 // Torch-free.
 #pragma once
 

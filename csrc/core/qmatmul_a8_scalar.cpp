@@ -139,10 +139,12 @@ Status gemv_a8_scalar(const QMatmulParams& p, const QuantizedActivations& xq, in
             const int64_t byte1 = std::min(row_bytes, byte0 + kActivationBlock / 2);
             for (int64_t byte = byte0; byte < byte1; ++byte) {
               const int64_t t = byte - (b / 2) * kActivationBlock;
-              const int low = (row[byte] >> kNibbleBitsLow) & 0xf, high = row[byte] >> kNibbleBitsHigh;
+              const int low = (row[byte] >> kNibbleBitsLow) & 0xf;
+              const int high = row[byte] >> kNibbleBitsHigh;
               if (p.fmt == Format::kNF4) {
-                block_dot += int32_t(wide_codes[pair_start + nf4_code_slot(2 * t)]) * kNF4TableQ15[low] +
-                             int32_t(wide_codes[pair_start + nf4_code_slot(2 * t + 1)]) * kNF4TableQ15[high];
+                const int16_t* pair_codes = wide_codes + pair_start;
+                block_dot += int32_t(pair_codes[nf4_code_slot(2 * t)]) * kNF4TableQ15[low] +
+                             int32_t(pair_codes[nf4_code_slot(2 * t + 1)]) * kNF4TableQ15[high];
               } else {
                 block_dot += int32_t(codes[pair_start + t]) * low +
                              int32_t(codes[pair_start + kActivationBlock + t]) * high;

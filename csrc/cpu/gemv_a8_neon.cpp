@@ -89,7 +89,8 @@ inline int32x4_t int8_block_dot(const int8_t* weights, const int8_t* codes) {
 }
 
 // One weight row against one x row, without bias.
-float dot_weight_row(const QMatmulParams& p, const QuantizedActivations& xq, int64_t i, int64_t n) {
+float dot_weight_row(const QMatmulParams& p, const QuantizedActivations& xq, const NF4Planes& nf4_table,
+                     int64_t i, int64_t n) {
   const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const float* w_scales = p.scales + n * p.scales_row_stride;
   const float* x_scales = xq.row_scales(i);
@@ -103,7 +104,6 @@ float dot_weight_row(const QMatmulParams& p, const QuantizedActivations& xq, int
   if (full_blocks < blocks) {
     std::memcpy(staged, row + full_blocks * block_bytes, size_t(row_bytes - full_blocks * block_bytes));
   }
-  const NF4Planes nf4_table;
   float32x4_t total = vdupq_n_f32(0.0f);
   for (int64_t group = 0; group < groups; ++group) {
     float32x4_t acc = vdupq_n_f32(0.0f);
@@ -142,11 +142,12 @@ Status gemv_a8_neon(const QMatmulParams& p, const QuantizedActivations& xq, int6
                     int64_t n_end) {
   if (Status status = validate_a8(p); status != Status::kOk) return status;
   const int64_t y_bytes = dtype_bytes(p.y_dtype);
+  const NF4Planes nf4_table;  // read by nf4 weights only
   for (int64_t n = n_begin; n < n_end; ++n) {
     float bias = 0.0f;
     if (p.bias) load_as_f32(p.bias, p.y_dtype, n, 1, &bias);
     for (int64_t i = 0; i < p.m; ++i) {
-      const float value = dot_weight_row(p, xq, i, n) + bias;
+      const float value = dot_weight_row(p, xq, nf4_table, i, n) + bias;
       store_from_f32(static_cast<uint8_t*>(p.y) + i * p.y_row_stride * y_bytes, p.y_dtype, n, 1, &value);
     }
   }
