@@ -233,10 +233,11 @@ def test_layer_repr_config_and_file_keep_the_mode(tmp_path):
     assert torch.equal(loaded(x), expected)
 
 
-def test_quantize_model_by_name_takes_activations():
-    model = qk.quantize_model(nn.Sequential(nn.Linear(64, 16)), "int8", skip=(),
+@pytest.mark.parametrize("fmt", ["int8", "nf4"])
+def test_quantize_model_by_name_takes_activations(fmt):
+    model = qk.quantize_model(nn.Sequential(nn.Linear(64, 16)), fmt, skip=(),
                               activations="int8")
-    x = torch.randn(2, 64, generator=generator("by-name"))
+    x = torch.randn(2, 64, generator=generator(f"by-name-{fmt}"))
     assert rel_err(model(x), a8_oracle(x, model[0].quantized_weight, model[0].bias)) <= 1e-5
 
 
