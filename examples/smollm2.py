@@ -13,7 +13,8 @@ The "-a8" formats also quantize each linear layer's input to int8 per block of 3
 (activations="int8", CPU only).
 
     python examples/smollm2.py [--device cpu|cuda] [--dtype float32|bfloat16|float16]
-        [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8]
+        [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8,
+                   nf4-g64-a8]
         [--max-tokens 256]
         [--new-tokens 32] [--threads N] [--quantize-tied]
 
@@ -70,6 +71,7 @@ FORMATS = {
     "int8-a8": ("int8", None, "int8"),
     "int4-g32-a8": ("int4", 32, "int8"),
     "int4-g128-a8": ("int4", 128, "int8"),
+    "nf4-g64-a8": ("nf4", 64, "int8"),
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

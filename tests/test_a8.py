@@ -12,16 +12,18 @@ import torch
 from torch import nn
 
 import qkernels as qk
-from qkernels import _C, activations, ops
+from qkernels import _C, activations, formats, ops
 from qkernels.serialization import read_header
 
 from conftest import REL_TOL, random_weight, rel_err
 from test_cpu_kernels import ISA_ENV_VAR, ISAS, quantize_any_group
 
-FORMATS = [("int8", False), ("int4", False), ("int4", True)]
+FORMATS = [("int8", False), ("int4", False), ("int4", True), ("nf4", False)]
+FORMAT_IDS = ["int8", "int4", "int4-sym", "nf4"]
 # fp32 y against the fp64 oracle, computed from the same codes: the kernels' integer dots are
 # exact, so only the fp32 products x_scale * dot and w_scale * group sum and their sums over
-# K / 32 blocks round (~(K/32 + 3) * 2^-24 relative to the terms), plus the zero point's
+# K / 32 blocks round (~(K/32 + 3) * 2^-24 relative to the terms; nf4 adds the conversion of
+# its up to 2^25-sized dots and the final / 32767, 2^-24 each), plus the zero point's
 # cancellation, which the weight-only kernels share (int4 sum(x q) - z sum(x)). Measured worst:
 # 2.3e-6 here, 3.2e-7 in tests/native (which divides by the terms' magnitude). Half the
 # weight-only bound.
@@ -30,8 +32,11 @@ A8_TOL = {torch.float32: 1e-5, torch.bfloat16: REL_TOL[torch.bfloat16],
 
 
 def a8_oracle(x, qw, bias=None):
-    """y of the definition in fp64: (codes * scales) @ dequantize(qw).T (+ bias)."""
-    y = activations.fake_quantize(x, torch.float64) @ qk.dequantize(qw).double().T
+    """y of the definition in fp64: (codes * scales) @ W.T (+ bias), W the weight the mode
+    multiplies (dequantize(qw), nf4 through its Q15 table)."""
+    w = activations.dequantize_weight(qw.fmt, qw.shape[1], qw.group_size, qw.qweight,
+                                      qw.scale_tensor, qw.zeros, torch.float64)
+    y = activations.fake_quantize(x, torch.float64) @ w.T
     return y if bias is None else y + bias.double()
 
 
@@ -45,6 +50,30 @@ def test_constants_match_the_kernels():
     constants = _C.format_constants()
     assert constants["activation_block"] == activations.BLOCK
     assert constants["activation_max_code"] == activations.MAX_CODE
+    assert constants["nf4_q15_one"] == activations.NF4_Q15_ONE
+    assert tuple(constants["nf4_table_q15"]) == activations.NF4_TABLE_Q15
+
+
+def test_nf4_q15_table_is_the_table_rounded():
+    table = torch.tensor(formats.NF4_TABLE, dtype=torch.float64)
+    q15 = torch.tensor(activations.NF4_TABLE_Q15, dtype=torch.float64)
+    assert activations.NF4_TABLE_Q15[0] == -32767 and activations.NF4_TABLE_Q15[7] == 0
+    assert activations.NF4_TABLE_Q15[15] == 32767
+    assert torch.equal(q15, torch.round(table * activations.NF4_Q15_ONE))
+    # At most half a Q15 step from NF4_TABLE (2.9e-6 of the table's smallest gap of 0.08).
+    assert float((q15 / activations.NF4_Q15_ONE - table).abs().max()) <= 0.5 / 32767
+
+
+def test_nf4_weight_is_absmax_times_q15_entry():
+    qw = qk.quantize(random_weight(5, 70), "nf4", 32)
+    w = activations.dequantize_weight("nf4", 70, 32, qw.qweight, qw.absmax, None, torch.float64)
+    codes = formats.unpack_codes(qw.qweight, "nf4", 70).long()
+    for n, k in [(0, 0), (2, 33), (4, 69)]:
+        entry = activations.NF4_TABLE_Q15[int(codes[n, k])]
+        assert float(w[n, k]) == pytest.approx(float(qw.absmax[n, k // 32]) * entry / 32767,
+                                               rel=1e-15)
+    # Within the table's rounding of the canonical weight.
+    assert float((w - qk.dequantize(qw).double()).abs().max()) <= float(qw.absmax.max()) * 1.6e-5
 
 
 def test_quantizer_follows_its_definition_element_by_element():
@@ -84,7 +113,7 @@ ROWS_M = [1, 3, 4, 5, 17, 64]
 
 
 @pytest.mark.parametrize("group_size", [32, 64, 96, 128, -1])
-@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=["int8", "int4", "int4-sym"])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("isa", ISAS)
 def test_cpu_paths_match_fp64_oracle(monkeypatch, isa, fmt, symmetric, group_size):
     monkeypatch.setenv(ISA_ENV_VAR, isa)
@@ -103,7 +132,7 @@ def test_cpu_paths_match_fp64_oracle(monkeypatch, isa, fmt, symmetric, group_siz
                 assert error <= A8_TOL[dtype], f"{isa} {fmt} g={group_size} m={m} k={k} {dtype}"
 
 
-@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=["int8", "int4", "int4-sym"])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("group_size", [32, 128, -1])
 def test_reference_backend_matches_fp64_oracle(fmt, symmetric, group_size):
     gen = generator(f"reference-{fmt}-{symmetric}-{group_size}")
@@ -114,9 +143,10 @@ def test_reference_backend_matches_fp64_oracle(fmt, symmetric, group_size):
     assert rel_err(y, a8_oracle(x, qw, bias)) <= REL_TOL[torch.float32]
 
 
-def test_cpu_and_reference_agree_and_differ_from_weight_only():
-    qw = qk.quantize(random_weight(64, 576), "int4", 32)
-    x = torch.randn(3, 576, generator=generator("agree"))
+@pytest.mark.parametrize("fmt,group_size", [("int4", 32), ("nf4", 64)])
+def test_cpu_and_reference_agree_and_differ_from_weight_only(fmt, group_size):
+    qw = qk.quantize(random_weight(64, 576), fmt, group_size)
+    x = torch.randn(3, 576, generator=generator(f"agree-{fmt}"))
     cpu = qk.matmul(x, qw, backend="cpu", activations="int8")
     reference = qk.matmul(x, qw, backend="reference", activations="int8")
     weight_only = qk.matmul(x, qw, backend="cpu")
@@ -158,7 +188,7 @@ def a8_args(m, n, k, fmt, symmetric, group_size, dtype=torch.float32, bias=False
     return (x, fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, b), qw
 
 
-@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=["int8", "int4", "int4-sym"])
+@pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_opcheck(fmt, symmetric, dtype, with_bias):
@@ -203,10 +233,11 @@ def test_layer_repr_config_and_file_keep_the_mode(tmp_path):
     assert torch.equal(loaded(x), expected)
 
 
-def test_quantize_model_by_name_takes_activations():
-    model = qk.quantize_model(nn.Sequential(nn.Linear(64, 16)), "int8", skip=(),
+@pytest.mark.parametrize("fmt", ["int8", "nf4"])
+def test_quantize_model_by_name_takes_activations(fmt):
+    model = qk.quantize_model(nn.Sequential(nn.Linear(64, 16)), fmt, skip=(),
                               activations="int8")
-    x = torch.randn(2, 64, generator=generator("by-name"))
+    x = torch.randn(2, 64, generator=generator(f"by-name-{fmt}"))
     assert rel_err(model(x), a8_oracle(x, model[0].quantized_weight, model[0].bias)) <= 1e-5
 
 
@@ -215,7 +246,8 @@ def test_quantize_model_by_name_takes_activations():
 @pytest.mark.parametrize("call,error,fragment", [
     (lambda x, w: qk.matmul(x, qk.quantize(w, "int4", 32), activations="int4"), ValueError,
      "activations"),
-    (lambda x, w: qk.matmul(x, qk.quantize(w, "nf4", 64), activations="int8"), ValueError, "fmt"),
+    (lambda x, w: qk.matmul(x, qk.quantize(w, "nf4", 16), activations="int8"), ValueError,
+     "group_size"),
     (lambda x, w: qk.matmul(x, qk.quantize(w, "nf4", 64, double_quant=True), activations="int8"),
      ValueError, "activations"),
     (lambda x, w: qk.matmul(x, qk.quantize(w, "int4", 16), activations="int8"), ValueError,
@@ -224,20 +256,25 @@ def test_quantize_model_by_name_takes_activations():
                             activations="int8"), ValueError, "group_size"),
     (lambda x, w: qk.QuantLinear(96, 8, fmt="int4", group_size=16, activations="int8"),
      ValueError, "group_size"),
-    (lambda x, w: qk.QuantLinear(96, 8, fmt="nf4", activations="int8"), ValueError, "fmt"),
+    (lambda x, w: qk.QuantLinear(96, 8, fmt="nf4", double_quant=True, activations="int8"),
+     ValueError, "activations"),
+    (lambda x, w: qk.QuantLinear.from_quantized(qk.quantize(w, "nf4", 32, double_quant=True),
+                                                activations="int8"), ValueError, "activations"),
     (lambda x, w: qk.QuantLinear(96, 8, activations="fp8"), ValueError, "activations"),
     (lambda x, w: qk.QKernelsConfig(activations="int4"), ValueError, "activations"),
     (lambda x, w: qk.QKernelsConfig(module_overrides={"a": {"activations": 8}}), ValueError,
      "activations"),
-    (lambda x, w: qk.quantize_model(nn.Sequential(nn.Linear(96, 8)), "nf4", skip=(),
-                                    activations="int8"), ValueError, "fmt"),
+    (lambda x, w: qk.quantize_model(nn.Sequential(nn.Linear(96, 8)), "nf4", group_size=16,
+                                    skip=(), activations="int8"), ValueError, "group_size"),
 ])
 def test_bad_inputs_raise_naming_the_argument(call, error, fragment):
     with pytest.raises(error, match=fragment):
         call(torch.randn(2, 96), random_weight(8, 96))
 
 
-@pytest.mark.parametrize("fmt,group_size,fragment", [("nf4", 64, "fmt"), ("int4", 16, "group_size")])
+@pytest.mark.parametrize("fmt,group_size,fragment", [("int8", 16, "group_size"),
+                                                     ("nf4", 16, "group_size"),
+                                                     ("int4", 16, "group_size")])
 def test_op_rejects_what_it_cannot_multiply(fmt, group_size, fragment):
     qw = qk.quantize(random_weight(8, 96), fmt, group_size)
     args = (torch.randn(2, 96), fmt, qw.qweight, qw.scale_tensor, qw.zeros, group_size, None)

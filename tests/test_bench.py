@@ -134,7 +134,7 @@ def test_int8_activation_rows(tmp_path, monkeypatch):
     out, results = _tiny_run(tmp_path, monkeypatch, "--no-plots", "--no-peers", "--formats",
                              "int4,nf4", "--activations", "int8")
     text = (out / "custom.md").read_text()
-    assert "cpu int4 g128 a8" in text and "nf4 g64 a8" not in text
+    assert "cpu int4 g128 a8" in text and "cpu nf4 g64 a8" in text
 
 
 def test_summary_prints_the_pivot_tables(tmp_path, monkeypatch, capsys):

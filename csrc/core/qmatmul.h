@@ -50,7 +50,7 @@ enum class Status : int32_t {
   kNullPointer,     // a required pointer is null
   kZerosNotInt4,    // zeros given for a format that has none
   kDoubleQuant,     // absmax_dq: not nf4, scales also given, a null pointer, or row stride != G
-  kInt8Activations,  // int8 activations (qmatmul_a8.h): nf4, or a block of 32 split by a group
+  kInt8Activations,  // int8 activations (qmatmul_a8.h): a block of 32 split by a group
 };
 
 inline const char* status_message(Status status) {
@@ -64,7 +64,7 @@ inline const char* status_message(Status status) {
     case Status::kDoubleQuant:
       return "double-quantized absmax needs nf4, no scales, all three pointers and row stride G";
     case Status::kInt8Activations:
-      return "int8 activations need fmt int8 or int4 and group_size a multiple of 32 or >= K";
+      return "int8 activations need group_size a multiple of 32 or >= K";
   }
   return "unknown status";
 }

@@ -11,7 +11,6 @@ namespace qk {
 
 Status validate_a8(const QMatmulParams& p) {
   if (Status status = validate(p); status != Status::kOk) return status;
-  if (p.fmt == Format::kNF4) return Status::kInt8Activations;
   if (p.group_size % kActivationBlock != 0 && p.group_size < p.k) return Status::kInt8Activations;
   return Status::kOk;
 }
@@ -29,23 +28,30 @@ inline float round_half_even(float v) {
 
 // Where code k0 + j of a pair goes (QuantizedActivations): int4 puts even k first.
 inline int64_t code_slot(Format fmt, int64_t j) {
+  if (fmt == Format::kNF4) return nf4_code_slot(j);
   return fmt == Format::kInt4 ? (j % 2) * kActivationBlock + j / 2 : j;
 }
 
 }  // namespace
 
-void quantize_activations(const QMatmulParams& p, int8_t* codes, float* scales, float* zero_terms) {
+void quantize_activations(const QMatmulParams& p, void* codes, float* scales, float* zero_terms) {
   const int64_t pairs = activation_pairs(p.k);
   const int64_t blocks = 2 * pairs;
   const int64_t groups = num_groups(p.k, p.group_size);
   float converted[kActivationBlock];
   int32_t block_codes[kActivationBlock];
+  const bool wide = p.fmt == Format::kNF4;  // int16 codes
   for (int64_t i = 0; i < p.m; ++i) {
-    int8_t* row_codes = codes + i * pairs * kActivationPair;
+    int8_t* row_codes = static_cast<int8_t*>(codes) + i * pairs * kActivationPair;
+    int16_t* row_wide_codes = static_cast<int16_t*>(codes) + i * pairs * kActivationPair;
     float* row_scales = scales + i * blocks;
     float* row_zero_terms = zero_terms + i * groups;
     if (p.fmt == Format::kInt4) std::fill(row_zero_terms, row_zero_terms + groups, 0.0f);
-    std::fill(row_codes, row_codes + pairs * kActivationPair, int8_t(0));
+    if (wide) {
+      std::fill(row_wide_codes, row_wide_codes + pairs * kActivationPair, int16_t(0));
+    } else {
+      std::fill(row_codes, row_codes + pairs * kActivationPair, int8_t(0));
+    }
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t k0 = b * kActivationBlock;
       const int64_t count = std::max<int64_t>(0, std::min(kActivationBlock, p.k - k0));
@@ -78,10 +84,15 @@ void quantize_activations(const QMatmulParams& p, int8_t* codes, float* scales, 
       // 0 too, and y = scale * 0 is NaN, as the reference gives.
       if (scale > 0.0f && scale <= std::numeric_limits<float>::max()) {
         for (int64_t j = 0; j < count; ++j) block_codes[j] = int32_t(round_half_even(values[j] / scale));
-        int8_t* pair_codes = row_codes + (b / 2) * kActivationPair;
+        const int64_t pair_start = (b / 2) * kActivationPair;
         const int64_t first = (b % 2) * kActivationBlock;  // of this block within its pair
         for (int64_t j = 0; j < count; ++j) {
-          pair_codes[code_slot(p.fmt, first + j)] = int8_t(block_codes[j]);
+          const int64_t slot = pair_start + code_slot(p.fmt, first + j);
+          if (wide) {
+            row_wide_codes[slot] = int16_t(block_codes[j]);
+          } else {
+            row_codes[slot] = int8_t(block_codes[j]);
+          }
           sum += block_codes[j];
         }
       }
@@ -104,29 +115,40 @@ Status gemv_a8_scalar(const QMatmulParams& p, const QuantizedActivations& xq, in
     const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
     const float* row_scales = p.scales + n * p.scales_row_stride;
     for (int64_t i = 0; i < p.m; ++i) {
-      const int8_t* codes = xq.row_codes(i);
+      const int8_t* codes = p.fmt == Format::kNF4 ? nullptr : xq.row_codes<int8_t>(i);
+      const int16_t* wide_codes = p.fmt == Format::kNF4 ? xq.row_codes<int16_t>(i) : nullptr;
       const float* x_scales = xq.row_scales(i);
       float total = 0.0f;
       for (int64_t group = 0; group < groups; ++group) {
         const int64_t b_end = std::min(blocks, (group + 1) * blocks_per_group);
         float dot = 0.0f;  // sum over the blocks of x_scale * (codes . weights)
         for (int64_t b = group * blocks_per_group; b < b_end; ++b) {
-          const int8_t* pair_codes = codes + (b / 2) * kActivationPair;
-          int32_t block_dot = 0;  // exact: |dot| <= 32 * 127 * 127
+          const int64_t pair_start = (b / 2) * kActivationPair;
+          // Exact: |dot| <= 32 * 127 * 127 (int8), 32 * 127 * 32767 < 2^31 (nf4).
+          int32_t block_dot = 0;
           if (p.fmt == Format::kInt8) {
             const int64_t k0 = b * kActivationBlock, count = std::min(kActivationBlock, p.k - k0);
-            const int8_t* block_codes = pair_codes + (b % 2) * kActivationBlock;
+            const int8_t* block_codes = codes + pair_start + (b % 2) * kActivationBlock;
             for (int64_t j = 0; j < count; ++j) {
               block_dot += int32_t(block_codes[j]) * static_cast<int8_t>(row[k0 + j]);
             }
           } else {
-            // Byte t of the pair's packed bytes: low nibble against codes[t], high against [32 + t].
+            // Byte t of the pair's packed bytes holds k0 + 2t and k0 + 2t + 1 of the pair; int4
+            // codes sit at [t] and [32 + t], nf4's where nf4_code_slot puts them.
             const int64_t byte0 = b * kActivationBlock / 2;
             const int64_t byte1 = std::min(row_bytes, byte0 + kActivationBlock / 2);
             for (int64_t byte = byte0; byte < byte1; ++byte) {
               const int64_t t = byte - (b / 2) * kActivationBlock;
-              block_dot += int32_t(pair_codes[t]) * ((row[byte] >> kNibbleBitsLow) & 0xf) +
-                           int32_t(pair_codes[kActivationBlock + t]) * (row[byte] >> kNibbleBitsHigh);
+              const int low = (row[byte] >> kNibbleBitsLow) & 0xf;
+              const int high = row[byte] >> kNibbleBitsHigh;
+              if (p.fmt == Format::kNF4) {
+                const int16_t* pair_codes = wide_codes + pair_start;
+                block_dot += int32_t(pair_codes[nf4_code_slot(2 * t)]) * kNF4TableQ15[low] +
+                             int32_t(pair_codes[nf4_code_slot(2 * t + 1)]) * kNF4TableQ15[high];
+              } else {
+                block_dot += int32_t(codes[pair_start + t]) * low +
+                             int32_t(codes[pair_start + kActivationBlock + t]) * high;
+              }
             }
           }
           dot += x_scales[b] * float(block_dot);
@@ -137,6 +159,7 @@ Status gemv_a8_scalar(const QMatmulParams& p, const QuantizedActivations& xq, in
         }
         total += row_scales[group] * dot;
       }
+      if (p.fmt == Format::kNF4) total *= kNF4Q15Step;
       const float bias = p.bias ? load_as_float(p.bias, p.y_dtype, n) : 0.0f;
       store_from_float(p.y, p.y_dtype, i * p.y_row_stride + n, total + bias);
     }

@@ -163,8 +163,9 @@ Status qmatmul_a8(Isa isa, const QMatmulParams& p, int64_t n_begin, int64_t n_en
   if (Status status = validate_a8(p); status != Status::kOk) return status;
   const int64_t pairs = activation_pairs(p.k);
   const int64_t groups = num_groups(p.k, p.group_size);
-  auto* codes = reinterpret_cast<int8_t*>(
-      scratch_floats(ScratchSlot::kActivationCodes, size_t(p.m * pairs * kActivationPair / 4)));
+  const size_t code_bytes = p.fmt == Format::kNF4 ? sizeof(int16_t) : sizeof(int8_t);
+  void* codes = scratch_floats(ScratchSlot::kActivationCodes,
+                               size_t(p.m * pairs * kActivationPair) * code_bytes / sizeof(float));
   float* scales = scratch_floats(ScratchSlot::kActivationScales, size_t(p.m * pairs * 2));
   float* zero_terms = scratch_floats(ScratchSlot::kActivationZeroTerms, size_t(p.m * groups));
   quantize_activations(p, codes, scales, zero_terms);

@@ -55,8 +55,6 @@ at::Tensor matmul_a8_cpu(const at::Tensor& x, c10::string_view fmt, const at::Te
                          int64_t group_size, const std::optional<at::Tensor>& bias) {
   const char* op = "qkernels.matmul_a8";
   const PreparedMatmul call = prepare_matmul(op, x, fmt, qweight, scales, zeros, group_size, bias);
-  TORCH_CHECK_VALUE(call.params.fmt != Format::kNF4, op,
-                    ": fmt expected 'int8' or 'int4' with int8 activations, got 'nf4'");
   const int64_t k = call.params.k;
   TORCH_CHECK_VALUE(group_size % kActivationBlock == 0 || group_size >= k, op,
                     ": group_size expected a multiple of ", num(kActivationBlock),

@@ -26,6 +26,9 @@ PYBIND11_MODULE(_C, m) {
     constants["double_quant_block"] = qk::kDoubleQuantBlock;
     constants["activation_block"] = qk::kActivationBlock;
     constants["activation_max_code"] = qk::kActivationMaxCode;
+    constants["nf4_q15_one"] = qk::kNF4Q15One;
+    constants["nf4_table_q15"] = std::vector<int>(std::begin(qk::kNF4TableQ15.values),
+                                                  std::end(qk::kNF4TableQ15.values));
     constants["formats"] = py::dict(py::arg("int8") = int(qk::Format::kInt8),
                                     py::arg("int4") = int(qk::Format::kInt4),
                                     py::arg("nf4") = int(qk::Format::kNF4));

@@ -29,8 +29,8 @@ class QuantLinear(nn.Module):
     the bias follows the module's dtype; the output always has the dtype of the input.
     The weight is frozen; gradients flow to the input (and the bias, if it requires grad).
 
-    ``activations="int8"`` (CPU, int8 and int4 weights with groups of a multiple of 32 or per
-    channel) quantizes the input to int8 per block of 32 before the integer kernels multiply it
+    ``activations="int8"`` (CPU; int8, int4 and nf4 weights with groups of a multiple of 32 or
+    per channel; not nf4 with double_quant) quantizes the input to int8 per block of 32 before the integer kernels multiply it
     (qkernels.activations); its input gradient is that of the dequantized weight, as if the input
     had not been quantized. None (default): weight-only.
     """
@@ -48,6 +48,8 @@ class QuantLinear(nn.Module):
         self.group_size = resolve_settings(fmt, group_size, symmetric, in_features, activations)
         if double_quant and fmt != "nf4":
             raise ValueError(f"double_quant: only nf4 has double quantization, got fmt={fmt!r}")
+        if activations is not None:
+            int8_activations.check_weight(fmt, self.group_size, in_features, double_quant)
         self.activations = activations
         self.symmetric = symmetric
         self.double_quant = double_quant
@@ -117,7 +119,7 @@ class QuantLinear(nn.Module):
             raise ValueError(f"input_perm: expected int64 of shape ({k},), got "
                              f"{input_perm.dtype} of shape {tuple(input_perm.shape)}")
         if activations is not None:   # qw's group size, which __init__ below does not see
-            int8_activations.check_weight(qw.fmt, qw.group_size, k)
+            int8_activations.check_weight(qw.fmt, qw.group_size, k, qw.double_quant)
         layer = cls(k, n, bias=bias is not None, fmt=qw.fmt, group_size=-1, symmetric=qw.symmetric,
                     device="meta", dtype=None if bias is None else bias.dtype, backend=backend,
                     double_quant=qw.double_quant, activations=activations)

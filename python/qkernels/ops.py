@@ -273,7 +273,7 @@ def _matmul_reference(x, fmt, qweight, scales, zeros, group_size, bias):
 
 
 def _matmul_a8_reference(x, fmt, qweight, scales, zeros, group_size, bias):
-    w = formats.dequantize_tensors(fmt, x.shape[-1], group_size, qweight, scales, zeros)
+    w = int8_activations.dequantize_weight(fmt, x.shape[-1], group_size, qweight, scales, zeros)
     x_seen = int8_activations.fake_quantize(x)
     y = F.linear(x_seen, w, None if bias is None else bias.to(torch.float32))
     return y.to(x.dtype)
@@ -477,8 +477,8 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
            backend: Optional[str] = None, activations: Optional[str] = None) -> torch.Tensor:
     """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N].
 
-    activations="int8" (CPU only, int8 and int4 weights with groups of a multiple of 32 or per
-    channel): x is first quantized to int8 per block of 32 along K (qkernels.activations), and
+    activations="int8" (CPU only, int8, int4 and nf4 weights with groups of a multiple of 32 or
+    per channel; nf4 through its table in Q15): x is first quantized to int8 per block of 32 along K (qkernels.activations), and
     the kernels multiply integer codes; faster for decode-sized x, at a measured accuracy cost
     (README). None (default): x is used as given."""
     int8_activations.check_activations(activations)
@@ -492,8 +492,7 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
                          f"{tuple(x.shape)}")
     if qw.double_quant:
         if activations is not None:
-            raise ValueError("activations: 'int8' needs an int8 or int4 weight, got nf4 with "
-                             "double-quantized absmax")
+            int8_activations.check_weight(qw.fmt, qw.group_size, qw.shape[1], double_quant=True)
         return matmul_nf4_dq_tensors(x, qw.qweight, qw.absmax_codes, qw.absmax_scales,
                                      qw.absmax_offsets, qw.group_size, bias, backend)
     return matmul_tensors(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, bias,

@@ -20,6 +20,7 @@
 
 #include "core/dtype.h"
 #include "core/qmatmul.h"
+#include "core/qmatmul_a8.h"
 #include "cpu/dispatch.h"
 
 namespace {
@@ -383,12 +384,12 @@ int main(int argc, char** argv) {
   // Int8 activations (core/qmatmul_a8.h) through the dispatcher of each path, against x
   // quantized here by the definition (fp32 scale max|x| / 127, fp32 division, ties to even) and
   // multiplied in fp64. The integer dots are exact, so only fp32 scale products and sums round
-  // (and the zero point's cancellation, as for the weight-only kernels): 1e-5 for fp32 y.
+  // (and the zero point's cancellation, as for the weight-only kernels): 1e-5 for fp32 y. nf4
+  // weights are the mode's: absmax * kNF4TableQ15[q] / 32767.
   const std::vector<int64_t> a8_ms = quick ? std::vector<int64_t>{1, 5} : std::vector<int64_t>{1, 3, 4, 5, 17, 64};
   const std::vector<int64_t> a8_ks = quick ? std::vector<int64_t>{1, 33, 577}
                                            : std::vector<int64_t>{1, 3, 17, 33, 64, 576, 577};
   for (const FormatChoice& f : formats) {
-    if (f.fmt == Format::kNF4) continue;
     for (int64_t m : a8_ms) {
       for (int64_t k : a8_ks) {
         for (int64_t g : {32, 64, 96, 128, 0}) {
@@ -398,6 +399,16 @@ int main(int argc, char** argv) {
               const Case c{f.fmt, f.symmetric, m, 17, k, g ? g : k, dtype, bias};
               Problem pr = make_problem(c, rng);
               ++cases;
+              if (f.fmt == Format::kNF4) {
+                const int64_t row_bytes = qk::packed_row_bytes(f.fmt, k), groups = qk::num_groups(k, c.group_size);
+                for (int64_t n = 0; n < c.n; ++n) {
+                  for (int64_t kk = 0; kk < k; ++kk) {
+                    const int code = (pr.qweight[size_t(n * row_bytes + kk / 2)] >> (kk % 2 ? 4 : 0)) & 0xf;
+                    pr.weights[size_t(n * k + kk)] = double(pr.scales[size_t(n * groups + kk / c.group_size)]) *
+                                                     qk::kNF4TableQ15[code] / qk::kNF4Q15One;
+                  }
+                }
+              }
               std::vector<double> x_seen(size_t(m * k));  // code * scale per block of 32
               for (int64_t i = 0; i < m; ++i) {
                 for (int64_t k0 = 0; k0 < k; k0 += qk::kActivationBlock) {
@@ -443,9 +454,9 @@ int main(int argc, char** argv) {
       }
     }
   }
-  // ... and refuse nf4, and groups that split a block of 32.
+  // ... and refuse groups that split a block of 32.
   for (Isa isa : isas) {
-    for (const Case& c : {Case{Format::kNF4, false, 2, 3, 64, 32, DType::kF32, false},
+    for (const Case& c : {Case{Format::kNF4, false, 2, 3, 64, 16, DType::kF32, false},
                           Case{Format::kInt4, false, 2, 3, 64, 16, DType::kF32, false}}) {
       Problem pr = make_problem(c, rng);
       std::vector<float> y(6);

@@ -50,7 +50,7 @@ def parse_args(argv=None):
                         help="group size for every format (default: int4 128, nf4 64, int8 per channel)")
     parser.add_argument("--backends", help="comma list (default: every backend available)")
     parser.add_argument("--activations", choices=["int8"],
-                        help="also time the int8 and int4 formats with int8 activations (rows "
+                        help="also time the int8, int4 and nf4 formats with int8 activations (rows "
                              "'... a8'; CPU backends)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
                         help="activation dtype (default: float32 on CPU, float16 on GPU)")
