@@ -186,11 +186,28 @@ def test_nf4_decode_reproduces_the_table_bit_exactly():
     assert torch.equal(values.cpu().view(torch.int32), table.view(torch.int32))
 
 
+def nf4_permute_weights(qw, dtype):
+    """W as the nf4 permute decode makes it (common.dequantize_tile, NF4_PERMUTE): the table
+    value and the absmax each rounded to ``dtype``, multiplied in ``dtype`` (one rounding: the
+    product of two 16-bit values is exact in fp32)."""
+    n, k = qw.shape
+    codes = formats.unpack_codes(qw.qweight, "nf4", k).long()
+    table = formats.nf4_table(qw.qweight.device).to(dtype).float()
+    absmax = qw.absmax.to(dtype).float().repeat_interleave(qw.group_size, dim=1)[:, :k]
+    return (table[codes] * absmax).to(dtype)
+
+
+def nf4_permute_applies(dtype, group_size, num_groups, block_k) -> bool:
+    return (common.nf4_permute_enabled(dtype)
+            and common.scale_per_tile(group_size, num_groups, block_k))
+
+
 @pytest.mark.parametrize("group_size", [32, -1, 17])
 @pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
     # Rounded once from fp32, like the reference; asymmetric int4 within an ulp of zero * scale
-    # (its FMA, see test_identity_rows_recover_the_weights).
+    # (its FMA, see test_identity_rows_recover_the_weights). nf4 in fp16 on a GPU, with groups a
+    # tile lies in: bit-exact to nf4_permute_weights.
     n, k = 37, 301
     qw = random_quantized(n, k, fmt, group_size, symmetric)
     expected = qk.dequantize(qw)
@@ -203,7 +220,42 @@ def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
         assert (w - expected).abs().max() <= 2.0**-23 * (qw.zeros * qw.scales).max()
     w16 = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k,
                              torch.float16)
-    assert torch.equal(w16, w.half())
+    _, block_k = common.fit_tile(dequant.BLOCK_N, dequant.BLOCK_K, qw.group_size,
+                                 formats.num_groups(k, qw.group_size), dequant.MIN_BLOCK_K,
+                                 dequant.MAX_BLOCK_N)
+    if fmt == "nf4" and nf4_permute_applies(torch.float16, qw.group_size,
+                                            formats.num_groups(k, qw.group_size), block_k):
+        assert torch.equal(w16, nf4_permute_weights(qw, torch.float16))
+    else:
+        assert torch.equal(w16, w.half())
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1)])
+def test_nf4_permute_decode_is_the_rounded_table(n, k, group_size, dtype):
+    # The inline-PTX decode (prmt lookups of the table in dtype) against torch, bit for bit,
+    # through the dequantize kernel; ragged last tiles (577, 300) and per channel included.
+    qw = random_quantized(n, k, "nf4", group_size)
+    w = dequant.dequantize("nf4", qw.qweight, qw.scale_tensor, None, qw.group_size, k, dtype)
+    assert torch.equal(w.view(torch.int16), nf4_permute_weights(qw, dtype).view(torch.int16))
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nf4_permute_gemm_error(monkeypatch, dtype):
+    # The permute decode rounds twice per weight (table value, product) where the select tree
+    # rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16, to show the cost
+    # of the second rounding stays under the bound (bench/NOTES.md, Triton, "nf4 permute").
+    x, qw, _ = sample_inputs(16, 4096, 4096, "nf4", group_size=64, dtype=dtype)
+    ref = fp64_reference(x, qw)
+    errors = {}
+    for permute in (True, False):
+        monkeypatch.setattr(common, "nf4_permute_enabled", lambda _dtype, on=permute: on)
+        errors[permute] = rel_err(run_kernel(gemm, x, qw), ref)
+    print(f"\nnf4 g64 16x4096x4096 {dtype}: relative error against fp64, permute decode "
+          f"{errors[True]:.3e}, select tree {errors[False]:.3e}")
+    assert errors[True] <= REL_TOL[dtype] and errors[False] <= REL_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])

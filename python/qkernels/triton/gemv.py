@@ -19,9 +19,9 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import (FLOAT_ONE_BITS, FORMAT_INT8, INT4_SYMMETRIC_ZERO,
-                     dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
-                     store_output)
+from .common import (FLOAT_ONE_BITS, FORMAT_INT8, FORMAT_NF4, INT4_SYMMETRIC_ZERO,
+                     dequantize_nibble_pairs, dequantize_tile, load_packed, load_scale, load_x,
+                     load_x_row, nf4_table_values, store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -162,6 +162,7 @@ def gemv_kernel(
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     NF4_FROM_TABLE: tl.constexpr,  # nf4 decoded by a load from nf4_table (see NF4_FROM_TABLE)
+    NF4_PERMUTE: tl.constexpr,     # nf4 at M = 1 by prmt lookups (common.nf4_permute_enabled)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -202,13 +203,29 @@ def gemv_kernel(
                 w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
                                     absmax_scales_ptr, absmax_offsets_ptr, offs_n,
                                     k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
-                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
+                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K,
+                                    tl.float32, False)
                 offs_k = k_start + tl.arange(0, BLOCK_K)
                 if BLOCK_M == 1:
                     acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
                 else:
                     x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
                     acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+            elif FORMAT == FORMAT_NF4 and NF4_PERMUTE and BLOCK_M == 1 and SCALE_PER_TILE:
+                # The table values in fp16 from the permute decode, products and sums in fp32,
+                # the absmax applied once per byte pair.
+                packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes,
+                                                stride_qn, BLOCK_K)
+                value_even, value_odd = nf4_table_values(packed)
+                absmax = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr,
+                                    offs_n * num_groups + k_start // group_size, offs_n < N,
+                                    ABSMAX_DQ)
+                offs_even = 2 * offs_byte
+                pair = value_even.to(tl.float32) * load_x_row(x_ptr, offs_even, K,
+                                                              stride_xk)[None, :]
+                pair += value_odd.to(tl.float32) * load_x_row(x_ptr, offs_even + 1, K,
+                                                              stride_xk)[None, :]
+                acc += absmax[:, None] * pair
             else:
                 w_even, w_odd = dequantize_nibble_pairs(
                     qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
@@ -363,7 +380,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
             y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
-                NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m, WORDS=words)
+                NF4_FROM_TABLE=NF4_FROM_TABLE,
+                NF4_PERMUTE=common.nf4_permute_enabled(x.dtype), BLOCK_M=block_m, WORDS=words)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
