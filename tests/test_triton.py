@@ -232,13 +232,28 @@ def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1)])
+@pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1),
+                                            (37, 301, 32)])
 def test_nf4_permute_decode_is_the_rounded_table(n, k, group_size, dtype):
     # The inline-PTX decode (prmt lookups of the table in dtype) against torch, bit for bit,
-    # through the dequantize kernel; ragged last tiles (577, 300) and per channel included.
+    # through the dequantize kernel (its tile, 64 x 64 or 128 x 32 here, sets which elements
+    # share an asm block); ragged last tiles (577, 300, 301) and per channel included.
     qw = random_quantized(n, k, "nf4", group_size)
     w = dequant.dequantize("nf4", qw.qweight, qw.scale_tensor, None, qw.group_size, k, dtype)
     assert torch.equal(w.view(torch.int16), nf4_permute_weights(qw, dtype).view(torch.int16))
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [16, 40, 96])
+def test_nf4_permute_gemm_sees_the_rounded_weights(m, dtype):
+    # Rows of the identity pick out W's columns, each output one exact product: the GEMM's
+    # weights bit for bit, at 16-, 64- and 128-row tiles (the M buckets' default configs).
+    k = 96
+    qw = random_quantized(70, k, "nf4", 32)
+    rows = torch.eye(k, dtype=dtype, device=DEVICE)[:m]
+    y = run_kernel(gemm, rows, qw)
+    assert torch.equal(y.view(torch.int16), nf4_permute_weights(qw, dtype).T[:m].view(torch.int16))
 
 
 @cuda_only

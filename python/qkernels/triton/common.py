@@ -55,15 +55,18 @@ def _nf4_byte_planes(dtype: torch.dtype) -> tuple:
     return plane(0), plane(8)
 
 
-def _nf4_permute_asm(dtype: torch.dtype, high: bool) -> str:
-    """PTX for nf4_table_values: $2 holds four code bytes b0..b3; $0 / $1 get NF4[nibble] of
-    b0..b3 in ``dtype`` as pairs (elements (0, 1) and (2, 3)), of the low nibbles, or of the
-    high ones (``high``). The table lives in the instruction stream as byte planes: prmt picks
-    4 bytes out of 8 by 3-bit selectors, so each plane is looked up for codes 0-7 and for 8-15,
-    and the two merged on bit 3 of each code (lop3 with a byte mask made by prmt's sign
-    replication)."""
+def _nf4_permute_asm(dtype: torch.dtype, high: bool, pair_type: str = None) -> str:
+    """PTX for _nf4_values_by_permute and nf4_table_values: $2 holds four bytes b0..b3; $0 / $1
+    get NF4[nibble] of b0..b3 in ``dtype`` as pairs (elements (0, 1) and (2, 3)), of the low
+    nibbles, or of the high ones (``high``); with ``pair_type`` multiplied in that type by the
+    absmax pairs in $3 / $4. Each element depends on its own byte only: which elements Triton
+    packs into one block depends on the tensor's layout.
+
+    The table lives in the instruction stream as byte planes: prmt picks 4 bytes out of 8 by
+    3-bit selectors, so each plane is looked up for codes 0-7 and for 8-15, and the two merged
+    on bit 3 of each code (lop3 with a byte mask made by prmt's sign replication)."""
     low_plane, high_plane = _nf4_byte_planes(dtype)
-    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi;"]
+    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;"]
     # s: the 4 codes (as 3-bit indices) of bytes 0, 2, 1, 3 at bits 0, 4, 8, 12, where prmt
     # reads its selectors. m: byte j all ones where that code of byte (0, 2, 1, 3)[j] has bit 3
     # set (prmt replicates the sign bit of a byte, so bit 3 of the nibble is moved to bit 7).
@@ -78,37 +81,21 @@ def _nf4_permute_asm(dtype: torch.dtype, high: bool) -> str:
                   f"prmt.b32 b, {plane[2]:#010x}, {plane[3]:#010x}, s;",
                   f"lop3.b32 {name}, a, b, m, 0xD8;"]  # m ? b : a, bit by bit
     # Byte j of lo / hi belongs to byte (0, 2, 1, 3)[j] of $2: pairs (0, 1) and (2, 3).
-    lines += ["prmt.b32 $0, lo, hi, 0x6240;", "prmt.b32 $1, lo, hi, 0x7351;", "}"]
-    return "\n".join(lines)
+    lines += ["prmt.b32 $0, lo, hi, 0x6240;", "prmt.b32 $1, lo, hi, 0x7351;"]
+    if pair_type:  # -0 pairs: fma(a, b, -0) is the product a * b, signed zeros kept
+        lines += ["mov.b32 nz, 0x80008000;", f"fma.rn.{pair_type} $0, $0, $3, nz;",
+                  f"fma.rn.{pair_type} $1, $1, $4, nz;"]
+    return "\n".join(lines + ["}"])
 
 
-def _nf4_interleaved_asm(dtype: torch.dtype, pair_type: str) -> str:
-    """PTX for _nf4_values_by_permute: $2 holds code bytes (b0, b0, b1, b1) (each byte twice,
-    at the positions of its two weights), $3 / $4 the absmax pairs; $0 / $1 get absmax * NF4 of
-    (low, high nibble of b0) and (low, high nibble of b1) in ``dtype``. Lookups as in
-    _nf4_permute_asm, with the selectors in weight order; then one fma per pair in ``dtype``:
-    14 instructions per 4 weights, where the select tree takes 10 FSEL and about 3 LOP3 per
-    weight, then an FMUL and a conversion."""
-    low_plane, high_plane = _nf4_byte_planes(dtype)
-    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;",
-             "mov.b32 nz, 0x80008000;",  # -0 pairs: fma(a, b, -0) is the product, signed zeros kept
-             # s: the codes of the 4 weights (low and high nibble of b0, then of b1) at bits 0,
-             # 4, 8, 12 as 3-bit indices; m: byte j all ones where weight j's code has bit 3 set
-             # (prmt replicates a byte's sign bit: the low nibble's bit 3 moved to bit 7 first).
-             "prmt.b32 s, $2, 0, 0x0020;", "and.b32 s, s, 0x7777;",
-             "shl.b32 t, $2, 4;", "prmt.b32 m, t, $2, 0xEAC8;"]
-    for plane, name in ((low_plane, "lo"), (high_plane, "hi")):
-        lines += [f"prmt.b32 a, {plane[0]:#010x}, {plane[1]:#010x}, s;",
-                  f"prmt.b32 b, {plane[2]:#010x}, {plane[3]:#010x}, s;",
-                  f"lop3.b32 {name}, a, b, m, 0xD8;"]  # m ? b : a, bit by bit
-    lines += ["prmt.b32 $0, lo, hi, 0x5140;", "prmt.b32 $1, lo, hi, 0x7362;",
-              f"fma.rn.{pair_type} $0, $0, $3, nz;", f"fma.rn.{pair_type} $1, $1, $4, nz;", "}"]
-    return "\n".join(lines)
-
-
-NF4_INTERLEAVED_ASM_FP16: tl.constexpr = tl.constexpr(_nf4_interleaved_asm(torch.float16, "f16x2"))
-NF4_INTERLEAVED_ASM_BF16: tl.constexpr = tl.constexpr(
-    _nf4_interleaved_asm(torch.bfloat16, "bf16x2"))
+NF4_SCALED_ASM_FP16_LOW: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.float16, high=False, pair_type="f16x2"))
+NF4_SCALED_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.float16, high=True, pair_type="f16x2"))
+NF4_SCALED_ASM_BF16_LOW: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.bfloat16, high=False, pair_type="bf16x2"))
+NF4_SCALED_ASM_BF16_HIGH: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.bfloat16, high=True, pair_type="bf16x2"))
 NF4_TABLE_ASM_FP16_LOW: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=False))
 NF4_TABLE_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=True))
 
@@ -242,22 +229,31 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
 @triton.jit
 def _nf4_values_by_permute(packed, scale, DTYPE: tl.constexpr):
     """absmax * NF4[code] of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16),
-    [R, 2 C] in k order, by NF4_INTERLEAVED_ASM; scale fp32, broadcastable to [R, 1].
-
-    Each byte is duplicated before the asm, not the results interleaved after it: tl.dot on a
-    join + reshape of the asm outputs made Triton 3.6's TritonGPUOptimizeDotOperands fail
-    ("Illegal shared layout") for 64-row tiles; an elementwise op after the reshape, as here
-    (and as the select tree's rounding to DTYPE was), does not."""
-    codes = tl.interleave(packed, packed)
-    scale = tl.broadcast_to(scale.to(DTYPE), codes.shape)
+    [R, 2 C] in k order, by NF4_SCALED_ASM (15 instructions per 4 weights, where the select
+    tree takes 10 FSEL and about 3 LOP3 per weight, then an FMUL and a conversion); scale
+    fp32, broadcastable to [R, 1]."""
+    scale = tl.broadcast_to(scale.to(DTYPE), packed.shape)
     if DTYPE == tl.float16:
-        values = tl.inline_asm_elementwise(NF4_INTERLEAVED_ASM_FP16, "=r,=r,r,r,r",
-                                           [codes, scale], dtype=tl.float16, is_pure=True,
-                                           pack=4)
+        even = tl.inline_asm_elementwise(NF4_SCALED_ASM_FP16_LOW, "=r,=r,r,r,r", [packed, scale],
+                                         dtype=tl.float16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(NF4_SCALED_ASM_FP16_HIGH, "=r,=r,r,r,r",
+                                        [packed, scale], dtype=tl.float16, is_pure=True, pack=4)
     else:
-        values = tl.inline_asm_elementwise(NF4_INTERLEAVED_ASM_BF16, "=r,=r,r,r,r",
-                                           [codes, scale], dtype=tl.bfloat16, is_pure=True,
-                                           pack=4)
+        even = tl.inline_asm_elementwise(NF4_SCALED_ASM_BF16_LOW, "=r,=r,r,r,r", [packed, scale],
+                                         dtype=tl.bfloat16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(NF4_SCALED_ASM_BF16_HIGH, "=r,=r,r,r,r",
+                                        [packed, scale], dtype=tl.bfloat16, is_pure=True,
+                                        pack=4)
+    # An opaque copy after the interleave (no instruction once ptxas is done): tl.dot on the
+    # join + reshape of asm outputs itself made Triton 3.6's TritonGPUOptimizeDotOperands fail
+    # ("Illegal shared layout") for 64-row tiles.
+    values = tl.interleave(even, odd)
+    if DTYPE == tl.float16:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.bfloat16, is_pure=True, pack=2)
     return values
 
 
