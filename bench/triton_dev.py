@@ -6,6 +6,7 @@ harness: a quick check while tuning the kernels.
     python bench/triton_dev.py --threshold  # GEMV vs GEMM at M = 1..16 (sets GEMV_MAX_M)
     python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
     python bench/triton_dev.py --gemv       # the GEMV at M = 1 (int4): word path against byte path
+    python bench/triton_dev.py --gemv-tiles # the GEMV at M = 1 (nf4, int4): tiles against default
     python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
     python bench/triton_dev.py --baseline DIR   # this tree's kernels against DIR's (an older
                                             # python/qkernels/triton), fp16 and bf16, M <= 64
@@ -180,6 +181,47 @@ def gemv_versions(nbytes_l2):
                   f"{t['bytes']:6.1f} | {t['words']:6.1f} | {t['bytes'] / t['words']:.2f}x, "
                   f"{t['fp16'] / t['words']:.2f}x, {t['cuda'] / t['words']:.2f}x | "
                   + ", ".join(f"{t[tile]:6.1f}" for tile in tiles), flush=True)
+
+
+# GEMV tiles timed by --gemv-tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages, split-K or None
+# for the heuristic's) per format, beside the default config.
+GEMV_SWEEP = {
+    ("nf4", 64, False): ((64, 64, 4, 2, None), (256, 64, 8, 2, None), (128, 64, 8, 2, None),
+                         (128, 64, 4, 3, None), (128, 64, 4, 2, 16), (64, 64, 2, 2, None),
+                         (128, 32, 4, 2, None)),
+    ("int4", 128, False): ((64, 128, 4, 3, None), (64, 128, 4, 4, None), (128, 128, 8, 2, None),
+                           (32, 128, 2, 2, None), (64, 64, 4, 2, None), (64, 256, 8, 2, None),
+                           (64, 128, 4, 2, 16)),
+}
+
+
+def gemv_tiles(nbytes_l2):
+    """The GEMV at M = 1 (fp16 x, autotune off) at its default config and at each GEMV_SWEEP
+    tile, with the CUDA backend; interleaved over GEMV_ROUNDS rounds, medians in us."""
+    for f, tiles in GEMV_SWEEP.items():
+        names = [f"{n}x{k}w{w}s{st}" + (f"k{split}" if split else "")
+                 for n, k, w, st, split in tiles]
+        print(f"{_name(f)} M=1, us: cuda | default | " + " | ".join(names))
+        for n, k in VERSION_SHAPES:
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            copies = weight_copies(quantized(*f, n, k), nbytes_l2)
+
+            def calls(config=None, split_k=None):
+                def call(qw):
+                    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+                    return lambda: gemv.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
+                                               qw.group_size, None, y, config=config,
+                                               split_k=split_k)
+                return [call(qw) for qw in copies]
+
+            variants = {"cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
+                        "default": calls()}
+            for name, (block_n, block_k, warps, stages, split) in zip(names, tiles):
+                variants[name] = calls(triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k},
+                                                     num_warps=warps, num_stages=stages), split)
+            t = interleaved_medians(variants, GEMV_ROUNDS)
+            print(f"{n}x{k}: {t['cuda']:6.1f} | {t['default']:6.1f} | "
+                  + " | ".join(f"{t[name]:6.1f}" for name in names), flush=True)
 
 
 VERSION_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096))
@@ -382,6 +424,8 @@ def main():
     parser.add_argument("--threshold", action="store_true", help="GEMV vs GEMM at M = 1..16")
     parser.add_argument("--crossover", action="store_true",
                         help="fused GEMM vs dequantize + cuBLAS at M = 32..1024")
+    parser.add_argument("--gemv-tiles", action="store_true",
+                        help="GEMV at M = 1, nf4 and int4: default config against other tiles")
     parser.add_argument("--gemv", action="store_true",
                         help="GEMV at M = 1, int4: word path against the byte path, CUDA, fp16")
     parser.add_argument("--baseline", metavar="DIR",
@@ -398,6 +442,8 @@ def main():
     nbytes_l2 = getattr(props, "L2_cache_size", 50 * 2**20)
     if args.baseline:
         versions(nbytes_l2, args.baseline)
+    elif args.gemv_tiles:
+        gemv_tiles(nbytes_l2)
     elif args.gemv:
         gemv_versions(nbytes_l2)
     elif args.threshold:
