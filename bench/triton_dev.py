@@ -355,7 +355,7 @@ def sass():
         num_groups = K // group_size
         qweight_type = "*i8" if fmt == "int8" else "*u8"
         base = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=fmt == "int4", ABSMAX_DQ=False)
-        words = fmt == "int4"  # the word path's only format
+        words = fmt != "int8"  # the word path's formats (nf4 through the permute decode)
         gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
                                           words)
         gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
@@ -373,7 +373,12 @@ def sass():
         }
         if fmt == "nf4":  # the decode the GEMV does not use, for comparison
             kernel, config, meta = kernels["gemv M=1"]
-            kernels["gemv M=1, table load"] = (kernel, config, {**meta, "NF4_PERMUTE": False})
+            byte_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size,
+                                              num_groups)
+            kernels["gemv M=1, byte path"] = (gemv.gemv_kernel, byte_config,
+                                              {**meta, "WORDS": False})
+            kernels["gemv M=1, table load"] = (gemv.gemv_kernel, byte_config,
+                                               {**meta, "WORDS": False, "NF4_PERMUTE": False})
             kernel, config, meta = kernels["gemm M=16"]
             kernels["gemm M=16, select tree"] = (kernel, config, {**meta, "NF4_PERMUTE": False})
         for name, (kernel, config, meta) in kernels.items():

@@ -315,15 +315,19 @@ def test_split_k(kernel, split_k, fmt, symmetric):
     assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
 
 
-# The GEMV's word path (int4, one row of x, codes read as 32-bit words): K a multiple of 8;
-# K = 584 leaves a ragged last tile and, with g = 32 and 128, a ragged last group in it.
+# The GEMV's word path (int4, and nf4 where its permute decode runs: compiled, fp16 / bf16 x;
+# one row of x, codes read as 32-bit words): K a multiple of 8; K = 584 leaves a ragged last
+# tile and, with g = 32 and 128, a ragged last group in it.
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("group_size", [32, 128, -1])
-@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
-def test_gemv_word_path(symmetric, group_size, dtype):
-    x, qw, b = sample_inputs(1, 19, 584, "int4", symmetric, group_size, dtype, bias=True)
+@pytest.mark.parametrize("fmt,symmetric", [("int4", False), ("int4", True), ("nf4", False)],
+                         ids=["int4", "int4-sym", "nf4"])
+def test_gemv_word_path(fmt, symmetric, group_size, dtype):
+    x, qw, b = sample_inputs(1, 19, 584, fmt, symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(584, qw.group_size)
-    assert gemv.words_supported("int4", qw.qweight, 584, qw.group_size, num_groups, 1)
+    nf4_words = common.nf4_permute_enabled(dtype)
+    assert gemv.words_supported(fmt, qw.qweight, 584, qw.group_size, num_groups, 1, nf4_words) \
+        == (fmt == "int4" or nf4_words)
     for split_k in (1, 3):
         assert_close(run_kernel(gemv, x, qw, b, split_k=split_k), x, qw, b)
 
@@ -338,6 +342,7 @@ def test_gemv_word_path_conditions():
     for other in ("int8", "nf4"):
         other_qw = sample_inputs(1, 5, 96, other, group_size=32)[1]
         assert not gemv.words_supported(other, other_qw.qweight, 96, 32, groups, 1)
+    assert gemv.words_supported("nf4", other_qw.qweight, 96, 32, groups, 1, nf4_words=True)
     assert not gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 2)
     row_bytes = qw.qweight.shape[1]
     padded = torch.zeros(5, row_bytes + 2, dtype=qw.qweight.dtype, device=DEVICE)

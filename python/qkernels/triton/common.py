@@ -55,36 +55,53 @@ def _nf4_byte_planes(dtype: torch.dtype) -> tuple:
     return plane(0), plane(8)
 
 
-def _nf4_permute_asm(dtype: torch.dtype, high: bool, pair_type: str = None) -> str:
-    """PTX for _nf4_values_by_permute and nf4_table_values: $2 holds four bytes b0..b3; $0 / $1
-    get NF4[nibble] of b0..b3 in ``dtype`` as pairs (elements (0, 1) and (2, 3)), of the low
-    nibbles, or of the high ones (``high``); with ``pair_type`` multiplied in that type by the
-    absmax pairs in $3 / $4. Each element depends on its own byte only: which elements Triton
-    packs into one block depends on the tensor's layout.
+def _nf4_lookup(dtype: torch.dtype, high: bool, codes: str, out0: str, out1: str) -> list:
+    """PTX lines: ``codes`` holds four bytes b0..b3; ``out0`` / ``out1`` get NF4[nibble] of
+    b0..b3 in ``dtype`` as pairs (bytes (0, 1) and (2, 3)), of the low nibbles, or of the high
+    ones (``high``). Uses the registers t, s, m, a, b, lo, hi. Each element depends on its own
+    byte only: which elements Triton packs into one asm block depends on the tensor's layout.
 
     The table lives in the instruction stream as byte planes: prmt picks 4 bytes out of 8 by
     3-bit selectors, so each plane is looked up for codes 0-7 and for 8-15, and the two merged
     on bit 3 of each code (lop3 with a byte mask made by prmt's sign replication)."""
     low_plane, high_plane = _nf4_byte_planes(dtype)
-    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;"]
     # s: the 4 codes (as 3-bit indices) of bytes 0, 2, 1, 3 at bits 0, 4, 8, 12, where prmt
     # reads its selectors. m: byte j all ones where that code of byte (0, 2, 1, 3)[j] has bit 3
     # set (prmt replicates the sign bit of a byte, so bit 3 of the nibble is moved to bit 7).
     if high:
-        lines += ["and.b32 t, $2, 0x70707070;", "shr.u32 s, t, 16;", "shr.u32 t, t, 4;",
-                  "or.b32 s, s, t;", "prmt.b32 m, $2, 0, 0xB9A8;"]
+        lines = [f"and.b32 t, {codes}, 0x70707070;", "shr.u32 s, t, 16;", "shr.u32 t, t, 4;",
+                 "or.b32 s, s, t;", f"prmt.b32 m, {codes}, 0, 0xB9A8;"]
     else:
-        lines += ["and.b32 t, $2, 0x07070707;", "shr.u32 s, t, 12;", "or.b32 s, s, t;",
-                  "shl.b32 t, $2, 4;", "prmt.b32 m, t, 0, 0xB9A8;"]
+        lines = [f"and.b32 t, {codes}, 0x07070707;", "shr.u32 s, t, 12;", "or.b32 s, s, t;",
+                 f"shl.b32 t, {codes}, 4;", "prmt.b32 m, t, 0, 0xB9A8;"]
     for plane, name in ((low_plane, "lo"), (high_plane, "hi")):
         lines += [f"prmt.b32 a, {plane[0]:#010x}, {plane[1]:#010x}, s;",
                   f"prmt.b32 b, {plane[2]:#010x}, {plane[3]:#010x}, s;",
                   f"lop3.b32 {name}, a, b, m, 0xD8;"]  # m ? b : a, bit by bit
-    # Byte j of lo / hi belongs to byte (0, 2, 1, 3)[j] of $2: pairs (0, 1) and (2, 3).
-    lines += ["prmt.b32 $0, lo, hi, 0x6240;", "prmt.b32 $1, lo, hi, 0x7351;"]
+    # Byte j of lo / hi belongs to byte (0, 2, 1, 3)[j] of the codes: pairs (0, 1) and (2, 3).
+    return lines + [f"prmt.b32 {out0}, lo, hi, 0x6240;", f"prmt.b32 {out1}, lo, hi, 0x7351;"]
+
+
+def _nf4_permute_asm(dtype: torch.dtype, high: bool, pair_type: str = None) -> str:
+    """PTX for _nf4_values_by_permute and nf4_table_values: $2 holds four code bytes; $0 / $1
+    get NF4 of their low (or ``high``) nibbles in ``dtype`` as pairs (_nf4_lookup), with
+    ``pair_type`` multiplied in that type by the absmax pairs in $3 / $4."""
+    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;"]
+    lines += _nf4_lookup(dtype, high, "$2", "$0", "$1")
     if pair_type:  # -0 pairs: fma(a, b, -0) is the product a * b, signed zeros kept
         lines += ["mov.b32 nz, 0x80008000;", f"fma.rn.{pair_type} $0, $0, $3, nz;",
                   f"fma.rn.{pair_type} $1, $1, $4, nz;"]
+    return "\n".join(lines + ["}"])
+
+
+def _nf4_word_asm() -> str:
+    """PTX for nf4_word_values: $8 holds a 32-bit word of 8 nf4 codes (k = 8 w + j: byte j // 2,
+    low nibble first); $0..$7 (16-bit registers) get NF4[code j] in fp16."""
+    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, p, q;"]
+    lines += _nf4_lookup(torch.float16, False, "$8", "p", "q")  # codes 0, 2 | 4, 6
+    lines += ["mov.b32 {$0, $2}, p;", "mov.b32 {$4, $6}, q;"]
+    lines += _nf4_lookup(torch.float16, True, "$8", "p", "q")  # codes 1, 3 | 5, 7
+    lines += ["mov.b32 {$1, $3}, p;", "mov.b32 {$5, $7}, q;"]
     return "\n".join(lines + ["}"])
 
 
@@ -98,6 +115,10 @@ NF4_SCALED_ASM_BF16_HIGH: tl.constexpr = tl.constexpr(
     _nf4_permute_asm(torch.bfloat16, high=True, pair_type="bf16x2"))
 NF4_TABLE_ASM_FP16_LOW: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=False))
 NF4_TABLE_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=True))
+NF4_WORD_ASM: tl.constexpr = tl.constexpr(_nf4_word_asm())
+# The output dtypes of NF4_WORD_ASM, read through .value: a tuple of dtypes written inside a jit
+# function becomes a tuple of constexprs, which Triton 3.6's inline_asm_elementwise rejects.
+NF4_WORD_DTYPES: tl.constexpr = tl.constexpr((tl.float16,) * 8)
 
 # The interpreter has no SMs; a small count makes the split-K heuristic split small test shapes,
 # so the tests run the split-K reduction without forcing it.
@@ -267,6 +288,15 @@ def nf4_table_values(packed):
     high = tl.inline_asm_elementwise(NF4_TABLE_ASM_FP16_HIGH, "=r,=r,r", [packed],
                                      dtype=tl.float16, is_pure=True, pack=4)
     return low, high
+
+
+@triton.jit
+def nf4_word_values(words):
+    """NF4[code j] in fp16 (within 2^-12 of the fp32 table) for j = 0..7 of each int32 word of
+    nf4 codes (k = 8 w + j), as a tuple of 8 tensors shaped like ``words``: the GEMV's word
+    path."""
+    return tl.inline_asm_elementwise(NF4_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words],
+                                     dtype=NF4_WORD_DTYPES.value, is_pure=True, pack=1)
 
 
 @triton.jit

@@ -21,7 +21,7 @@ from .. import formats
 from . import common
 from .common import (FLOAT_ONE_BITS, FORMAT_INT8, FORMAT_NF4, INT4_SYMMETRIC_ZERO,
                      dequantize_nibble_pairs, dequantize_tile, load_packed, load_scale, load_x,
-                     load_x_row, nf4_table_values, store_output)
+                     load_x_row, nf4_table_values, nf4_word_values, store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -59,10 +59,11 @@ def _word_nibbles(words, j: tl.constexpr):
 
 @triton.jit
 def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_words, group_size,
-                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
+                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+                       NF4: tl.constexpr):
     """(a, b) such that a word's share of y is a * sum_j v_j x_j + b * sum_j x_j with v_j from
-    _word_nibbles: s (q - z) = 16 s v - s (16 + z). [BLOCK_N, 1] when the tile starting at
-    k_start lies in one group, else per word."""
+    _word_nibbles: s (q - z) = 16 s v - s (16 + z); for nf4 (v_j = NF4[q]) the absmax and 0.
+    [BLOCK_N, 1] when the tile starting at k_start lies in one group, else per word."""
     row_ok = offs_n < N
     if SCALE_PER_TILE:
         # Loaded as [BLOCK_N], then expanded: a [BLOCK_N, 1] load took a layout of one row per
@@ -74,11 +75,14 @@ def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_wo
                    + (offs_w * WORD_CODES // group_size)[None, :])
         mask = row_ok[:, None] & (offs_w < row_words)[None, :]
     scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
-    if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+    if NF4:
+        a, b = scale, 0.0  # nf4 values are NF4[q] themselves (_row_dot_words)
     else:
-        zero = INT4_SYMMETRIC_ZERO
-    a, b = 16.0 * scale, -scale * (16.0 + zero)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+        else:
+            zero = INT4_SYMMETRIC_ZERO
+        a, b = 16.0 * scale, -scale * (16.0 + zero)
     if SCALE_PER_TILE:
         a, b = a[:, None], b[:, None]
     return a, b
@@ -88,9 +92,11 @@ def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_wo
 def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
                    row_words, group_size, num_groups, stride_xk, stride_qw,
                    HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   SCALE_PER_TILE: tl.constexpr):
+                   SCALE_PER_TILE: tl.constexpr, NF4: tl.constexpr):
     """sum_k x[0, k] W[offs_n, k] over K tiles [first_tile, last_tile), [BLOCK_N] fp32, for one
-    row of x and int4 codes read as int32 words [N, row_words] (words_supported).
+    row of x and int4 (or NF4: nf4) codes read as int32 words [N, row_words] (words_supported).
+    nf4 words are decoded by common.nf4_word_values (the permute decode, fp16 table values),
+    then multiplied into x and summed in fp32 like int4's.
 
     Per weight: a shift, a LOP3 (_word_nibbles) and one FMA with x; the group scale and zero
     point are applied once per word (_word_coefficients), and x is loaded once per tile for all
@@ -115,27 +121,39 @@ def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, 
         # Loaded here, used after the products: carried from the previous iteration instead,
         # they took their own layout and dragged the accumulator into it.
         a, b = _word_coefficients(scales_ptr, zeros_ptr, offs_n, tile * BLOCK_K, offs_w, N,
-                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE)
+                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE,
+                                  NF4)
         dot = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
         x_sum = tl.zeros([BLOCK_W], tl.float32)
         # x[k] for k = WORD_CODES w + j: one address and one mask per word for all j (K is a
         # multiple of WORD_CODES, so k < K exactly when the word is in the row).
         x_words = x_ptr + offs_w * (WORD_CODES * stride_xk)
         word_ok = offs_w < row_words
+        if NF4:
+            values = nf4_word_values(words)
         for j in tl.static_range(WORD_CODES):
             x = tl.load(x_words + j * stride_xk, mask=word_ok, other=0.0).to(tl.float32)
-            dot += _word_nibbles(words, j) * x[None, :]
-            x_sum += x
-        acc += a * dot + b * x_sum[None, :]
+            if NF4:
+                dot += values[j].to(tl.float32) * x[None, :]
+            else:
+                dot += _word_nibbles(words, j) * x[None, :]
+                x_sum += x
+        if NF4:
+            acc += a * dot
+        else:
+            acc += a * dot + b * x_sum[None, :]
         words = next_words
     return tl.sum(acc, axis=1)
 
 
-def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
-    """The word path's conditions: int4 (for nf4 and int8 it measured slower than the byte path:
-    bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
-    multiple of 8, 4-byte-aligned rows), each word inside one group."""
-    return (fmt == "int4" and m == 1 and k % WORD_CODES.value == 0
+def words_supported(fmt, qweight, k, group_size, num_groups, m, nf4_words=False) -> bool:
+    """The word path's conditions: int4, or nf4 where ``nf4_words`` (its permute decode runs:
+    common.nf4_permute_enabled, and absmax stored in fp32; int8, and nf4 through a table load,
+    measured slower than the byte path: bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole
+    32-bit words of codes per row (K a multiple of 8, 4-byte-aligned rows), each word inside
+    one group."""
+    return ((fmt == "int4" or (fmt == "nf4" and nf4_words))
+            and m == 1 and k % WORD_CODES.value == 0
             and (num_groups == 1 or group_size % WORD_CODES.value == 0)
             and qweight.stride(1) == 1 and qweight.stride(0) % 4 == 0
             and qweight.storage_offset() % 4 == 0 and qweight.data_ptr() % 4 == 0)
@@ -145,7 +163,7 @@ def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
 def gemv_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
     qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense;
-                        # WORDS: int4 rows as int32 words (row_bytes, stride_qn in words)
+                        # WORDS: 4-bit rows as int32 words (row_bytes, stride_qn in words)
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE; otherwise unused)
@@ -168,7 +186,7 @@ def gemv_kernel(
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
-    WORDS: tl.constexpr,           # M = 1, int4 codes read as 32-bit words (words_supported)
+    WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -184,7 +202,7 @@ def gemv_kernel(
     if WORDS:
         out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
                              last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
-                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE)
+                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE, FORMAT == FORMAT_NF4)
         out = out[None, :]
     else:
         # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
@@ -358,7 +376,9 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
-    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m)
+    nf4_words = common.nf4_permute_enabled(x.dtype) and absmax_dq is None
+    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m,
+                                                   nf4_words)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         config = config or default_config(common.capability(x.device), block_m, group_size,
