@@ -128,7 +128,7 @@ MAX_SPLIT_K = 16
 
 @triton.jit
 def load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
-                ABSMAX_DQ: tl.constexpr):
+               ABSMAX_DQ: tl.constexpr):
     """The fp32 group scale at ``offsets`` (flat [N, G] indices): stored, or decoded from its
     8-bit log2 code with one FMA and one exp2 (ABSMAX_DQ). Masked entries are 0.
 
@@ -191,7 +191,7 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
         offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
         mask = row_ok[:, None] & (offs_k[None, :] < K)
     scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
-                        ABSMAX_DQ)
+                       ABSMAX_DQ)
     if FORMAT == FORMAT_NF4:
         if NF4_FROM_TABLE:
             return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
@@ -235,7 +235,7 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
     SCALE_PER_TILE (common.scale_per_tile): the tile lies in one group, so one scale per row.
     """
     packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
-                                     BLOCK_K)
+                                    BLOCK_K)
     packed = packed.to(tl.int32)
     offs_even = 2 * offs_byte
     even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
@@ -322,10 +322,10 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
         return w.to(DTYPE)
     if FORMAT == FORMAT_NF4 and NF4_PERMUTE and SCALE_PER_TILE:
         packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
-                                         BLOCK_K)
+                                        BLOCK_K)
         offsets = (offs_n * num_groups + k_start // group_size)[:, None]
         scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets,
-                            (offs_n < N)[:, None], ABSMAX_DQ)
+                           (offs_n < N)[:, None], ABSMAX_DQ)
         return _nf4_values_by_permute(packed, scale, DTYPE)
     even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, scales_ptr,
                                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,

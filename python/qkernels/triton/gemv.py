@@ -5,10 +5,12 @@ tiles, dequantizes in registers and does the M multiply-adds per weight on CUDA 
 cores would pad M to 16 and route W through shared memory). Split-K spreads short-and-wide
 shapes (small N, long K) over all SMs; common.store_output reduces the splits in one launch.
 
-Two inner loops. The word path (_row_dot_words), for int4 and one row of x (the only GEMV the op
-runs: GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: three instructions per weight
-and the group scale once per word. The byte path, for the rest: each code dequantized to fp32 in
-the load's layout, then the multiply-adds.
+Inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the op runs:
+GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: int4 in three instructions per
+weight, nf4 through the permute decode (common.nf4_word_values) where it runs (compiled, fp16 /
+bf16 x), the group scale once per word. nf4 at one row on tiles in one group but not whole
+words: the byte path with the permute decode (nf4_table_values). The byte path, for the rest:
+each code dequantized to fp32 in the load's layout, then the multiply-adds.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ MAX_ACC_PER_THREAD = 64
 PROGRAMS_PER_SM = 4
 MIN_K_TILES_PER_SPLIT = 4
 MIN_BLOCK_K = 32
-# nf4 here: one load per weight from the 64-byte table (it stays in L1), not common.nf4_value's
-# select tree: the GEMV's time tracks its instruction count, and per weight of its main loop on
-# sm_90 the table costs 16.8 SASS instructions, the tree 27.2 (bench/triton_dev.py --sass,
-# Triton 3.6; "Triton" in bench/NOTES.md). The GEMM cannot do the same: its software pipeliner
-# turns the table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x
-# fp16 for M = 16).
+# nf4 where the permute decode does not run (the interpreter, fp32 x): one load per weight from
+# the 64-byte table (it stays in L1), not common.nf4_value's select tree: the GEMV's time tracks
+# its instruction count, and per weight of its main loop on sm_90 the table costs 16.8 SASS
+# instructions, the tree 27.2 (bench/triton_dev.py --sass, Triton 3.6; "Triton" in
+# bench/NOTES.md). The GEMM cannot do the same: its software pipeliner turns the table load into
+# a 4-byte cp.async per weight through shared memory (nf4 at 0.22x fp16 for M = 16).
 NF4_FROM_TABLE = True
-# int4 codes per 32-bit word, on the word path.
+# 4-bit codes per 32-bit word, on the word path.
 WORD_CODES: tl.constexpr = tl.constexpr(8)
 
 
