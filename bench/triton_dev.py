@@ -6,7 +6,10 @@ harness: a quick check while tuning the kernels.
     python bench/triton_dev.py --threshold  # GEMV vs GEMM at M = 1..16 (sets GEMV_MAX_M)
     python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
     python bench/triton_dev.py --gemv       # the GEMV at M = 1 (int4): word path against byte path
+    python bench/triton_dev.py --gemv-tiles # the GEMV at M = 1 (nf4, int4): tiles against default
     python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
+    python bench/triton_dev.py --baseline DIR   # this tree's kernels against DIR's (an older
+                                            # python/qkernels/triton), fp16 and bf16, M <= 64
 
 Timing: CUDA events around replays of a CUDA graph that calls the op once per weight copy,
 rotating through enough copies to exceed the L2 cache four times (cold weights); median of
@@ -15,10 +18,13 @@ the replays. The autotuned configs found are printed at the end (for DEFAULT_CON
 
 import argparse
 import collections
+import importlib.machinery
+import importlib.util
 import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 
 import torch
@@ -67,6 +73,16 @@ def time_per_call(calls):
     return statistics.median(times)
 
 
+def interleaved_medians(variants, rounds):
+    """{name: median us per call} of each variant's calls, the variants timed in turn in each of
+    ``rounds`` rounds (so a drift of the machine touches them all alike)."""
+    times = collections.defaultdict(list)
+    for _ in range(rounds):
+        for name, calls in variants.items():
+            times[name].append(time_per_call(calls))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
 def triton_calls(x, copies, kernel=None):
     def call(qw):
         if kernel is None:
@@ -78,9 +94,10 @@ def triton_calls(x, copies, kernel=None):
     return [call(qw) for qw in copies]
 
 
-def fp16_calls(x, n, k, nbytes_l2):
+def linear_calls(x, n, k, nbytes_l2):
+    """F.linear with weights in x's dtype, rotating through copies that exceed the L2."""
     copies = max(2, -(-L2_FLUSH_FACTOR * nbytes_l2 // (n * k * 2)))
-    weights = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(copies)]
+    weights = [torch.randn(n, k, device="cuda", dtype=x.dtype) for _ in range(copies)]
     return [lambda w=w: F.linear(x, w) for w in weights]
 
 
@@ -96,7 +113,7 @@ def table(nbytes_l2):
     weights = {f: weight_copies(quantized(*f, N, K), nbytes_l2) for f in FORMATS}
     for m in BATCH_SIZES:
         x = torch.randn(m, K, device="cuda", dtype=torch.float16)
-        base = time_per_call(fp16_calls(x, N, K, nbytes_l2))
+        base = time_per_call(linear_calls(x, N, K, nbytes_l2))
         row = f"{m:>6} {base:>9.1f}"
         for f in FORMATS:
             t = time_per_call(triton_calls(x, weights[f]))
@@ -150,7 +167,7 @@ def gemv_versions(nbytes_l2):
                 return [call(qw) for qw in copies]
 
             variants = {
-                "fp16": fp16_calls(x, n, k, nbytes_l2),
+                "fp16": linear_calls(x, n, k, nbytes_l2),
                 "cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
                 "bytes": gemv_calls(False, gemv._adapt(byte_config, 1, 128, k // 128)),
                 "words": gemv_calls(True),
@@ -159,15 +176,99 @@ def gemv_versions(nbytes_l2):
                 variants[tile] = gemv_calls(True, triton.Config(
                     {"BLOCK_N": block_n, "BLOCK_K": block_k}, num_warps=warps, num_stages=2),
                     split)
-            times = collections.defaultdict(list)
-            for _ in range(GEMV_ROUNDS):
-                for name, calls in variants.items():
-                    times[name].append(time_per_call(calls))
-            t = {name: statistics.median(v) for name, v in times.items()}
+            t = interleaved_medians(variants, GEMV_ROUNDS)
             print(f"{n}x{k} {_name(f):>14}: {t['fp16']:6.1f} | {t['cuda']:6.1f} | "
                   f"{t['bytes']:6.1f} | {t['words']:6.1f} | {t['bytes'] / t['words']:.2f}x, "
                   f"{t['fp16'] / t['words']:.2f}x, {t['cuda'] / t['words']:.2f}x | "
                   + ", ".join(f"{t[tile]:6.1f}" for tile in tiles), flush=True)
+
+
+# GEMV tiles timed by --gemv-tiles: (BLOCK_N, BLOCK_K, num_warps, num_stages, split-K or None
+# for the heuristic's) per format, beside the default config.
+GEMV_SWEEP = {
+    ("nf4", 64, False): ((64, 64, 4, 2, None), (256, 64, 8, 2, None), (128, 64, 8, 2, None),
+                         (128, 64, 4, 3, None), (128, 64, 4, 2, 16), (64, 64, 2, 2, None),
+                         (128, 32, 4, 2, None)),
+    ("int4", 128, False): ((64, 128, 4, 3, None), (64, 128, 4, 4, None), (128, 128, 8, 2, None),
+                           (32, 128, 2, 2, None), (64, 64, 4, 2, None), (64, 256, 8, 2, None),
+                           (64, 128, 4, 2, 16)),
+}
+
+
+def gemv_tiles(nbytes_l2):
+    """The GEMV at M = 1 (fp16 x, autotune off) at its default config and at each GEMV_SWEEP
+    tile, with the CUDA backend; interleaved over GEMV_ROUNDS rounds, medians in us."""
+    for f, tiles in GEMV_SWEEP.items():
+        names = [f"{n}x{k}w{w}s{st}" + (f"k{split}" if split else "")
+                 for n, k, w, st, split in tiles]
+        print(f"{_name(f)} M=1, us: cuda | default | " + " | ".join(names))
+        for n, k in VERSION_SHAPES:
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            copies = weight_copies(quantized(*f, n, k), nbytes_l2)
+
+            def calls(config=None, split_k=None):
+                def call(qw):
+                    y = torch.empty(1, n, dtype=x.dtype, device=x.device)
+                    return lambda: gemv.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor, qw.zeros,
+                                               qw.group_size, None, y, config=config,
+                                               split_k=split_k)
+                return [call(qw) for qw in copies]
+
+            variants = {"cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
+                        "default": calls()}
+            for name, (block_n, block_k, warps, stages, split) in zip(names, tiles):
+                variants[name] = calls(triton.Config({"BLOCK_N": block_n, "BLOCK_K": block_k},
+                                                     num_warps=warps, num_stages=stages), split)
+            t = interleaved_medians(variants, GEMV_ROUNDS)
+            print(f"{n}x{k}: {t['cuda']:6.1f} | {t['default']:6.1f} | "
+                  + " | ".join(f"{t[name]:6.1f}" for name in names), flush=True)
+
+
+VERSION_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096))
+VERSION_BATCH_SIZES = (1, 16, 64)
+VERSION_FORMATS = (("nf4", 64, False), ("int4", 128, False))
+VERSION_ROUNDS = 3
+
+
+def load_kernels(directory):
+    """gemv and gemm of another copy of python/qkernels/triton, imported as a subpackage of this
+    qkernels (its relative imports resolve here) without its __init__ (which would register the
+    ops a second time)."""
+    name = "qkernels._triton_baseline"
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    package = importlib.util.module_from_spec(spec)
+    package.__path__ = [os.path.abspath(directory)]
+    sys.modules[name] = package
+    return {kernel: importlib.import_module(f"{name}.{kernel}") for kernel in ("gemv", "gemm")}
+
+
+def versions(nbytes_l2, baseline_dir):
+    """The Triton kernels of this tree ("new") against those of ``baseline_dir`` ("old"), the CUDA
+    backend and F.linear in x's dtype, autotune off, each kernel as the op picks it (GEMV at one
+    row, GEMM above); interleaved over VERSION_ROUNDS rounds in one process, medians."""
+    old = load_kernels(baseline_dir)
+    new = {"gemv": gemv, "gemm": gemm}
+    print("us per call (median of rounds): F.linear | cuda | triton old | triton new | "
+          "new vs old, new vs F.linear, new vs cuda, old vs cuda")
+    for dtype in (torch.float16, torch.bfloat16):
+        for n, k in VERSION_SHAPES:
+            for f in VERSION_FORMATS:
+                copies = weight_copies(quantized(*f, n, k), nbytes_l2)
+                for m in VERSION_BATCH_SIZES:
+                    x = torch.randn(m, k, device="cuda", dtype=dtype)
+                    kernel = "gemv" if m == 1 else "gemm"
+                    variants = {
+                        "linear": linear_calls(x, n, k, nbytes_l2),
+                        "cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
+                        "old": triton_calls(x, copies, old[kernel]),
+                        "new": triton_calls(x, copies, new[kernel]),
+                    }
+                    t = interleaved_medians(variants, VERSION_ROUNDS)
+                    print(f"{str(dtype)[6:]:>8} {n}x{k} {_name(f):>9} M={m:<3}: "
+                          f"{t['linear']:6.1f} | {t['cuda']:6.1f} | {t['old']:6.1f} | "
+                          f"{t['new']:6.1f} | {t['old'] / t['new']:.2f}x, "
+                          f"{t['linear'] / t['new']:.2f}x, {t['cuda'] / t['new']:.2f}, "
+                          f"{t['cuda'] / t['old']:.2f}", flush=True)
 
 
 def dequant_calls(x, copies):
@@ -254,7 +355,7 @@ def sass():
         num_groups = K // group_size
         qweight_type = "*i8" if fmt == "int8" else "*u8"
         base = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=fmt == "int4", ABSMAX_DQ=False)
-        words = fmt == "int4"  # the word path's only format
+        words = fmt != "int8"  # the word path's formats (nf4 through the permute decode)
         gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
                                           words)
         gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
@@ -262,17 +363,24 @@ def sass():
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
+                NF4_PERMUTE=True,
                 WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                                   gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
-                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1,
+                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, NF4_PERMUTE=True,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
         }
         if fmt == "nf4":  # the decode the GEMV does not use, for comparison
             kernel, config, meta = kernels["gemv M=1"]
-            kernels["gemv M=1, other nf4 decode"] = (
-                kernel, config, {**meta, "NF4_FROM_TABLE": not gemv.NF4_FROM_TABLE})
+            byte_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size,
+                                              num_groups)
+            kernels["gemv M=1, byte path"] = (gemv.gemv_kernel, byte_config,
+                                              {**meta, "WORDS": False})
+            kernels["gemv M=1, table load"] = (gemv.gemv_kernel, byte_config,
+                                               {**meta, "WORDS": False, "NF4_PERMUTE": False})
+            kernel, config, meta = kernels["gemm M=16"]
+            kernels["gemm M=16, select tree"] = (kernel, config, {**meta, "NF4_PERMUTE": False})
         for name, (kernel, config, meta) in kernels.items():
             codes_type = "*i32" if meta.get("WORDS") else qweight_type
             compiled = _compile(kernel, {"x_ptr": "*fp16", "qweight_ptr": codes_type,
@@ -287,7 +395,7 @@ def sass():
                                            num_groups, dequant.MIN_BLOCK_K, dequant.MAX_BLOCK_N)
         compiled = _compile(dequant.dequantize_kernel,
                             {"qweight_ptr": qweight_type, "w_ptr": "*fp16"},
-                            {**base, "BLOCK_N": block_n, "BLOCK_K": block_k,
+                            {**base, "BLOCK_N": block_n, "BLOCK_K": block_k, "NF4_PERMUTE": True,
                              "SCALE_PER_TILE": common.scale_per_tile(group_size, num_groups,
                                                                      block_k)},
                             dequant.NUM_WARPS, 1)
@@ -321,8 +429,13 @@ def main():
     parser.add_argument("--threshold", action="store_true", help="GEMV vs GEMM at M = 1..16")
     parser.add_argument("--crossover", action="store_true",
                         help="fused GEMM vs dequantize + cuBLAS at M = 32..1024")
+    parser.add_argument("--gemv-tiles", action="store_true",
+                        help="GEMV at M = 1, nf4 and int4: default config against other tiles")
     parser.add_argument("--gemv", action="store_true",
                         help="GEMV at M = 1, int4: word path against the byte path, CUDA, fp16")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="time this tree's kernels against DIR's (another python/qkernels/"
+                             "triton) at M = 1, 16, 64, fp16 and bf16")
     parser.add_argument("--sass", action="store_true",
                         help="SASS instructions per weight of each kernel's main loop (no GPU)")
     args = parser.parse_args()
@@ -332,7 +445,11 @@ def main():
     props = torch.cuda.get_device_properties(0)
     print(f"{props.name}, torch {torch.__version__}, triton {triton.__version__}")
     nbytes_l2 = getattr(props, "L2_cache_size", 50 * 2**20)
-    if args.gemv:
+    if args.baseline:
+        versions(nbytes_l2, args.baseline)
+    elif args.gemv_tiles:
+        gemv_tiles(nbytes_l2)
+    elif args.gemv:
         gemv_versions(nbytes_l2)
     elif args.threshold:
         threshold(nbytes_l2)

@@ -186,11 +186,28 @@ def test_nf4_decode_reproduces_the_table_bit_exactly():
     assert torch.equal(values.cpu().view(torch.int32), table.view(torch.int32))
 
 
+def nf4_permute_weights(qw, dtype):
+    """W as the nf4 permute decode makes it (common.dequantize_tile, NF4_PERMUTE): the table
+    value and the absmax each rounded to ``dtype``, multiplied in ``dtype`` (one rounding: the
+    product of two 16-bit values is exact in fp32)."""
+    n, k = qw.shape
+    codes = formats.unpack_codes(qw.qweight, "nf4", k).long()
+    table = formats.nf4_table(qw.qweight.device).to(dtype).float()
+    absmax = qw.absmax.to(dtype).float().repeat_interleave(qw.group_size, dim=1)[:, :k]
+    return (table[codes] * absmax).to(dtype)
+
+
+def nf4_permute_applies(dtype, group_size, num_groups, block_k) -> bool:
+    return (common.nf4_permute_enabled(dtype)
+            and common.scale_per_tile(group_size, num_groups, block_k))
+
+
 @pytest.mark.parametrize("group_size", [32, -1, 17])
 @pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
     # Rounded once from fp32, like the reference; asymmetric int4 within an ulp of zero * scale
-    # (its FMA, see test_identity_rows_recover_the_weights).
+    # (its FMA, see test_identity_rows_recover_the_weights). nf4 in fp16 on a GPU, with groups a
+    # tile lies in: bit-exact to nf4_permute_weights.
     n, k = 37, 301
     qw = random_quantized(n, k, fmt, group_size, symmetric)
     expected = qk.dequantize(qw)
@@ -203,7 +220,57 @@ def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
         assert (w - expected).abs().max() <= 2.0**-23 * (qw.zeros * qw.scales).max()
     w16 = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k,
                              torch.float16)
-    assert torch.equal(w16, w.half())
+    _, block_k = common.fit_tile(dequant.BLOCK_N, dequant.BLOCK_K, qw.group_size,
+                                 formats.num_groups(k, qw.group_size), dequant.MIN_BLOCK_K,
+                                 dequant.MAX_BLOCK_N)
+    if fmt == "nf4" and nf4_permute_applies(torch.float16, qw.group_size,
+                                            formats.num_groups(k, qw.group_size), block_k):
+        assert torch.equal(w16, nf4_permute_weights(qw, torch.float16))
+    else:
+        assert torch.equal(w16, w.half())
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1),
+                                            (37, 301, 32)])
+def test_nf4_permute_decode_is_the_rounded_table(n, k, group_size, dtype):
+    # The inline-PTX decode (prmt lookups of the table in dtype) against torch, bit for bit,
+    # through the dequantize kernel (its tile, 64 x 64 or 128 x 32 here, sets which elements
+    # share an asm block); ragged last tiles (577, 300, 301) and per channel included.
+    qw = random_quantized(n, k, "nf4", group_size)
+    w = dequant.dequantize("nf4", qw.qweight, qw.scale_tensor, None, qw.group_size, k, dtype)
+    assert torch.equal(w.view(torch.int16), nf4_permute_weights(qw, dtype).view(torch.int16))
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [16, 40, 96])
+def test_nf4_permute_gemm_sees_the_rounded_weights(m, dtype):
+    # Rows of the identity pick out W's columns, each output one exact product: the GEMM's
+    # weights bit for bit, at 16-, 64- and 128-row tiles (the M buckets' default configs).
+    k = 96
+    qw = random_quantized(70, k, "nf4", 32)
+    rows = torch.eye(k, dtype=dtype, device=DEVICE)[:m]
+    y = run_kernel(gemm, rows, qw)
+    assert torch.equal(y.view(torch.int16), nf4_permute_weights(qw, dtype).T[:m].view(torch.int16))
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_nf4_permute_gemm_error(monkeypatch, dtype):
+    # The permute decode rounds twice per weight (table value, product) where the select tree
+    # rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16, to show the cost
+    # of the second rounding stays under the bound (bench/NOTES.md, Triton, "nf4 permute").
+    x, qw, _ = sample_inputs(16, 4096, 4096, "nf4", group_size=64, dtype=dtype)
+    ref = fp64_reference(x, qw)
+    errors = {}
+    for permute in (True, False):
+        monkeypatch.setattr(common, "nf4_permute_enabled", lambda _dtype, on=permute: on)
+        errors[permute] = rel_err(run_kernel(gemm, x, qw), ref)
+    print(f"\nnf4 g64 16x4096x4096 {dtype}: relative error against fp64, permute decode "
+          f"{errors[True]:.3e}, select tree {errors[False]:.3e}")
+    assert errors[True] <= REL_TOL[dtype] and errors[False] <= REL_TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
@@ -248,15 +315,19 @@ def test_split_k(kernel, split_k, fmt, symmetric):
     assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
 
 
-# The GEMV's word path (int4, one row of x, codes read as 32-bit words): K a multiple of 8;
-# K = 584 leaves a ragged last tile and, with g = 32 and 128, a ragged last group in it.
+# The GEMV's word path (int4, and nf4 where its permute decode runs: compiled, fp16 / bf16 x;
+# one row of x, codes read as 32-bit words): K a multiple of 8; K = 584 leaves a ragged last
+# tile and, with g = 32 and 128, a ragged last group in it.
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("group_size", [32, 128, -1])
-@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
-def test_gemv_word_path(symmetric, group_size, dtype):
-    x, qw, b = sample_inputs(1, 19, 584, "int4", symmetric, group_size, dtype, bias=True)
+@pytest.mark.parametrize("fmt,symmetric", [("int4", False), ("int4", True), ("nf4", False)],
+                         ids=["int4", "int4-sym", "nf4"])
+def test_gemv_word_path(fmt, symmetric, group_size, dtype):
+    x, qw, b = sample_inputs(1, 19, 584, fmt, symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(584, qw.group_size)
-    assert gemv.words_supported("int4", qw.qweight, 584, qw.group_size, num_groups, 1)
+    nf4_words = common.nf4_permute_enabled(dtype)
+    assert gemv.words_supported(fmt, qw.qweight, 584, qw.group_size, num_groups, 1, nf4_words) \
+        == (fmt == "int4" or nf4_words)
     for split_k in (1, 3):
         assert_close(run_kernel(gemv, x, qw, b, split_k=split_k), x, qw, b)
 
@@ -271,6 +342,7 @@ def test_gemv_word_path_conditions():
     for other in ("int8", "nf4"):
         other_qw = sample_inputs(1, 5, 96, other, group_size=32)[1]
         assert not gemv.words_supported(other, other_qw.qweight, 96, 32, groups, 1)
+    assert gemv.words_supported("nf4", other_qw.qweight, 96, 32, groups, 1, nf4_words=True)
     assert not gemv.words_supported(fmt, qw.qweight, 96, 32, groups, 2)
     row_bytes = qw.qweight.shape[1]
     padded = torch.zeros(5, row_bytes + 2, dtype=qw.qweight.dtype, device=DEVICE)

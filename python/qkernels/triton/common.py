@@ -41,6 +41,85 @@ FLOAT_ONE_BITS: tl.constexpr = tl.constexpr(0x3F800000)  # 1.0 as fp32 bits
  NF4_8, NF4_9, NF4_10, NF4_11, NF4_12, NF4_13, NF4_14, NF4_15) = (
     tl.constexpr(value) for value in formats.NF4_TABLE)
 
+
+def _nf4_byte_planes(dtype: torch.dtype) -> tuple:
+    """formats.NF4_TABLE rounded to ``dtype`` (16-bit) as two byte planes, each four 32-bit
+    words of four entries (entry i in byte i % 4 of word i // 4): the low bytes, the high
+    bytes."""
+    bits = torch.tensor(formats.NF4_TABLE, dtype=torch.float32).to(dtype).view(torch.int16)
+    bits = [int(b) & 0xFFFF for b in bits]
+
+    def plane(shift):
+        return tuple(sum(((bits[4 * w + i] >> shift) & 0xFF) << (8 * i) for i in range(4))
+                     for w in range(4))
+    return plane(0), plane(8)
+
+
+def _nf4_lookup(dtype: torch.dtype, high: bool, codes: str, out0: str, out1: str) -> list:
+    """PTX lines: ``codes`` holds four bytes b0..b3; ``out0`` / ``out1`` get NF4[nibble] of
+    b0..b3 in ``dtype`` as pairs (bytes (0, 1) and (2, 3)), of the low nibbles, or of the high
+    ones (``high``). Uses the registers t, s, m, a, b, lo, hi. Each element depends on its own
+    byte only: which elements Triton packs into one asm block depends on the tensor's layout.
+
+    The table lives in the instruction stream as byte planes: prmt picks 4 bytes out of 8 by
+    3-bit selectors, so each plane is looked up for codes 0-7 and for 8-15, and the two merged
+    on bit 3 of each code (lop3 with a byte mask made by prmt's sign replication)."""
+    low_plane, high_plane = _nf4_byte_planes(dtype)
+    # s: the 4 codes (as 3-bit indices) of bytes 0, 2, 1, 3 at bits 0, 4, 8, 12, where prmt
+    # reads its selectors. m: byte j all ones where that code of byte (0, 2, 1, 3)[j] has bit 3
+    # set (prmt replicates the sign bit of a byte, so bit 3 of the nibble is moved to bit 7).
+    if high:
+        lines = [f"and.b32 t, {codes}, 0x70707070;", "shr.u32 s, t, 16;", "shr.u32 t, t, 4;",
+                 "or.b32 s, s, t;", f"prmt.b32 m, {codes}, 0, 0xB9A8;"]
+    else:
+        lines = [f"and.b32 t, {codes}, 0x07070707;", "shr.u32 s, t, 12;", "or.b32 s, s, t;",
+                 f"shl.b32 t, {codes}, 4;", "prmt.b32 m, t, 0, 0xB9A8;"]
+    for plane, name in ((low_plane, "lo"), (high_plane, "hi")):
+        lines += [f"prmt.b32 a, {plane[0]:#010x}, {plane[1]:#010x}, s;",
+                  f"prmt.b32 b, {plane[2]:#010x}, {plane[3]:#010x}, s;",
+                  f"lop3.b32 {name}, a, b, m, 0xD8;"]  # m ? b : a, bit by bit
+    # Byte j of lo / hi belongs to byte (0, 2, 1, 3)[j] of the codes: pairs (0, 1) and (2, 3).
+    return lines + [f"prmt.b32 {out0}, lo, hi, 0x6240;", f"prmt.b32 {out1}, lo, hi, 0x7351;"]
+
+
+def _nf4_permute_asm(dtype: torch.dtype, high: bool, pair_type: str = None) -> str:
+    """PTX for _nf4_values_by_permute and nf4_table_values: $2 holds four code bytes; $0 / $1
+    get NF4 of their low (or ``high``) nibbles in ``dtype`` as pairs (_nf4_lookup), with
+    ``pair_type`` multiplied in that type by the absmax pairs in $3 / $4."""
+    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;"]
+    lines += _nf4_lookup(dtype, high, "$2", "$0", "$1")
+    if pair_type:  # -0 pairs: fma(a, b, -0) is the product a * b, signed zeros kept
+        lines += ["mov.b32 nz, 0x80008000;", f"fma.rn.{pair_type} $0, $0, $3, nz;",
+                  f"fma.rn.{pair_type} $1, $1, $4, nz;"]
+    return "\n".join(lines + ["}"])
+
+
+def _nf4_word_asm() -> str:
+    """PTX for nf4_word_values: $8 holds a 32-bit word of 8 nf4 codes (k = 8 w + j: byte j // 2,
+    low nibble first); $0..$7 (16-bit registers) get NF4[code j] in fp16."""
+    lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, p, q;"]
+    lines += _nf4_lookup(torch.float16, False, "$8", "p", "q")  # codes 0, 2 | 4, 6
+    lines += ["mov.b32 {$0, $2}, p;", "mov.b32 {$4, $6}, q;"]
+    lines += _nf4_lookup(torch.float16, True, "$8", "p", "q")  # codes 1, 3 | 5, 7
+    lines += ["mov.b32 {$1, $3}, p;", "mov.b32 {$5, $7}, q;"]
+    return "\n".join(lines + ["}"])
+
+
+NF4_SCALED_ASM_FP16_LOW: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.float16, high=False, pair_type="f16x2"))
+NF4_SCALED_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.float16, high=True, pair_type="f16x2"))
+NF4_SCALED_ASM_BF16_LOW: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.bfloat16, high=False, pair_type="bf16x2"))
+NF4_SCALED_ASM_BF16_HIGH: tl.constexpr = tl.constexpr(
+    _nf4_permute_asm(torch.bfloat16, high=True, pair_type="bf16x2"))
+NF4_TABLE_ASM_FP16_LOW: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=False))
+NF4_TABLE_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(_nf4_permute_asm(torch.float16, high=True))
+NF4_WORD_ASM: tl.constexpr = tl.constexpr(_nf4_word_asm())
+# The output dtypes of NF4_WORD_ASM, read through .value: a tuple of dtypes written inside a jit
+# function becomes a tuple of constexprs, which Triton 3.6's inline_asm_elementwise rejects.
+NF4_WORD_DTYPES: tl.constexpr = tl.constexpr((tl.float16,) * 8)
+
 # The interpreter has no SMs; a small count makes the split-K heuristic split small test shapes,
 # so the tests run the split-K reduction without forcing it.
 INTERPRETER_SM_COUNT = 4
@@ -48,8 +127,8 @@ MAX_SPLIT_K = 16
 
 
 @triton.jit
-def _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
-                ABSMAX_DQ: tl.constexpr):
+def load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
+               ABSMAX_DQ: tl.constexpr):
     """The fp32 group scale at ``offsets`` (flat [N, G] indices): stored, or decoded from its
     8-bit log2 code with one FMA and one exp2 (ABSMAX_DQ). Masked entries are 0.
 
@@ -111,8 +190,8 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
     else:
         offsets = offs_n[:, None] * num_groups + (offs_k // group_size)[None, :]
         mask = row_ok[:, None] & (offs_k[None, :] < K)
-    scale = _load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
-                        ABSMAX_DQ)
+    scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, mask,
+                       ABSMAX_DQ)
     if FORMAT == FORMAT_NF4:
         if NF4_FROM_TABLE:
             return tl.load(nf4_table_ptr + codes) * scale  # 64-byte table: stays in L1
@@ -127,6 +206,16 @@ def _dequantize(codes, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
         zero = INT4_SYMMETRIC_ZERO
     # scale * (q - zero) as one FMA per weight: q * scale - zero * scale.
     return tl.fma(values, scale, -zero * scale)
+
+
+@triton.jit
+def load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn, BLOCK_K: tl.constexpr):
+    """The bytes of W[offs_n, k_start : k_start + BLOCK_K] (4-bit codes), uint8
+    [BLOCK_N, BLOCK_K // 2], 0 outside the rows; and their byte offsets in a row."""
+    offs_byte = k_start // 2 + tl.arange(0, BLOCK_K // 2)
+    packed = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_byte[None, :],
+                     mask=(offs_n < N)[:, None] & (offs_byte[None, :] < row_bytes), other=0)
+    return packed, offs_byte
 
 
 @triton.jit
@@ -145,9 +234,8 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
     columns k >= K are finite junk that the caller cancels with zero activations.
     SCALE_PER_TILE (common.scale_per_tile): the tile lies in one group, so one scale per row.
     """
-    offs_byte = k_start // 2 + tl.arange(0, BLOCK_K // 2)
-    packed = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_byte[None, :],
-                     mask=(offs_n < N)[:, None] & (offs_byte[None, :] < row_bytes), other=0)
+    packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
+                                    BLOCK_K)
     packed = packed.to(tl.int32)
     offs_even = 2 * offs_byte
     even = _dequantize(packed & 0xF, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
@@ -160,28 +248,91 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
 
 
 @triton.jit
+def _nf4_values_by_permute(packed, scale, DTYPE: tl.constexpr):
+    """absmax * NF4[code] of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16),
+    [R, 2 C] in k order, by NF4_SCALED_ASM (15 instructions per 4 weights, where the select
+    tree takes 10 FSEL and about 3 LOP3 per weight, then an FMUL and a conversion); scale
+    fp32, broadcastable to [R, 1]."""
+    scale = tl.broadcast_to(scale.to(DTYPE), packed.shape)
+    if DTYPE == tl.float16:
+        even = tl.inline_asm_elementwise(NF4_SCALED_ASM_FP16_LOW, "=r,=r,r,r,r", [packed, scale],
+                                         dtype=tl.float16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(NF4_SCALED_ASM_FP16_HIGH, "=r,=r,r,r,r",
+                                        [packed, scale], dtype=tl.float16, is_pure=True, pack=4)
+    else:
+        even = tl.inline_asm_elementwise(NF4_SCALED_ASM_BF16_LOW, "=r,=r,r,r,r", [packed, scale],
+                                         dtype=tl.bfloat16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(NF4_SCALED_ASM_BF16_HIGH, "=r,=r,r,r,r",
+                                        [packed, scale], dtype=tl.bfloat16, is_pure=True,
+                                        pack=4)
+    # An opaque copy after the interleave (no instruction once ptxas is done): tl.dot on the
+    # join + reshape of asm outputs itself made Triton 3.6's TritonGPUOptimizeDotOperands fail
+    # ("Illegal shared layout") for 64-row tiles.
+    values = tl.interleave(even, odd)
+    if DTYPE == tl.float16:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.bfloat16, is_pure=True, pack=2)
+    return values
+
+
+@triton.jit
+def nf4_table_values(packed):
+    """(NF4[low nibble], NF4[high nibble]) of uint8 ``packed`` in fp16 (within 2^-12 of the fp32
+    table, whatever x's dtype), by the permute decode without the scaling: for the GEMV, which
+    multiplies in fp32."""
+    low = tl.inline_asm_elementwise(NF4_TABLE_ASM_FP16_LOW, "=r,=r,r", [packed],
+                                    dtype=tl.float16, is_pure=True, pack=4)
+    high = tl.inline_asm_elementwise(NF4_TABLE_ASM_FP16_HIGH, "=r,=r,r", [packed],
+                                     dtype=tl.float16, is_pure=True, pack=4)
+    return low, high
+
+
+@triton.jit
+def nf4_word_values(words):
+    """NF4[code j] in fp16 (within 2^-12 of the fp32 table) for j = 0..7 of each int32 word of
+    nf4 codes (k = 8 w + j), as a tuple of 8 tensors shaped like ``words``: the GEMV's word
+    path."""
+    return tl.inline_asm_elementwise(NF4_WORD_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r", [words],
+                                     dtype=NF4_WORD_DTYPES.value, is_pure=True, pack=1)
+
+
+@triton.jit
 def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     absmax_offsets_ptr, offs_n, k_start,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
                     FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
-                    ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr):
-    """W[offs_n, k_start : k_start + BLOCK_K] in fp32, [BLOCK_N, BLOCK_K] (edges as in
-    dequantize_nibble_pairs); nf4 by the select tree (nf4_value), as the GEMM and the
-    dequantize kernel want it."""
+                    ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr,
+                    NF4_PERMUTE: tl.constexpr):
+    """W[offs_n, k_start : k_start + BLOCK_K] in DTYPE, [BLOCK_N, BLOCK_K] (edges as in
+    dequantize_nibble_pairs): computed in fp32 and rounded once, except nf4 with NF4_PERMUTE
+    (nf4_permute_enabled) on tiles in one group: the table value and the absmax each rounded to
+    DTYPE and multiplied in DTYPE, as the CUDA backend does (_nf4_values_by_permute). nf4
+    otherwise by the select tree (nf4_value)."""
     if FORMAT == FORMAT_INT8:
         offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
                         mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
-        return _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, scales_ptr,
-                           absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
-                           group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
-                           False)
+        w = _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, scales_ptr,
+                        absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
+                        group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
+                        False)
+        return w.to(DTYPE)
+    if FORMAT == FORMAT_NF4 and NF4_PERMUTE and SCALE_PER_TILE:
+        packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
+                                        BLOCK_K)
+        offsets = (offs_n * num_groups + k_start // group_size)[:, None]
+        scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets,
+                           (offs_n < N)[:, None], ABSMAX_DQ)
+        return _nf4_values_by_permute(packed, scale, DTYPE)
     even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, scales_ptr,
                                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                                         N, K, row_bytes, group_size, num_groups, stride_qn,
                                         FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, False,
                                         BLOCK_K)
-    return tl.interleave(even, odd)
+    return tl.interleave(even, odd).to(DTYPE)
 
 
 @triton.jit
@@ -235,6 +386,12 @@ def store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, tile_id,
 
 def interpreting() -> bool:
     return os.environ.get(INTERPRET_ENV_VAR, "0") == "1"
+
+
+def nf4_permute_enabled(dtype: torch.dtype) -> bool:
+    """dequantize_tile's NF4_PERMUTE: compiled kernels (the interpreter cannot run inline PTX)
+    with fp16 or bf16 x (fp32 x keeps the exact fp32 decode)."""
+    return not interpreting() and dtype in (torch.float16, torch.bfloat16)
 
 
 def autotune_enabled() -> bool:

@@ -5,10 +5,12 @@ tiles, dequantizes in registers and does the M multiply-adds per weight on CUDA 
 cores would pad M to 16 and route W through shared memory). Split-K spreads short-and-wide
 shapes (small N, long K) over all SMs; common.store_output reduces the splits in one launch.
 
-Two inner loops. The word path (_row_dot_words), for int4 and one row of x (the only GEMV the op
-runs: GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: three instructions per weight
-and the group scale once per word. The byte path, for the rest: each code dequantized to fp32 in
-the load's layout, then the multiply-adds.
+Inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the op runs:
+GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: int4 in three instructions per
+weight, nf4 through the permute decode (common.nf4_word_values) where it runs (compiled, fp16 /
+bf16 x), the group scale once per word. nf4 at one row on tiles in one group but not whole
+words: the byte path with the permute decode (nf4_table_values). The byte path, for the rest:
+each code dequantized to fp32 in the load's layout, then the multiply-adds.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ import triton.language as tl
 
 from .. import formats
 from . import common
-from .common import (FLOAT_ONE_BITS, FORMAT_INT8, INT4_SYMMETRIC_ZERO,
-                     dequantize_nibble_pairs, dequantize_tile, load_x, load_x_row,
-                     store_output)
+from .common import (FLOAT_ONE_BITS, FORMAT_INT8, FORMAT_NF4, INT4_SYMMETRIC_ZERO,
+                     dequantize_nibble_pairs, dequantize_tile, load_packed, load_scale, load_x,
+                     load_x_row, nf4_table_values, nf4_word_values, store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -34,14 +36,14 @@ MAX_ACC_PER_THREAD = 64
 PROGRAMS_PER_SM = 4
 MIN_K_TILES_PER_SPLIT = 4
 MIN_BLOCK_K = 32
-# nf4 here: one load per weight from the 64-byte table (it stays in L1), not common.nf4_value's
-# select tree: the GEMV's time tracks its instruction count, and per weight of its main loop on
-# sm_90 the table costs 16.8 SASS instructions, the tree 27.2 (bench/triton_dev.py --sass,
-# Triton 3.6; "Triton" in bench/NOTES.md). The GEMM cannot do the same: its software pipeliner
-# turns the table load into a 4-byte cp.async per weight through shared memory (nf4 at 0.22x
-# fp16 for M = 16).
+# nf4 where the permute decode does not run (the interpreter, fp32 x): one load per weight from
+# the 64-byte table (it stays in L1), not common.nf4_value's select tree: the GEMV's time tracks
+# its instruction count, and per weight of its main loop on sm_90 the table costs 16.8 SASS
+# instructions, the tree 27.2 (bench/triton_dev.py --sass, Triton 3.6; "Triton" in
+# bench/NOTES.md). The GEMM cannot do the same: its software pipeliner turns the table load into
+# a 4-byte cp.async per weight through shared memory (nf4 at 0.22x fp16 for M = 16).
 NF4_FROM_TABLE = True
-# int4 codes per 32-bit word, on the word path.
+# 4-bit codes per 32-bit word, on the word path.
 WORD_CODES: tl.constexpr = tl.constexpr(8)
 
 
@@ -59,10 +61,11 @@ def _word_nibbles(words, j: tl.constexpr):
 
 @triton.jit
 def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_words, group_size,
-                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr):
+                       num_groups, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
+                       NF4: tl.constexpr):
     """(a, b) such that a word's share of y is a * sum_j v_j x_j + b * sum_j x_j with v_j from
-    _word_nibbles: s (q - z) = 16 s v - s (16 + z). [BLOCK_N, 1] when the tile starting at
-    k_start lies in one group, else per word."""
+    _word_nibbles: s (q - z) = 16 s v - s (16 + z); for nf4 (v_j = NF4[q]) the absmax and 0.
+    [BLOCK_N, 1] when the tile starting at k_start lies in one group, else per word."""
     row_ok = offs_n < N
     if SCALE_PER_TILE:
         # Loaded as [BLOCK_N], then expanded: a [BLOCK_N, 1] load took a layout of one row per
@@ -74,11 +77,14 @@ def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_wo
                    + (offs_w * WORD_CODES // group_size)[None, :])
         mask = row_ok[:, None] & (offs_w < row_words)[None, :]
     scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
-    if HAS_ZEROS:
-        zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+    if NF4:
+        a, b = scale, 0.0  # nf4 values are NF4[q] themselves (_row_dot_words)
     else:
-        zero = INT4_SYMMETRIC_ZERO
-    a, b = 16.0 * scale, -scale * (16.0 + zero)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
+        else:
+            zero = INT4_SYMMETRIC_ZERO
+        a, b = 16.0 * scale, -scale * (16.0 + zero)
     if SCALE_PER_TILE:
         a, b = a[:, None], b[:, None]
     return a, b
@@ -88,9 +94,11 @@ def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_wo
 def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
                    row_words, group_size, num_groups, stride_xk, stride_qw,
                    HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   SCALE_PER_TILE: tl.constexpr):
+                   SCALE_PER_TILE: tl.constexpr, NF4: tl.constexpr):
     """sum_k x[0, k] W[offs_n, k] over K tiles [first_tile, last_tile), [BLOCK_N] fp32, for one
-    row of x and int4 codes read as int32 words [N, row_words] (words_supported).
+    row of x and int4 (or NF4: nf4) codes read as int32 words [N, row_words] (words_supported).
+    nf4 words are decoded by common.nf4_word_values (the permute decode, fp16 table values),
+    then multiplied into x and summed in fp32 like int4's.
 
     Per weight: a shift, a LOP3 (_word_nibbles) and one FMA with x; the group scale and zero
     point are applied once per word (_word_coefficients), and x is loaded once per tile for all
@@ -115,27 +123,39 @@ def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, 
         # Loaded here, used after the products: carried from the previous iteration instead,
         # they took their own layout and dragged the accumulator into it.
         a, b = _word_coefficients(scales_ptr, zeros_ptr, offs_n, tile * BLOCK_K, offs_w, N,
-                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE)
+                                  row_words, group_size, num_groups, HAS_ZEROS, SCALE_PER_TILE,
+                                  NF4)
         dot = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
         x_sum = tl.zeros([BLOCK_W], tl.float32)
         # x[k] for k = WORD_CODES w + j: one address and one mask per word for all j (K is a
         # multiple of WORD_CODES, so k < K exactly when the word is in the row).
         x_words = x_ptr + offs_w * (WORD_CODES * stride_xk)
         word_ok = offs_w < row_words
+        if NF4:
+            values = nf4_word_values(words)
         for j in tl.static_range(WORD_CODES):
             x = tl.load(x_words + j * stride_xk, mask=word_ok, other=0.0).to(tl.float32)
-            dot += _word_nibbles(words, j) * x[None, :]
-            x_sum += x
-        acc += a * dot + b * x_sum[None, :]
+            if NF4:
+                dot += values[j].to(tl.float32) * x[None, :]
+            else:
+                dot += _word_nibbles(words, j) * x[None, :]
+                x_sum += x
+        if NF4:
+            acc += a * dot
+        else:
+            acc += a * dot + b * x_sum[None, :]
         words = next_words
     return tl.sum(acc, axis=1)
 
 
-def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
-    """The word path's conditions: int4 (for nf4 and int8 it measured slower than the byte path:
-    bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole 32-bit words of codes per row (K a
-    multiple of 8, 4-byte-aligned rows), each word inside one group."""
-    return (fmt == "int4" and m == 1 and k % WORD_CODES.value == 0
+def words_supported(fmt, qweight, k, group_size, num_groups, m, nf4_words=False) -> bool:
+    """The word path's conditions: int4, or nf4 where ``nf4_words`` (its permute decode runs:
+    common.nf4_permute_enabled, and absmax stored in fp32; int8, and nf4 through a table load,
+    measured slower than the byte path: bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole
+    32-bit words of codes per row (K a multiple of 8, 4-byte-aligned rows), each word inside
+    one group."""
+    return ((fmt == "int4" or (fmt == "nf4" and nf4_words))
+            and m == 1 and k % WORD_CODES.value == 0
             and (num_groups == 1 or group_size % WORD_CODES.value == 0)
             and qweight.stride(1) == 1 and qweight.stride(0) % 4 == 0
             and qweight.storage_offset() % 4 == 0 and qweight.data_ptr() % 4 == 0)
@@ -145,7 +165,7 @@ def words_supported(fmt, qweight, k, group_size, num_groups, m) -> bool:
 def gemv_kernel(
     x_ptr,              # [M, K] fp16 / bf16 / fp32, strides (stride_xm, stride_xk)
     qweight_ptr,        # int8 [N, K] or uint8 [N, ceil(K/2)], row stride stride_qn, bytes dense;
-                        # WORDS: int4 rows as int32 words (row_bytes, stride_qn in words)
+                        # WORDS: 4-bit rows as int32 words (row_bytes, stride_qn in words)
     scales_ptr,         # fp32 [N, G] contiguous (nf4: absmax)
     zeros_ptr,          # fp32 [N, G] contiguous (int4 with HAS_ZEROS; otherwise unused)
     nf4_table_ptr,      # fp32 [16], formats.NF4_TABLE (NF4_FROM_TABLE; otherwise unused)
@@ -162,12 +182,13 @@ def gemv_kernel(
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     NF4_FROM_TABLE: tl.constexpr,  # nf4 decoded by a load from nf4_table (see NF4_FROM_TABLE)
+    NF4_PERMUTE: tl.constexpr,     # nf4 at M = 1 by prmt lookups (common.nf4_permute_enabled)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
-    WORDS: tl.constexpr,           # M = 1, int4 codes read as 32-bit words (words_supported)
+    WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -183,7 +204,7 @@ def gemv_kernel(
     if WORDS:
         out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
                              last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
-                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE)
+                             HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE, FORMAT == FORMAT_NF4)
         out = out[None, :]
     else:
         # One row of x: products are summed over K once, after the loop, from a 2-D accumulator in
@@ -202,13 +223,29 @@ def gemv_kernel(
                 w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
                                     absmax_scales_ptr, absmax_offsets_ptr, offs_n,
                                     k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
-                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K)
+                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K,
+                                    tl.float32, False)
                 offs_k = k_start + tl.arange(0, BLOCK_K)
                 if BLOCK_M == 1:
                     acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
                 else:
                     x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
                     acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
+            elif FORMAT == FORMAT_NF4 and NF4_PERMUTE and BLOCK_M == 1 and SCALE_PER_TILE:
+                # The table values in fp16 from the permute decode, products and sums in fp32,
+                # the absmax applied once per byte pair.
+                packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes,
+                                                stride_qn, BLOCK_K)
+                value_even, value_odd = nf4_table_values(packed)
+                absmax = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr,
+                                    offs_n * num_groups + k_start // group_size, offs_n < N,
+                                    ABSMAX_DQ)
+                offs_even = 2 * offs_byte
+                pair = value_even.to(tl.float32) * load_x_row(x_ptr, offs_even, K,
+                                                              stride_xk)[None, :]
+                pair += value_odd.to(tl.float32) * load_x_row(x_ptr, offs_even + 1, K,
+                                                              stride_xk)[None, :]
+                acc += absmax[:, None] * pair
             else:
                 w_even, w_odd = dequantize_nibble_pairs(
                     qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr, absmax_scales_ptr,
@@ -341,7 +378,9 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
-    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m)
+    nf4_words = common.nf4_permute_enabled(x.dtype) and absmax_dq is None
+    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m,
+                                                   nf4_words)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         config = config or default_config(common.capability(x.device), block_m, group_size,
@@ -363,7 +402,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
             y.stride(0))
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
-                NF4_FROM_TABLE=NF4_FROM_TABLE, BLOCK_M=block_m, WORDS=words)
+                NF4_FROM_TABLE=NF4_FROM_TABLE,
+                NF4_PERMUTE=common.nf4_permute_enabled(x.dtype), BLOCK_M=block_m, WORDS=words)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
