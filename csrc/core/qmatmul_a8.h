@@ -31,6 +31,20 @@ struct NF4TableQ15 {
   constexpr int16_t operator[](int q) const { return values[q]; }
 };
 constexpr NF4TableQ15 kNF4TableQ15{};
+// The same entries as two byte planes (low bytes, high bytes of each int16), the 16-byte tables
+// the SIMD kernels look nibbles up in (vpshufb, vqtbl1q_u8) and zip back into int16.
+struct NF4TableQ15Planes {
+  alignas(16) uint8_t low[16];
+  alignas(16) uint8_t high[16];
+  constexpr NF4TableQ15Planes() : low(), high() {
+    for (int q = 0; q < 16; ++q) {
+      const auto entry = static_cast<uint16_t>(kNF4TableQ15[q]);
+      low[q] = uint8_t(entry & 0xff);
+      high[q] = uint8_t(entry >> 8);
+    }
+  }
+};
+inline constexpr NF4TableQ15Planes kNF4TableQ15Planes{};
 // What an nf4 row's sum of absmax * (x . table entries) is multiplied by, once.
 constexpr float kNF4Q15Step = 1.0f / kNF4Q15One;
 

@@ -73,7 +73,7 @@ struct Int4Pairs {
   }
 };
 
-// nf4: kNF4TableQ15 as its low and high byte planes, one 16-byte table per plane in each lane.
+// nf4: kNF4TableQ15's byte planes (kNF4TableQ15Planes), one 16-byte table per plane in each lane.
 // A nibble's two bytes come from two vpshufb; the byte unpacks join them into int16 in-lane
 // (hence x's run order, QuantizedActivations). vpmaddwd sums two products of at most
 // 32767 * 127 per int32 lane and the pair dot four of those: 8 * 32767 * 127 < 2^25, exact, and
@@ -83,16 +83,10 @@ struct NF4Pairs {
     __m256i runs[4];  // int16 table entries in the order of the four runs of 16 x codes
   };
   __m256i low_mask = _mm256_set1_epi8(0x0f);
-  __m256i low_bytes, high_bytes;
-  NF4Pairs() {
-    alignas(16) uint8_t planes[2][16];
-    for (int q = 0; q < 16; ++q) {
-      const auto entry = static_cast<uint16_t>(kNF4TableQ15[q]);
-      planes[0][q] = uint8_t(entry & 0xff);
-      planes[1][q] = uint8_t(entry >> 8);
-    }
-    low_bytes = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(planes[0])));
-    high_bytes = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(planes[1])));
+  __m256i low_bytes = broadcast_plane(kNF4TableQ15Planes.low);
+  __m256i high_bytes = broadcast_plane(kNF4TableQ15Planes.high);
+  static __m256i broadcast_plane(const uint8_t* plane) {
+    return _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(plane)));
   }
   Weights decode(__m256i packed) const {
     Weights w;

@@ -41,19 +41,9 @@ inline int32x4_t int4_block_dot(uint8x16_t packed, const int8_t* pair_codes, int
   return vpaddlq_s16(sum);
 }
 
-// kNF4TableQ15 as its low and high byte planes, for vqtbl1q_u8.
+// kNF4TableQ15's byte planes in registers, for vqtbl1q_u8.
 struct NF4Planes {
-  uint8x16_t low, high;
-  NF4Planes() {
-    uint8_t planes[2][16];
-    for (int q = 0; q < 16; ++q) {
-      const auto entry = static_cast<uint16_t>(kNF4TableQ15[q]);
-      planes[0][q] = uint8_t(entry & 0xff);
-      planes[1][q] = uint8_t(entry >> 8);
-    }
-    low = vld1q_u8(planes[0]);
-    high = vld1q_u8(planes[1]);
-  }
+  uint8x16_t low = vld1q_u8(kNF4TableQ15Planes.low), high = vld1q_u8(kNF4TableQ15Planes.high);
   // The table entries of 16 nibbles: of nibbles 0-7 in first, 8-15 in second.
   void lookup(uint8x16_t nibbles, int16x8_t* first, int16x8_t* second) const {
     const uint8x16_t low_bytes = vqtbl1q_u8(low, nibbles), high_bytes = vqtbl1q_u8(high, nibbles);

@@ -30,8 +30,8 @@ class QuantLinear(nn.Module):
     The weight is frozen; gradients flow to the input (and the bias, if it requires grad).
 
     ``activations="int8"`` (CPU; int8, int4 and nf4 weights with groups of a multiple of 32 or
-    per channel; not nf4 with double_quant) quantizes the input to int8 per block of 32 before the integer kernels multiply it
-    (qkernels.activations); its input gradient is that of the dequantized weight, as if the input
+    per channel; not nf4 with double_quant) quantizes the input to int8 per block of 32 before
+    the integer kernels multiply it (qkernels.activations); its input gradient is that of the dequantized weight, as if the input
     had not been quantized. None (default): weight-only.
     """
 

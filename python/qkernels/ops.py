@@ -478,8 +478,8 @@ def matmul(x: torch.Tensor, qw: QuantizedWeight, bias: Optional[torch.Tensor] = 
     """y = x @ dequantize(qw).T (+ bias), in the dtype of x; x is [..., K], y is [..., N].
 
     activations="int8" (CPU only, int8, int4 and nf4 weights with groups of a multiple of 32 or
-    per channel; nf4 through its table in Q15): x is first quantized to int8 per block of 32 along K (qkernels.activations), and
-    the kernels multiply integer codes; faster for decode-sized x, at a measured accuracy cost
+    per channel; nf4 through its table in Q15): x is first quantized to int8 per block of 32
+    along K (qkernels.activations), and the kernels multiply integer codes; faster for decode-sized x, at a measured accuracy cost
     (README). None (default): x is used as given."""
     int8_activations.check_activations(activations)
     if not isinstance(qw, QuantizedWeight):
