@@ -83,13 +83,13 @@ def test_gemv_fast_path(m, mode, group, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("group", (64, 128, -1))
+@pytest.mark.parametrize("group", (32, 64, 128, -1))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_gemv_ragged_steps_and_many_tiles(mode, group, dtype, force_kernel):
     """K = 576 ends inside a step of the tensor-core GEMV (128 k for 4-bit, 64 for int8) and inside
-    a group of 128 (groups of whole steps take the scale-after-mma kernel); N = 8200 at M = 9
-    (GEMV forced) makes more tiles than a grid of resident blocks, so blocks walk several tiles
-    and both tiles of x."""
+    a group of 128; N = 8200 makes 513 row tiles, at least 3 blocks per SM on GPUs of up to 171
+    SMs, so the GEMV takes its wide launch shape (test_gemv_fast_path's N = 200 the deep one);
+    M = 9 (GEMV forced) runs both tiles of x."""
     force_kernel("gemv")
     qw = quantize(8200, 576, mode, group)
     for m in (1, 9):

@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
             dequant_int4<T>(word(codes[t][r][0], cc), magic_zero2[t][r], s2[t][r], zs2[t][r],
                             a[t][r]);
           } else if constexpr (kFmt == Format::kNF4) {
-            dequant_nf4<T>(word(codes[t][r][0], cc), s2[t][r], lut + lane, a[t][r]);
+            dequant_nf4<T>(word(codes[t][r][0], cc), s2[t][r], lut, 4 * lane, a[t][r]);
           } else {
 #pragma unroll
             for (int e = 0; e < 2; ++e) {  // words 2 cc + e of the lane's 32 bytes

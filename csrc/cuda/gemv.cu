@@ -69,16 +69,16 @@ cudaError_t launch_gemv_generic(const QMatmulParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-cudaError_t launch_gemv(const QMatmulParams& p, cudaStream_t stream) {
+cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
   if (!gemv_mma_supported(p)) return launch_gemv_generic(p, stream);
   if (p.absmax_dq.codes) {
     return p.x_dtype == DType::kF16
-               ? launch_gemv_mma<Format::kNF4, half, true>(p, stream)
-               : launch_gemv_mma<Format::kNF4, __nv_bfloat16, true>(p, stream);
+               ? launch_gemv_mma<Format::kNF4, half, true>(p, sm_count, stream)
+               : launch_gemv_mma<Format::kNF4, __nv_bfloat16, true>(p, sm_count, stream);
   }
   return QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
-    return p.x_dtype == DType::kF16 ? launch_gemv_mma<kFmt, half>(p, stream)
-                                    : launch_gemv_mma<kFmt, __nv_bfloat16>(p, stream);
+    return p.x_dtype == DType::kF16 ? launch_gemv_mma<kFmt, half>(p, sm_count, stream)
+                                    : launch_gemv_mma<kFmt, __nv_bfloat16>(p, sm_count, stream);
   });
 }
 

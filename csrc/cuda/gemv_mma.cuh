@@ -29,18 +29,29 @@ namespace qk::cuda {
 template <Format kFmt>
 constexpr int kChunkK = kFmt == Format::kInt8 ? 16 : 32;
 
-// Weight chunks each lane loads ahead before unpacking (x 2 rows): 4 steps = 128 bytes per lane,
-// 4 KiB per warp in flight.
-constexpr int kUnroll = 4;
-constexpr int kMaxWarps = 8;
+constexpr int kWarps = 8;  // per block, splitting K
+
+// Two launch shapes; a lane loads kUnroll steps (2 rows x 16 bytes each) before unpacking them.
+// Deep: 4 steps (4 KiB per warp in flight), up to 128 registers, 2 blocks (16 warps) per SM.
+// Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM. Wide wins where the grid
+// fills 3 blocks per SM at least once (H100, M = 1, fp16, us deep / wide: 14336x4096 int4 g128
+// 19.7 / 17.6, nf4 g64 24.0 / 21.4; 28672x8192 58.7 / 56.1, 66.9 / 63.1) and loses where it
+// does not (4096x14336, 256 blocks on 132 SMs: int4 16.4 / 17.2; 4096x4096 6.7 / 6.9);
+// bench/NOTES.md, "CUDA GEMV", v1.3.
+struct GemvDeep {
+  static constexpr int kUnroll = 4, kMinBlocksPerSM = 2;
+};
+struct GemvWide {
+  static constexpr int kUnroll = 2, kMinBlocksPerSM = 3;
+};
 
 // --- the kernel ---------------------------------------------------------------------------------
 
 // One block = one tile of 16 weight rows x one tile of 8 rows of x, the warps splitting K in
 // steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight tile
 // run side by side and re-read its weights from L2. kDqAbsmax: nf4 with p.absmax_dq (load_scale).
-template <Format kFmt, typename T, bool kDqAbsmax>
-__global__ void __launch_bounds__(kMaxWarps * 32)
+template <Format kFmt, typename T, bool kDqAbsmax, typename Shape>
+__global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     gemv_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
                     int m_tiles,            // ceil(m / 8)
                     int chunk_group_shift)  // group of chunk c = c >> shift (62: one group)
@@ -83,6 +94,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
   const int64_t chunks = p.k / kK;
   const uint64_t policy = evict_first_policy();
   const int64_t steps = (chunks + 3) / 4;
+  constexpr int kUnroll = Shape::kUnroll;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
   for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
@@ -119,7 +131,7 @@ __global__ void __launch_bounds__(kMaxWarps * 32)
       for (int r = 0; r < 2; ++r) {
         s2[r] = Pair<T>::make(scale[u][r], scale[u][r]);
         if constexpr (kFmt == Format::kInt4) {
-int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
+          int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
         }
       }
       // Dequant + mma, one 32-bit word of codes per row at a time.
@@ -139,8 +151,8 @@ int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
             dequant_int4<T>(word(codes[u][0], j), magic_zero2[0], s2[0], zs2[0], a0);
             dequant_int4<T>(word(codes[u][1], j), magic_zero2[1], s2[1], zs2[1], a1);
           } else {
-            dequant_nf4<T>(word(codes[u][0], j), s2[0], lut + lane, a0);
-            dequant_nf4<T>(word(codes[u][1], j), s2[1], lut + lane, a1);
+            dequant_nf4<T>(word(codes[u][0], j), s2[0], lut, 4 * lane, a0);
+            dequant_nf4<T>(word(codes[u][1], j), s2[1], lut, 4 * lane, a1);
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
@@ -180,20 +192,28 @@ int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
   }
 }
 
-template <Format kFmt, typename T, bool kDqAbsmax>
-cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream) {
+template <Format kFmt, typename T, bool kDqAbsmax, typename Shape>
+cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
   constexpr int kK = kChunkK<kFmt>;
   const int64_t steps = (p.k / kK + 3) / 4;
-  const int warps = int(std::min<int64_t>(kMaxWarps, (steps + kUnroll - 1) / kUnroll));
+  const int warps = int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
   const int64_t m_tiles = (p.m + 7) / 8;
   const int64_t blocks = (p.n + 15) / 16 * m_tiles;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const size_t smem = size_t(warps) * 32 * sizeof(float4) +
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
-  gemv_mma_kernel<kFmt, T, kDqAbsmax>
+  gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape>
       <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
   return cudaGetLastError();
+}
+
+template <Format kFmt, typename T, bool kDqAbsmax>
+cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
+  const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
+  return blocks >= int64_t(GemvWide::kMinBlocksPerSM) * sm_count
+             ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, stream)
+             : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, stream);
 }
 
 }  // namespace qk::cuda

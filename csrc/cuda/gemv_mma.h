@@ -34,7 +34,8 @@ inline bool gemv_mma_supported(const QMatmulParams& p) {
 }
 
 // T = half or __nv_bfloat16, the dtype of x and y. kDqAbsmax: nf4 whose absmax is p.absmax_dq.
+// sm_count: the GPU's SMs, for the choice of launch shape.
 template <Format kFmt, typename T, bool kDqAbsmax = false>
-cudaError_t launch_gemv_mma(const QMatmulParams& p, cudaStream_t stream);
+cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t stream);
 
 }  // namespace qk::cuda

@@ -51,33 +51,66 @@ __device__ __forceinline__ T2 pair(uint32_t v) {
 
 // --- dequantization of one 32-bit word of codes into mma pairs ---------------------------------
 
+// (a & kMask) | b in one LOP3. Written in C++, ptxas emitted two LOP3s (each takes one
+// immediate operand); with b in a register it is one.
+template <uint32_t kMask>
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xea;" : "=r"(d) : "r"(a), "n"(kMask), "r"(b));
+  return d;
+}
+
 // int4, codes k0..k7 (byte j = k_2j | k_2j+1 << 4) -> s * (q - z) for the pairs (k0, k4),
-// (k1, k5), (k2, k6), (k3, k7): one shift + one lop3 per pair gives magic + q, an exact
-// subtraction of magic + round(z) gives the integer q - round(z), and one fma adds the rest,
-// -s * (z - round(z)). Splitting z so keeps the rounded term small: folding all of -z * s (up to
-// 15 s) into the fma constant cost 4-9e-3 norm-wise error in bf16 (CPU simulation of this
-// arithmetic, 200x1024 and 1x4096), 2-3e-3 with the split.
+// (k1, k5), (k2, k6), (k3, k7). One LOP3 per pair ORs the masked codes under the magic
+// exponent; an exact subtraction of magic + round(z) gives the integer q - round(z), and one
+// fma adds the rest, -s * (z - round(z)). Splitting z so keeps the rounded term small: folding
+// all of -z * s (up to 15 s) into the fma constant cost 4-9e-3 norm-wise error in bf16 (CPU
+// simulation of this arithmetic, 200x1024 and 1x4096), 2-3e-3 with the split.
+// fp16 reads the high nibbles of each byte in place (1024 + 16 q is exact below 2048), so one
+// shift per word instead of three; their exact q - round(z) is one fma, (1024 + 16 q) / 16 -
+// (64 + round(z)). bf16's 128 + 16 q would not be exact: it shifts every nibble down.
 template <typename T>
 __device__ __forceinline__ void dequant_int4(uint32_t w, typename Pair<T>::T2 magic_zero,
                                              typename Pair<T>::T2 s, typename Pair<T>::T2 zs,
                                              uint32_t (&out)[4]) {
   using T2 = typename Pair<T>::T2;
+  const uint32_t magic = Pair<T>::kMagic;
+  T2 q[4];
+  if constexpr (std::is_same_v<T, half>) {
+    const T2 high_zero = __hsub2(pair<T2>(0x63806380u), magic_zero);  // 960 - (1024 + z)
+    const T2 sixteenth = pair<T2>(0x2C002C00u);                        // 1 / 16
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const T2 q = __hsub2(pair<T2>(((w >> (4 * i)) & 0x000f000fu) | Pair<T>::kMagic), magic_zero);
-    out[i] = bits(__hfma2(q, s, zs));
+    for (int i = 0; i < 2; ++i) {
+      const uint32_t v = w >> (8 * i);
+      q[2 * i] = __hsub2(pair<T2>(and_or<0x000f000fu>(v, magic)), magic_zero);
+      q[2 * i + 1] = __hfma2(pair<T2>(and_or<0x00f000f0u>(v, magic)), sixteenth, high_zero);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      q[i] = __hsub2(pair<T2>(and_or<0x000f000fu>(w >> (4 * i), magic)), magic_zero);
+    }
   }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) out[i] = bits(__hfma2(q[i], s, zs));
 }
 
 // nf4, codes as above -> absmax * NF4[q] for the pairs (k0, k1), (k2, k3), (k4, k5), (k6, k7):
-// one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per lane.
+// one shared-memory lookup per byte in a 256-entry table of value pairs, replicated per lane
+// (lane_bytes = 4 * lane). The byte offset of entry b, 128 b + lane_bytes, is one shift and one
+// LOP3 (and_or): byte i shifted to bits 7-14, masked, the lane's offset ORed in below.
 template <typename T>
 __device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
-                                            const uint32_t* lut_lane, uint32_t (&out)[4]) {
+                                            const uint32_t* lut, uint32_t lane_bytes,
+                                            uint32_t (&out)[4]) {
   using T2 = typename Pair<T>::T2;
+  const char* table = reinterpret_cast<const char*>(lut);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    out[i] = bits(__hmul2(pair<T2>(lut_lane[((w >> (8 * i)) & 0xffu) * 32]), s));
+    const uint32_t at_bit7 = i == 0 ? w << 7 : w >> (8 * i - 7);
+    const uint32_t entry = *reinterpret_cast<const uint32_t*>(
+        table + and_or<0x7f80u>(at_bit7, lane_bytes));
+    out[i] = bits(__hmul2(pair<T2>(entry), s));
   }
 }
 

@@ -44,12 +44,17 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm) {
   return Path::kDequantCublas;
 }
 
-cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device) {
-  int sm_count = 0, smem_per_block = 0;
-  check_launch(cudaDeviceGetAttribute(&sm_count, cudaDevAttrMultiProcessorCount, device));
+int sm_count(int device) {
+  int count = 0;
+  check_launch(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
+  int smem_per_block = 0;
   check_launch(
       cudaDeviceGetAttribute(&smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return cuda::plan_gemm(p, sm_count, smem_per_block);
+  return cuda::plan_gemm(p, sms, smem_per_block);
 }
 
 void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
@@ -64,10 +69,11 @@ void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tens
 void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
               const std::optional<at::Tensor>& bias, at::Tensor& y) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int device = x2d.get_device(), sms = sm_count(device);
   cuda::GemmPlan plan{0, 1, false};
-  if (cuda::gemm_supported(params)) plan = plan_gemm(params, x2d.get_device());
+  if (cuda::gemm_supported(params)) plan = plan_gemm(params, device, sms);
   switch (choose_path(params, plan)) {
-    case Path::kGemv: check_launch(cuda::launch_gemv(params, stream)); break;
+    case Path::kGemv: check_launch(cuda::launch_gemv(params, sms, stream)); break;
     case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
     case Path::kDequantCublas: {
       at::Tensor w = at::empty({params.n, params.k}, x2d.options());
