@@ -87,31 +87,47 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
 
   if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
 
-  // --- fetch: one stage of x (kBlockX rows) and codes (128 rows). Rows past the end are
-  // clamped to the last row (loads stay in bounds; their results are never stored).
+  // --- fetch: one stage of x (kBlockX rows x 16 chunks) and codes (kBlockW rows). Copy j of a
+  // thread takes the same chunk column of row row0 + j * rows_per_pass, so one test against K
+  // per stage serves all of a thread's copies, and each copy is one address add. Rows past the
+  // end are zero-filled (their results are never stored).
   const T* x = static_cast<const T*>(p.x);
   const auto* qweight = static_cast<const uint8_t*>(p.qweight);
   const int64_t row_bytes = packed_row_bytes(kFmt, p.k);
+  constexpr int kXChunks = Tile::kXRowBytes / 16;
+  constexpr int kXRowsPerPass = Tile::kThreads / kXChunks;
+  constexpr int kXCopies = Tile::kBlockX / kXRowsPerPass;
+  constexpr int kWRowsPerPass = Tile::kThreads / Tile::kWRowChunks;
+  constexpr int kWCopies = Tile::kBlockW / kWRowsPerPass;
+  static_assert(kXCopies >= 1 && kWCopies >= 1, "a stage is at least one copy per thread");
+  const int x_col = tid % kXChunks, x_row0 = tid / kXChunks;
+  const int w_col = tid % Tile::kWRowChunks, w_row0 = tid / Tile::kWRowChunks;
+  // Rows past the end share the row parity the swizzles read, so one slot per thread.
+  const int x_dst = x_row0 * Tile::kXRowBytes + x_chunk_slot(x_col, x_row0) * 16;
+  const int w_dst = w_row0 * Tile::kWRowBytes + w_chunk_slot<kFmt>(w_col, w_row0) * 16;
+  const int64_t x_rows = p.m - m_block - x_row0, w_rows = p.n - n_block - w_row0;
+  const T* x_src = x + (x_rows > 0 ? (m_block + x_row0) * p.x_row_stride + x_col * 8 : 0);
+  const uint8_t* w_src =
+      qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0);
   auto fetch = [&](int stage, int64_t kb) {
-    uint8_t* xs = x_smem + stage * Tile::kXStageBytes;
+    uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
+    const bool x_k_ok = kb * kGemmBlockK + x_col * 8 < p.k;
 #pragma unroll
-    for (int i = tid; i < Tile::kBlockX * 16; i += Tile::kThreads) {
-      const int r = i / 16, c = i % 16;
-      const int64_t m = min64(m_block + r, p.m - 1);
-      const int64_t k = kb * kGemmBlockK + c * 8;
-      const bool valid = k < p.k;
-      cp_async_16B(xs + r * Tile::kXRowBytes + x_chunk_slot(c, r) * 16,
-                   x + m * p.x_row_stride + (valid ? k : 0), valid);
+    for (int j = 0; j < kXCopies; ++j) {
+      const bool valid = x_k_ok && j * kXRowsPerPass < x_rows;
+      cp_async_16B(xs + j * kXRowsPerPass * Tile::kXRowBytes,
+                   valid ? x_src + kb * kGemmBlockK + j * kXRowsPerPass * p.x_row_stride : x,
+                   valid);
     }
-    uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
+    uint8_t* ws = w_smem + stage * Tile::kWStageBytes + w_dst;
+    const bool w_k_ok = kb * Tile::kWRowBytes + w_col * 16 < row_bytes;
 #pragma unroll
-    for (int i = tid; i < Tile::kBlockW * Tile::kWRowChunks; i += Tile::kThreads) {
-      const int r = i / Tile::kWRowChunks, c = i % Tile::kWRowChunks;
-      const int64_t n = min64(n_block + r, p.n - 1);
-      const int64_t byte = kb * Tile::kWRowBytes + c * 16;
-      const bool valid = byte < row_bytes;
-      cp_async_16B(ws + r * Tile::kWRowBytes + w_chunk_slot<kFmt>(c, r) * 16,
-                   qweight + n * p.qweight_row_stride + (valid ? byte : 0), valid);
+    for (int j = 0; j < kWCopies; ++j) {
+      const bool valid = w_k_ok && j * kWRowsPerPass < w_rows;
+      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes,
+                   valid ? w_src + kb * Tile::kWRowBytes + j * kWRowsPerPass * p.qweight_row_stride
+                         : qweight,
+                   valid);
     }
   };
 
