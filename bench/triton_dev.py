@@ -363,11 +363,11 @@ def sass():
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                NF4_PERMUTE=True,
+                PTX_DECODE=True,
                 WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                                   gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
-                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, NF4_PERMUTE=True,
+                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, PTX_DECODE=True,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
         }
@@ -378,9 +378,9 @@ def sass():
             kernels["gemv M=1, byte path"] = (gemv.gemv_kernel, byte_config,
                                               {**meta, "WORDS": False})
             kernels["gemv M=1, table load"] = (gemv.gemv_kernel, byte_config,
-                                               {**meta, "WORDS": False, "NF4_PERMUTE": False})
+                                               {**meta, "WORDS": False, "PTX_DECODE": False})
             kernel, config, meta = kernels["gemm M=16"]
-            kernels["gemm M=16, select tree"] = (kernel, config, {**meta, "NF4_PERMUTE": False})
+            kernels["gemm M=16, select tree"] = (kernel, config, {**meta, "PTX_DECODE": False})
         for name, (kernel, config, meta) in kernels.items():
             codes_type = "*i32" if meta.get("WORDS") else qweight_type
             compiled = _compile(kernel, {"x_ptr": "*fp16", "qweight_ptr": codes_type,
@@ -395,7 +395,7 @@ def sass():
                                            num_groups, dequant.MIN_BLOCK_K, dequant.MAX_BLOCK_N)
         compiled = _compile(dequant.dequantize_kernel,
                             {"qweight_ptr": qweight_type, "w_ptr": "*fp16"},
-                            {**base, "BLOCK_N": block_n, "BLOCK_K": block_k, "NF4_PERMUTE": True,
+                            {**base, "BLOCK_N": block_n, "BLOCK_K": block_k, "PTX_DECODE": True,
                              "SCALE_PER_TILE": common.scale_per_tile(group_size, num_groups,
                                                                      block_k)},
                             dequant.NUM_WARPS, 1)

@@ -186,19 +186,46 @@ def test_nf4_decode_reproduces_the_table_bit_exactly():
     assert torch.equal(values.cpu().view(torch.int32), table.view(torch.int32))
 
 
-def nf4_permute_weights(qw, dtype):
-    """W as the nf4 permute decode makes it (common.dequantize_tile, NF4_PERMUTE): the table
-    value and the absmax each rounded to ``dtype``, multiplied in ``dtype`` (one rounding: the
-    product of two 16-bit values is exact in fp32)."""
+def ptx_decode_weights(qw, dtype):
+    """W as the 4-bit PTX decode makes it (common.dequantize_tile, PTX_DECODE), which rounds as
+    the CUDA backend does. nf4: the table value and the absmax each rounded to ``dtype``,
+    multiplied in ``dtype`` (one rounding: the product of two 16-bit values is exact in fp32).
+    int4: q - round(z) exact, times the scale rounded to ``dtype``, plus -s (z - round(z))
+    rounded to ``dtype``, rounded once (an fma; exact in fp64 before the last rounding)."""
     n, k = qw.shape
-    codes = formats.unpack_codes(qw.qweight, "nf4", k).long()
-    table = formats.nf4_table(qw.qweight.device).to(dtype).float()
-    absmax = qw.absmax.to(dtype).float().repeat_interleave(qw.group_size, dim=1)[:, :k]
-    return (table[codes] * absmax).to(dtype)
+    codes = formats.unpack_codes(qw.qweight, qw.fmt, k).long()
+
+    def per_weight(t):
+        return t.repeat_interleave(qw.group_size, dim=1)[:, :k]
+
+    if qw.fmt == "nf4":
+        table = formats.nf4_table(qw.qweight.device).to(dtype).float()
+        return (table[codes] * per_weight(qw.absmax.to(dtype).float())).to(dtype)
+    zero = qw.zeros if qw.zeros is not None else torch.full_like(qw.scales,
+                                                                  formats.INT4_SYMMETRIC_ZERO)
+    zero_int = torch.floor(zero + 0.5)
+    scale = qw.scales.to(dtype).double()
+    rest = (-qw.scales * (zero - zero_int)).to(dtype).double()
+    return round_once((codes - per_weight(zero_int)).double() * per_weight(scale)
+                      + per_weight(rest), dtype)
 
 
-def nf4_permute_applies(dtype, group_size, num_groups, block_k) -> bool:
-    return (common.nf4_permute_enabled(dtype)
+def round_once(exact: torch.Tensor, dtype) -> torch.Tensor:
+    """fp64 ``exact`` rounded to nearest (ties to even) in the 16-bit ``dtype``, once: torch goes
+    through fp32 and can round twice. Of the fp32 path's result and its two neighbours (one bit
+    pattern up and down), the nearest; ties take the even pattern."""
+    first = exact.float().to(dtype)
+    bits = first.view(torch.int16).int()
+    candidates = torch.stack([bits - 1, bits, bits + 1]).to(torch.int16).view(dtype)
+    error = (candidates.double() - exact).abs().nan_to_num(nan=torch.inf)
+    nearest = error == error.min(0).values
+    nearest_even = nearest & (candidates.view(torch.int16) % 2 == 0)
+    best = torch.where(nearest_even.any(0), nearest_even.int().argmax(0), nearest.int().argmax(0))
+    return candidates.gather(0, best[None]).squeeze(0)
+
+
+def ptx_decode_applies(fmt, dtype, group_size, num_groups, block_k) -> bool:
+    return (fmt in ("int4", "nf4") and common.ptx_decode_enabled(dtype)
             and common.scale_per_tile(group_size, num_groups, block_k))
 
 
@@ -206,8 +233,8 @@ def nf4_permute_applies(dtype, group_size, num_groups, block_k) -> bool:
 @pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
     # Rounded once from fp32, like the reference; asymmetric int4 within an ulp of zero * scale
-    # (its FMA, see test_identity_rows_recover_the_weights). nf4 in fp16 on a GPU, with groups a
-    # tile lies in: bit-exact to nf4_permute_weights.
+    # (its FMA, see test_identity_rows_recover_the_weights). The 4-bit formats in fp16 on a GPU,
+    # with groups a tile lies in: bit-exact to ptx_decode_weights.
     n, k = 37, 301
     qw = random_quantized(n, k, fmt, group_size, symmetric)
     expected = qk.dequantize(qw)
@@ -223,53 +250,61 @@ def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
     _, block_k = common.fit_tile(dequant.BLOCK_N, dequant.BLOCK_K, qw.group_size,
                                  formats.num_groups(k, qw.group_size), dequant.MIN_BLOCK_K,
                                  dequant.MAX_BLOCK_N)
-    if fmt == "nf4" and nf4_permute_applies(torch.float16, qw.group_size,
-                                            formats.num_groups(k, qw.group_size), block_k):
-        assert torch.equal(w16, nf4_permute_weights(qw, torch.float16))
+    if ptx_decode_applies(fmt, torch.float16, qw.group_size,
+                          formats.num_groups(k, qw.group_size), block_k):
+        assert torch.equal(w16, ptx_decode_weights(qw, torch.float16))
     else:
         assert torch.equal(w16, w.half())
+
+
+PTX_DECODE_MODES = [("nf4", False), ("int4", False), ("int4", True)]
+PTX_DECODE_IDS = ["nf4", "int4", "int4sym"]
 
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1),
                                             (37, 301, 32)])
-def test_nf4_permute_decode_is_the_rounded_table(n, k, group_size, dtype):
-    # The inline-PTX decode (prmt lookups of the table in dtype) against torch, bit for bit,
-    # through the dequantize kernel (its tile, 64 x 64 or 128 x 32 here, sets which elements
-    # share an asm block); ragged last tiles (577, 300, 301) and per channel included.
-    qw = random_quantized(n, k, "nf4", group_size)
-    w = dequant.dequantize("nf4", qw.qweight, qw.scale_tensor, None, qw.group_size, k, dtype)
-    assert torch.equal(w.view(torch.int16), nf4_permute_weights(qw, dtype).view(torch.int16))
+@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+def test_ptx_decode_is_the_cuda_rounding(fmt, symmetric, n, k, group_size, dtype):
+    # The inline-PTX decode (nf4: prmt lookups of the table in dtype; int4: the magic-number
+    # fma pair) against torch, bit for bit, through the dequantize kernel (its tile, 64 x 64,
+    # 32 x 128 or 128 x 32 here, sets which elements share an asm block); ragged last tiles
+    # (577, 300, 301) and per channel included.
+    qw = random_quantized(n, k, fmt, group_size, symmetric)
+    w = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k, dtype)
+    assert torch.equal(w.view(torch.int16), ptx_decode_weights(qw, dtype).view(torch.int16))
 
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [16, 40, 96])
-def test_nf4_permute_gemm_sees_the_rounded_weights(m, dtype):
+@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+def test_ptx_decode_gemm_sees_the_rounded_weights(fmt, symmetric, m, dtype):
     # Rows of the identity pick out W's columns, each output one exact product: the GEMM's
     # weights bit for bit, at 16-, 64- and 128-row tiles (the M buckets' default configs).
     k = 96
-    qw = random_quantized(70, k, "nf4", 32)
+    qw = random_quantized(70, k, fmt, 32, symmetric)
     rows = torch.eye(k, dtype=dtype, device=DEVICE)[:m]
     y = run_kernel(gemm, rows, qw)
-    assert torch.equal(y.view(torch.int16), nf4_permute_weights(qw, dtype).T[:m].view(torch.int16))
+    assert torch.equal(y.view(torch.int16), ptx_decode_weights(qw, dtype).T[:m].view(torch.int16))
 
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_nf4_permute_gemm_error(monkeypatch, dtype):
-    # The permute decode rounds twice per weight (table value, product) where the select tree
-    # rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16, to show the cost
-    # of the second rounding stays under the bound (bench/NOTES.md, Triton, "nf4 permute").
-    x, qw, _ = sample_inputs(16, 4096, 4096, "nf4", group_size=64, dtype=dtype)
+@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+def test_ptx_decode_gemm_error(monkeypatch, fmt, symmetric, dtype):
+    # The PTX decode rounds twice per weight (nf4: table value, product; int4: scale, fma) where
+    # the fp32 decode rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16,
+    # to show the cost of the second rounding stays under the bound (bench/NOTES.md, Triton).
+    x, qw, _ = sample_inputs(16, 4096, 4096, fmt, symmetric, group_size=64, dtype=dtype)
     ref = fp64_reference(x, qw)
     errors = {}
-    for permute in (True, False):
-        monkeypatch.setattr(common, "nf4_permute_enabled", lambda _dtype, on=permute: on)
-        errors[permute] = rel_err(run_kernel(gemm, x, qw), ref)
-    print(f"\nnf4 g64 16x4096x4096 {dtype}: relative error against fp64, permute decode "
-          f"{errors[True]:.3e}, select tree {errors[False]:.3e}")
+    for ptx in (True, False):
+        monkeypatch.setattr(common, "ptx_decode_enabled", lambda _dtype, on=ptx: on)
+        errors[ptx] = rel_err(run_kernel(gemm, x, qw), ref)
+    print(f"\n{fmt}{' sym' if symmetric else ''} g64 16x4096x4096 {dtype}: relative error against "
+          f"fp64, PTX decode {errors[True]:.3e}, fp32 decode {errors[False]:.3e}")
     assert errors[True] <= REL_TOL[dtype] and errors[False] <= REL_TOL[dtype]
 
 
@@ -325,7 +360,7 @@ def test_split_k(kernel, split_k, fmt, symmetric):
 def test_gemv_word_path(fmt, symmetric, group_size, dtype):
     x, qw, b = sample_inputs(1, 19, 584, fmt, symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(584, qw.group_size)
-    nf4_words = common.nf4_permute_enabled(dtype)
+    nf4_words = common.ptx_decode_enabled(dtype)
     assert gemv.words_supported(fmt, qw.qweight, 584, qw.group_size, num_groups, 1, nf4_words) \
         == (fmt == "int4" or nf4_words)
     for split_k in (1, 3):

@@ -105,6 +105,32 @@ def _nf4_word_asm() -> str:
     return "\n".join(lines + ["}"])
 
 
+def _int4_scaled_asm(dtype: torch.dtype, high: bool) -> str:
+    """PTX for _int4_values_by_magic: $2 holds four code bytes; $0 / $1 get s (q - round(z)) + zs
+    of their low (or ``high``) nibbles in ``dtype`` as pairs (bytes (0, 1) and (2, 3)), with the
+    pairs of s in $3 / $4, of -(magic + round(z)) in $5 / $6 and of zs in $7 / $8. prmt moves
+    bytes 0 and 1 (2 and 3) to bytes 0 and 2, one LOP3 ORs their nibbles under the magic
+    exponent (magic + q exactly), an fma by one subtracts magic + round(z) exactly and a second
+    applies the scale: 4 instructions per pair, as csrc/cuda/unpack.cuh's dequant_int4."""
+    pair, magic, one = (("f16x2", 0x64006400, 0x3C003C00) if dtype == torch.float16
+                        else ("bf16x2", 0x43004300, 0x3F803F80))
+    codes = "c" if high else "$2"
+    lines = ["{", ".reg .b32 c, v, magic, one;", f"mov.b32 magic, {magic:#010x};",
+             f"mov.b32 one, {one:#010x};"]
+    if high:
+        lines.append("shr.u32 c, $2, 4;")
+    for out, selector, scale, zero, rest in (("$0", "0x4140", "$3", "$5", "$7"),
+                                             ("$1", "0x4342", "$4", "$6", "$8")):
+        lines += [f"prmt.b32 v, {codes}, 0, {selector};",
+                  "lop3.b32 v, v, 0x000f000f, magic, 0xea;",  # (v & 0x000f000f) | magic
+                  f"fma.rn.{pair} v, v, one, {zero};", f"fma.rn.{pair} {out}, v, {scale}, {rest};"]
+    return "\n".join(lines + ["}"])
+
+
+INT4_SCALED_ASM_FP16_LOW: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.float16, False))
+INT4_SCALED_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.float16, True))
+INT4_SCALED_ASM_BF16_LOW: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.bfloat16, False))
+INT4_SCALED_ASM_BF16_HIGH: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.bfloat16, True))
 NF4_SCALED_ASM_FP16_LOW: tl.constexpr = tl.constexpr(
     _nf4_permute_asm(torch.float16, high=False, pair_type="f16x2"))
 NF4_SCALED_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(
@@ -248,6 +274,21 @@ def dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, nf4_table_ptr,
 
 
 @triton.jit
+def _interleave_for_dot(even, odd, DTYPE: tl.constexpr):
+    """tl.interleave(even, odd) of asm outputs, then an opaque copy (no instruction once ptxas
+    is done): tl.dot on the join + reshape of asm outputs itself made Triton 3.6's
+    TritonGPUOptimizeDotOperands fail ("Illegal shared layout") for 64-row tiles."""
+    values = tl.interleave(even, odd)
+    if DTYPE == tl.float16:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.float16, is_pure=True, pack=2)
+    else:
+        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
+                                           dtype=tl.bfloat16, is_pure=True, pack=2)
+    return values
+
+
+@triton.jit
 def _nf4_values_by_permute(packed, scale, DTYPE: tl.constexpr):
     """absmax * NF4[code] of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16),
     [R, 2 C] in k order, by NF4_SCALED_ASM (15 instructions per 4 weights, where the select
@@ -265,17 +306,31 @@ def _nf4_values_by_permute(packed, scale, DTYPE: tl.constexpr):
         odd = tl.inline_asm_elementwise(NF4_SCALED_ASM_BF16_HIGH, "=r,=r,r,r,r",
                                         [packed, scale], dtype=tl.bfloat16, is_pure=True,
                                         pack=4)
-    # An opaque copy after the interleave (no instruction once ptxas is done): tl.dot on the
-    # join + reshape of asm outputs itself made Triton 3.6's TritonGPUOptimizeDotOperands fail
-    # ("Illegal shared layout") for 64-row tiles.
-    values = tl.interleave(even, odd)
+    return _interleave_for_dot(even, odd, DTYPE)
+
+
+@triton.jit
+def _int4_values_by_magic(packed, scale, zero, DTYPE: tl.constexpr):
+    """s (q - z) of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16), [R, 2 C] in
+    k order, by INT4_SCALED_ASM, rounded as the CUDA backend rounds: q - round(z) exact, then one
+    fma by s and -s (z - round(z)), each rounded to DTYPE. scale and zero fp32, [R, 1]."""
+    magic = 1024.0 if DTYPE == tl.float16 else 128.0
+    zero_int = tl.floor(zero + 0.5)
+    neg_magic_zero = tl.broadcast_to((-(magic + zero_int)).to(DTYPE), packed.shape)
+    rest = tl.broadcast_to((-scale * (zero - zero_int)).to(DTYPE), packed.shape)
+    scale = tl.broadcast_to(scale.to(DTYPE), packed.shape)
+    args = [packed, scale, neg_magic_zero, rest]
     if DTYPE == tl.float16:
-        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
-                                           dtype=tl.float16, is_pure=True, pack=2)
+        even = tl.inline_asm_elementwise(INT4_SCALED_ASM_FP16_LOW, "=r,=r,r,r,r,r,r,r,r", args,
+                                         dtype=tl.float16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(INT4_SCALED_ASM_FP16_HIGH, "=r,=r,r,r,r,r,r,r,r", args,
+                                        dtype=tl.float16, is_pure=True, pack=4)
     else:
-        values = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [values],
-                                           dtype=tl.bfloat16, is_pure=True, pack=2)
-    return values
+        even = tl.inline_asm_elementwise(INT4_SCALED_ASM_BF16_LOW, "=r,=r,r,r,r,r,r,r,r", args,
+                                         dtype=tl.bfloat16, is_pure=True, pack=4)
+        odd = tl.inline_asm_elementwise(INT4_SCALED_ASM_BF16_HIGH, "=r,=r,r,r,r,r,r,r,r", args,
+                                        dtype=tl.bfloat16, is_pure=True, pack=4)
+    return _interleave_for_dot(even, odd, DTYPE)
 
 
 @triton.jit
@@ -305,12 +360,13 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
                     FORMAT: tl.constexpr, HAS_ZEROS: tl.constexpr, SCALE_PER_TILE: tl.constexpr,
                     ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr,
-                    NF4_PERMUTE: tl.constexpr):
+                    PTX_DECODE: tl.constexpr):
     """W[offs_n, k_start : k_start + BLOCK_K] in DTYPE, [BLOCK_N, BLOCK_K] (edges as in
-    dequantize_nibble_pairs): computed in fp32 and rounded once, except nf4 with NF4_PERMUTE
-    (nf4_permute_enabled) on tiles in one group: the table value and the absmax each rounded to
-    DTYPE and multiplied in DTYPE, as the CUDA backend does (_nf4_values_by_permute). nf4
-    otherwise by the select tree (nf4_value)."""
+    dequantize_nibble_pairs): computed in fp32 and rounded once, except the 4-bit formats with
+    PTX_DECODE (ptx_decode_enabled) on tiles in one group, decoded by inline PTX and rounded as
+    the CUDA backend rounds: nf4's table value and absmax each rounded to DTYPE and multiplied
+    in DTYPE (_nf4_values_by_permute), int4 by the magic-number fma pair
+    (_int4_values_by_magic). nf4 otherwise by the select tree (nf4_value)."""
     if FORMAT == FORMAT_INT8:
         offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
@@ -320,13 +376,20 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                         group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
                         False)
         return w.to(DTYPE)
-    if FORMAT == FORMAT_NF4 and NF4_PERMUTE and SCALE_PER_TILE:
+    if FORMAT != FORMAT_INT8 and PTX_DECODE and SCALE_PER_TILE:
         packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
                                         BLOCK_K)
         offsets = (offs_n * num_groups + k_start // group_size)[:, None]
-        scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets,
-                           (offs_n < N)[:, None], ABSMAX_DQ)
-        return _nf4_values_by_permute(packed, scale, DTYPE)
+        row_ok = (offs_n < N)[:, None]
+        scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, row_ok,
+                           ABSMAX_DQ)
+        if FORMAT == FORMAT_NF4:
+            return _nf4_values_by_permute(packed, scale, DTYPE)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
+        else:
+            zero = tl.full(scale.shape, INT4_SYMMETRIC_ZERO, tl.float32)
+        return _int4_values_by_magic(packed, scale, zero, DTYPE)
     even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, scales_ptr,
                                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                                         N, K, row_bytes, group_size, num_groups, stride_qn,
@@ -388,9 +451,9 @@ def interpreting() -> bool:
     return os.environ.get(INTERPRET_ENV_VAR, "0") == "1"
 
 
-def nf4_permute_enabled(dtype: torch.dtype) -> bool:
-    """dequantize_tile's NF4_PERMUTE: compiled kernels (the interpreter cannot run inline PTX)
-    with fp16 or bf16 x (fp32 x keeps the exact fp32 decode)."""
+def ptx_decode_enabled(dtype: torch.dtype) -> bool:
+    """The kernels' PTX_DECODE (4-bit decode by inline PTX): compiled kernels (the interpreter
+    cannot run inline PTX) with fp16 or bf16 x (fp32 x keeps the exact fp32 decode)."""
     return not interpreting() and dtype in (torch.float16, torch.bfloat16)
 
 

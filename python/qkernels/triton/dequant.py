@@ -41,7 +41,7 @@ def dequantize_kernel(
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
     HAS_ZEROS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
-    NF4_PERMUTE: tl.constexpr,     # nf4 decoded by prmt lookups (common.nf4_permute_enabled)
+    PTX_DECODE: tl.constexpr,      # 4-bit decode by inline PTX (common.ptx_decode_enabled)
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
@@ -53,7 +53,7 @@ def dequantize_kernel(
     w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                         absmax_offsets_ptr, offs_n, k_start, N, K, row_bytes, group_size,
                         num_groups, stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
-                        BLOCK_K, w_ptr.dtype.element_ty, NF4_PERMUTE)
+                        BLOCK_K, w_ptr.dtype.element_ty, PTX_DECODE)
     offs_k = k_start + tl.arange(0, BLOCK_K)
     tl.store(w_ptr + offs_n[:, None] * K + offs_k[None, :], w,
              mask=(offs_n < N)[:, None] & (offs_k < K)[None, :])
@@ -74,7 +74,7 @@ def dequantize(fmt, qweight, scales, zeros, group_size, k, dtype, absmax_dq=None
         qweight, scales, zeros if zeros is not None else scales, absmax_scales, absmax_offsets,
         w, n, k, qweight.shape[1], group_size, num_groups, qweight.stride(0),
         FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
-        ABSMAX_DQ=absmax_dq is not None, NF4_PERMUTE=common.nf4_permute_enabled(dtype),
+        ABSMAX_DQ=absmax_dq is not None, PTX_DECODE=common.ptx_decode_enabled(dtype),
         BLOCK_N=block_n, BLOCK_K=block_k,
         SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups, block_k),
         num_warps=NUM_WARPS)

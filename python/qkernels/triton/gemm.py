@@ -52,7 +52,7 @@ def gemm_kernel(
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     DOT_IN_FP32: tl.constexpr,     # fp32 x (exact "ieee" dot), or bf16 under the interpreter
-    NF4_PERMUTE: tl.constexpr,     # nf4 decoded by prmt lookups (common.nf4_permute_enabled)
+    PTX_DECODE: tl.constexpr,      # 4-bit decode by inline PTX (common.ptx_decode_enabled)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -89,7 +89,7 @@ def gemm_kernel(
                             absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                             N, K, row_bytes, group_size, num_groups, stride_qn,
                             FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K,
-                            x_ptr.dtype.element_ty, NF4_PERMUTE)
+                            x_ptr.dtype.element_ty, PTX_DECODE)
         if DOT_IN_FP32:
             acc = tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), acc,
                          input_precision="ieee")
@@ -230,7 +230,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
-                DOT_IN_FP32=dot_in_fp32, NF4_PERMUTE=common.nf4_permute_enabled(x.dtype))
+                DOT_IN_FP32=dot_in_fp32, PTX_DECODE=common.ptx_decode_enabled(x.dtype))
 
     def grid(meta):
         tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])

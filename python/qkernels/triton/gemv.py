@@ -78,7 +78,7 @@ def _word_coefficients(scales_ptr, zeros_ptr, offs_n, k_start, offs_w, N, row_wo
         mask = row_ok[:, None] & (offs_w < row_words)[None, :]
     scale = tl.load(scales_ptr + offsets, mask=mask, other=0.0)
     if NF4:
-        a, b = scale, 0.0  # nf4 values are NF4[q] themselves (_row_dot_words)
+        a, b = scale, tl.zeros_like(scale)  # nf4 values are NF4[q] themselves (_row_dot_words)
     else:
         if HAS_ZEROS:
             zero = tl.load(zeros_ptr + offsets, mask=mask, other=0.0)
@@ -150,7 +150,7 @@ def _row_dot_words(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, 
 
 def words_supported(fmt, qweight, k, group_size, num_groups, m, nf4_words=False) -> bool:
     """The word path's conditions: int4, or nf4 where ``nf4_words`` (its permute decode runs:
-    common.nf4_permute_enabled, and absmax stored in fp32; int8, and nf4 through a table load,
+    common.ptx_decode_enabled, and absmax stored in fp32; int8, and nf4 through a table load,
     measured slower than the byte path: bench/NOTES.md, Triton, "GEMV v2"), one row of x, whole
     32-bit words of codes per row (K a multiple of 8, 4-byte-aligned rows), each word inside
     one group."""
@@ -182,7 +182,7 @@ def gemv_kernel(
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     NF4_FROM_TABLE: tl.constexpr,  # nf4 decoded by a load from nf4_table (see NF4_FROM_TABLE)
-    NF4_PERMUTE: tl.constexpr,     # nf4 at M = 1 by prmt lookups (common.nf4_permute_enabled)
+    PTX_DECODE: tl.constexpr,      # nf4 at M = 1 by prmt lookups (common.ptx_decode_enabled)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -231,7 +231,7 @@ def gemv_kernel(
                 else:
                     x = load_x(x_ptr, offs_m, offs_k, M, K, stride_xm, stride_xk)
                     acc += tl.sum(x[:, None, :] * w[None, :, :], axis=2)
-            elif FORMAT == FORMAT_NF4 and NF4_PERMUTE and BLOCK_M == 1 and SCALE_PER_TILE:
+            elif FORMAT == FORMAT_NF4 and PTX_DECODE and BLOCK_M == 1 and SCALE_PER_TILE:
                 # The table values in fp16 from the permute decode, products and sums in fp32,
                 # the absmax applied once per byte pair.
                 packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes,
@@ -378,7 +378,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
-    nf4_words = common.nf4_permute_enabled(x.dtype) and absmax_dq is None
+    nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
     words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m,
                                                    nf4_words)
     tuned = config is None and split_k is None and common.autotune_enabled()
@@ -403,7 +403,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
                 NF4_FROM_TABLE=NF4_FROM_TABLE,
-                NF4_PERMUTE=common.nf4_permute_enabled(x.dtype), BLOCK_M=block_m, WORDS=words)
+                PTX_DECODE=common.ptx_decode_enabled(x.dtype), BLOCK_M=block_m, WORDS=words)
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
