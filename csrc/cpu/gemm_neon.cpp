@@ -22,6 +22,7 @@ namespace {
 constexpr int kRows = 6;
 constexpr int kPanelN = 16;
 constexpr int64_t kTileN = 64;
+static_assert(kTileN <= kMaxStoreColumns, "store_columns takes one tile of columns");
 constexpr int64_t kTileK = 256;  // a multiple of every power-of-two group size up to 256
 
 // Weights [k, k_end) (one group) of one weight row into panel column dst: element k goes to
@@ -119,8 +120,6 @@ Status gemm_neon(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const F32Rows x = activations_as_f32(p);
   float* acc = scratch_floats(ScratchSlot::kAccumulators, size_t(p.m * kTileN));
   alignas(64) float tile[kTileN * kTileK];  // 64 KiB
-  alignas(16) float bias[kTileN];
-  const int64_t y_bytes = dtype_bytes(p.y_dtype);
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kTileN) {
     const int64_t columns = min_i64(kTileN, n_end - n0);
     const int64_t panels = (columns + kPanelN - 1) / kPanelN;
@@ -137,15 +136,7 @@ Status gemm_neon(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
         }
       }
     }
-    if (p.bias) load_as_f32(p.bias, p.y_dtype, n0, columns, bias);
-    for (int64_t i = 0; i < p.m; ++i) {
-      float* acc_row = acc + i * kTileN;
-      if (p.bias) {
-        for (int64_t j = 0; j < columns; ++j) acc_row[j] += bias[j];
-      }
-      auto* y = static_cast<uint8_t*>(p.y) + i * p.y_row_stride * y_bytes;
-      store_from_f32(y, p.y_dtype, n0, columns, acc_row);
-    }
+    store_columns(p, n0, columns, acc, kTileN);  // acc + bias, converted to y's dtype
   }
   return Status::kOk;
 }

@@ -131,16 +131,10 @@ float dot_weight_row(const QMatmulParams& p, const QuantizedActivations& xq, con
 Status gemv_a8_neon(const QMatmulParams& p, const QuantizedActivations& xq, int64_t n_begin,
                     int64_t n_end) {
   if (Status status = validate_a8(p); status != Status::kOk) return status;
-  const int64_t y_bytes = dtype_bytes(p.y_dtype);
   const NF4Planes nf4_table;  // read by nf4 weights only
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    float bias = 0.0f;
-    if (p.bias) load_as_f32(p.bias, p.y_dtype, n, 1, &bias);
-    for (int64_t i = 0; i < p.m; ++i) {
-      const float value = dot_weight_row(p, xq, nf4_table, i, n) + bias;
-      store_from_f32(static_cast<uint8_t*>(p.y) + i * p.y_row_stride * y_bytes, p.y_dtype, n, 1, &value);
-    }
-  }
+  gemv_store_chunks(p, n_begin, n_end, 1, [&](int64_t n, int64_t i, int, float* out) {
+    out[0] = dot_weight_row(p, xq, nf4_table, i, n);
+  });
   return Status::kOk;
 }
 

@@ -114,29 +114,17 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const F32Rows x = activations_as_f32(p);
   const int64_t groups = num_groups(p.k, p.group_size);
   const float* sums = p.fmt == Format::kInt4 ? group_sums(p, x, groups) : nullptr;
-  const int64_t y_bytes = dtype_bytes(p.y_dtype);
-  for (int64_t n = n_begin; n < n_end; ++n) {
-    float bias = 0.0f;
-    if (p.bias) load_as_f32(p.bias, p.y_dtype, n, 1, &bias);
-    for (int64_t i0 = 0; i0 < p.m; i0 += kRowBlock) {
-      const int rows = int(min_i64(kRowBlock, p.m - i0));
-      const float* x_rows[kRowBlock];
-      for (int r = 0; r < rows; ++r) x_rows[r] = x.row(i0 + r);
-      const float* block_sums = sums ? sums + i0 * groups : nullptr;
-      float out[kRowBlock];
-      switch (rows) {
-        case 1: dot_weight_row<Decoder, 1>(p, decode, x_rows, block_sums, groups, n, out); break;
-        case 2: dot_weight_row<Decoder, 2>(p, decode, x_rows, block_sums, groups, n, out); break;
-        case 3: dot_weight_row<Decoder, 3>(p, decode, x_rows, block_sums, groups, n, out); break;
-        default: dot_weight_row<Decoder, 4>(p, decode, x_rows, block_sums, groups, n, out); break;
-      }
-      for (int r = 0; r < rows; ++r) {
-        const float value = out[r] + bias;
-        auto* y = static_cast<uint8_t*>(p.y) + ((i0 + r) * p.y_row_stride) * y_bytes;
-        store_from_f32(y, p.y_dtype, n, 1, &value);
-      }
+  gemv_store_chunks(p, n_begin, n_end, kRowBlock, [&](int64_t n, int64_t i0, int rows, float* out) {
+    const float* x_rows[kRowBlock];
+    for (int r = 0; r < rows; ++r) x_rows[r] = x.row(i0 + r);
+    const float* block_sums = sums ? sums + i0 * groups : nullptr;
+    switch (rows) {
+      case 1: dot_weight_row<Decoder, 1>(p, decode, x_rows, block_sums, groups, n, out); break;
+      case 2: dot_weight_row<Decoder, 2>(p, decode, x_rows, block_sums, groups, n, out); break;
+      case 3: dot_weight_row<Decoder, 3>(p, decode, x_rows, block_sums, groups, n, out); break;
+      default: dot_weight_row<Decoder, 4>(p, decode, x_rows, block_sums, groups, n, out); break;
     }
-  }
+  });
 }
 
 }  // namespace

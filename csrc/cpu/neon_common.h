@@ -126,21 +126,7 @@ inline void store_from_f32(void* base, DType dtype, int64_t index, int64_t count
   }
 }
 
-// x as fp32 rows: x itself when it is fp32, else a converted copy in per-thread scratch.
-struct F32Rows {
-  const float* base;
-  int64_t stride;  // elements
-  const float* row(int64_t i) const { return base + i * stride; }
-};
-
-inline F32Rows activations_as_f32(const QMatmulParams& p) {
-  if (p.x_dtype == DType::kF32) return {static_cast<const float*>(p.x), p.x_row_stride};
-  float* converted = scratch_floats(ScratchSlot::kActivations, size_t(p.m * p.k));
-  for (int64_t i = 0; i < p.m; ++i) {
-    load_as_f32(p.x, p.x_dtype, i * p.x_row_stride, p.k, converted + i * p.k);
-  }
-  return {converted, p.k};
-}
-
 }  // namespace
 }  // namespace qk::cpu
+
+#include "store_common.h"  // after load_as_f32 / store_from_f32, which it calls
