@@ -10,6 +10,7 @@ kernels on CUDA tensors. Shapes are tiny because the interpreter runs each progr
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,6 +223,21 @@ def round_once(exact: torch.Tensor, dtype) -> torch.Tensor:
     nearest_even = nearest & (candidates.view(torch.int16) % 2 == 0)
     best = torch.where(nearest_even.any(0), nearest_even.int().argmax(0), nearest.int().argmax(0))
     return candidates.gather(0, best[None]).squeeze(0)
+
+
+def test_round_once_matches_numpy_half_rounding():
+    # The emulation the PTX-decode tests compare with: fp64 -> fp16 in one rounding, as numpy
+    # converts, on values with more bits than fp32 holds and on exact ties between fp16 values.
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(4096, generator=gen, dtype=torch.float64) * 3
+    values += torch.randn(4096, generator=gen, dtype=torch.float64) * 1e-7
+    halves = torch.randn(1024, generator=gen).half()
+    above = (halves.view(torch.int16).int() + 1).to(torch.int16).view(torch.float16)
+    ties = (halves.double() + above.double()) / 2
+    for exact in (values, ties):
+        expected = torch.from_numpy(exact.numpy().astype(np.float16))
+        assert torch.equal(round_once(exact, torch.float16).view(torch.int16),
+                           expected.view(torch.int16))
 
 
 def ptx_decode_applies(fmt, dtype, group_size, num_groups, block_k) -> bool:
