@@ -21,8 +21,10 @@ ISA_ENV_VAR = "QKERNELS_CPU_ISA"
 # byte), K not a multiple of the group (a ragged last group), N not a multiple of any tile.
 # K = 576 (SmolLM2) is whole groups of 32 and 96; 358 leaves an unpaired group of 32 or 96
 # after the AVX2 block path and, at 96, a ragged last group off a 64-weight block boundary.
+# M = 1 with N odd and tiny: the AVX2 GEMV's pairs of weight rows, an odd last row alone, a
+# single row (N = 1), K below one block of 64.
 SHAPES = [(1, 17, 577), (2, 33, 31), (3, 64, 1030), (5, 17, 256), (8, 19, 577), (17, 70, 130),
-          (33, 17, 577), (1, 40, 576), (4, 9, 358)]
+          (33, 17, 577), (1, 40, 576), (4, 9, 358), (1, 1, 1), (1, 3, 3), (1, 3, 17), (1, 5, 1030)]
 FORMATS = [("int4", False), ("int4", True), ("nf4", False), ("int8", False)]
 GROUPS = [32, 64, 96, 128, -1]
 # Norm-wise relative error allowed: fp32 accumulation for fp32 y; for 16-bit y the rounding of
@@ -108,13 +110,14 @@ def test_best_isa_is_default(monkeypatch):
     assert torch.equal(qk.matmul(x, qw, backend="cpu"), forced)
 
 
-@pytest.mark.parametrize("group_size", [32, 64, 96])
-@pytest.mark.parametrize("fmt", ["int4", "nf4"])
+@pytest.mark.parametrize("group_size", [32, 64, 96, -1])
+@pytest.mark.parametrize("fmt", ["int4", "nf4", "int8"])
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("x_scale", [1e-36, 1e30])
 def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale, group_size):
-    # The AVX2 4-bit GEMV scales a permuted copy of x by up to 16^-6; x near the bottom of the
-    # fp32 range must not lose bits to subnormals (it takes the unscaled path), nor x near the top.
+    # The AVX2 GEMV scales a permuted copy of x by up to 16^-6 (int4) or 2^-24 (int8); x near the
+    # bottom of the fp32 range must not lose bits to subnormals (it takes the unscaled path), nor
+    # x near the top.
     monkeypatch.setenv(ISA_ENV_VAR, isa)
     gen = torch.Generator().manual_seed(zlib.crc32(f"{isa}-{fmt}-{x_scale}-{group_size}".encode()))
     w = torch.randn(19, 577, generator=gen)
@@ -126,6 +129,9 @@ def test_extreme_activation_magnitudes(monkeypatch, isa, fmt, x_scale, group_siz
     for row in range(3):
         error = relative_error(y[row], reference[row])
         assert error <= TOLERANCE[torch.float32], f"{isa} {fmt} x*{x_scale:g} row {row}: rel err {error:.3g}"
+        # The same row alone: the M = 1 paths (int4's pairs of weight rows).
+        error = relative_error(qk.matmul(x[row:row + 1], qw, backend="cpu")[0], reference[row])
+        assert error <= TOLERANCE[torch.float32], f"{isa} {fmt} x*{x_scale:g} row {row} alone: rel err {error:.3g}"
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="checks the ELF dependencies of the extension")

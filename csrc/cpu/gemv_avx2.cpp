@@ -11,7 +11,8 @@
 //       store total + bias
 //
 // The weight row (<= 8 KiB for K = 16k int4) is read from memory for the first block of x rows
-// and from L1 for the others. Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).
+// and from L1 for the others. With one row of x, int4 takes weight rows in pairs instead, so
+// that each x vector loaded serves two. Compiled with -mavx2 -mfma -mf16c (CMakeLists.txt).
 #include <immintrin.h>
 
 #include <cstring>
@@ -27,22 +28,37 @@ namespace {
 // constants fill the 16 ymm registers; more rows would spill.
 constexpr int kRowBlock = 4;
 
+// v, made opaque to GCC by an empty asm: it can then neither fold v into each instruction that
+// uses it as a memory operand
+// (an x vector feeding two FMAs was loaded twice) nor hoist out of the loop (the int4 masks,
+// hoisted, were spilled to the stack and reloaded once per use).
+template <class Vector>
+inline Vector opaque(Vector v) {
+  asm("" : "+x"(v));
+  return v;
+}
+
 // --- decoders ----------------------------------------------------------------------------
 // decode(codes): 8 consecutive codes as fp32, from the first byte holding them (the v2 path:
-// groups that are not whole blocks of 64, tails, int8). kBytesPer8: how far the byte pointer
+// groups that are not whole blocks of 64, and tails). kBytesPer8: how far the byte pointer
 // moves per 8 weights. The kernel advances a pointer rather than computing row + k / 2 per
 // step: the signed halving cost 3 scalar instructions per 8 weights, a third of the loop.
 //
-// decode.block(packed, w), the block path of 4-bit codes: the 32 bytes of weights k .. k+63
-// from one load into 8 vectors, in whatever order is cheapest to produce; lane L of w[v] is
-// weight k + block_source(v, L), scaled by 1 / block_x_scale(v). x is permuted (and scaled)
+// decode.block_half(codes, half, w), the block path: the kBlockBytes bytes of weights k .. k+63
+// into 8 vectors w[4 half + j], 4 per call so that the caller can multiply them before it
+// decodes the next 4 (all 8 at once kept the int8 chains on the stack), in whatever order is
+// cheapest to produce; lane L of w[v] is weight k + block_source(v, L), scaled by
+// 1 / block_x_scale(v). x is permuted (and scaled)
 // to match once per call (permuted_x): x is K floats shared by every weight row, so this costs
 // nothing per weight.
 constexpr int64_t kBlockWeights = 64;
-constexpr int64_t kBlockBytes = 32;
-// Both decoders put weights k .. k+31 (the low 16 bytes of the load) in lanes 0-3 and
-// k+32 .. k+63 in lanes 4-7: the halves of a block line up with the 128-bit halves of a vector,
-// which is what lets a block straddle two groups of 32 (dot_split_block_groups).
+// Both 4-bit decoders (kSplitBlocks) put weights k .. k+31 (the low 16 bytes of the load) in
+// lanes 0-3 and k+32 .. k+63 in lanes 4-7: the halves of a block line up with the 128-bit
+// halves of a vector, which is what lets a block straddle two groups of 32
+// (dot_split_block_groups).
+//
+// kSingleRowChains: accumulator chains of dot_whole_block_groups for one x row. kPairPath: the
+// decoder has block_vector_pair, for dot_whole_block_groups_pair.
 constexpr int64_t kHalfBlockWeights = 32;
 
 // int4 v1-v2: broadcast the 4 bytes holding 8 codes, shift lane t right by 4t, keep the low
@@ -53,7 +69,10 @@ constexpr int64_t kHalfBlockWeights = 32;
 // instead: q * 2^28 would read as a negative int32.
 struct Int4Decoder {
   static constexpr int kBytesPer8 = 4;
-  static constexpr bool kHasBlockPath = true;
+  static constexpr int64_t kBlockBytes = 32;
+  static constexpr bool kSplitBlocks = true;
+  static constexpr int kSingleRowChains = 8;
+  static constexpr bool kPairPath = true;
   __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   __m256i low_nibble = _mm256_set1_epi32(0xf);
   __m256 operator()(const uint8_t* codes) const {
@@ -64,11 +83,22 @@ struct Int4Decoder {
   }
   static int block_source(int v, int lane) { return 8 * lane + v; }
   static float block_x_scale(int v) { return v < 7 ? 1.0f / float(1 << (4 * v)) : 1.0f; }
-  void block(__m256i packed, __m256 (&w)[8]) const {
-    for (int t = 0; t < 7; ++t) {
-      w[t] = _mm256_cvtepi32_ps(_mm256_and_si256(packed, _mm256_set1_epi32(0xf << (4 * t))));
+  static __m256 block_vector(__m256i packed, int t) {
+    return t < 7 ? _mm256_cvtepi32_ps(_mm256_and_si256(packed, _mm256_set1_epi32(0xf << (4 * t))))
+                 : _mm256_cvtepi32_ps(_mm256_srli_epi32(packed, 28));
+  }
+  // Vector t of two blocks (two weight rows) at once, the mask loaded once for both.
+  static void block_vector_pair(const __m256i (&packed)[2], int t, __m256 (&w)[2]) {
+    if (t < 7) {
+      const __m256i mask = opaque(_mm256_set1_epi32(0xf << (4 * t)));
+      for (int row = 0; row < 2; ++row) w[row] = _mm256_cvtepi32_ps(_mm256_and_si256(packed[row], mask));
+    } else {
+      for (int row = 0; row < 2; ++row) w[row] = _mm256_cvtepi32_ps(_mm256_srli_epi32(packed[row], 28));
     }
-    w[7] = _mm256_cvtepi32_ps(_mm256_srli_epi32(packed, 28));
+  }
+  void block_half(const uint8_t* codes, int half, __m256 (&w)[4]) const {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+    for (int t = 0; t < 4; ++t) w[t] = block_vector(packed, 4 * half + t);
   }
 };
 
@@ -81,7 +111,13 @@ struct Int4Decoder {
 // 24 in-lane shuffles per 64 weights against 16 vpermps + 8 blends.
 struct NF4Decoder {
   static constexpr int kBytesPer8 = 4;
-  static constexpr bool kHasBlockPath = true;
+  static constexpr int64_t kBlockBytes = 32;
+  static constexpr bool kSplitBlocks = true;
+  // Shuffle-bound at ~13 cycles a block: 4 chains keep up with FMA latency, and reducing 4
+  // rather than 8 per group of 64 saved 8% (1024x4096 in cache, one thread: 343 -> 316 us;
+  // 2 chains: 326).
+  static constexpr int kSingleRowChains = 4;
+  static constexpr bool kPairPath = false;
   __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   __m256 table_low = _mm256_loadu_ps(kNF4Table);
   __m256 table_high = _mm256_loadu_ps(kNF4Table + 8);
@@ -111,32 +147,47 @@ struct NF4Decoder {
     return 2 * j + v / 4;
   }
   static float block_x_scale(int) { return 1.0f; }
-  void block(__m256i packed, __m256 (&w)[8]) const {
-    const __m256i mask = _mm256_set1_epi8(0x0f);
-    const __m256i index[2] = {_mm256_and_si256(packed, mask),
-                              _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask)};
-    for (int h = 0; h < 2; ++h) {
-      const __m256i b0 = _mm256_shuffle_epi8(planes[0], index[h]);
-      const __m256i b1 = _mm256_shuffle_epi8(planes[1], index[h]);
-      const __m256i b2 = _mm256_shuffle_epi8(planes[2], index[h]);
-      const __m256i b3 = _mm256_shuffle_epi8(planes[3], index[h]);
-      const __m256i low01 = _mm256_unpacklo_epi8(b0, b1), high01 = _mm256_unpackhi_epi8(b0, b1);
-      const __m256i low23 = _mm256_unpacklo_epi8(b2, b3), high23 = _mm256_unpackhi_epi8(b2, b3);
-      w[4 * h + 0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(low01, low23));
-      w[4 * h + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(low01, low23));
-      w[4 * h + 2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(high01, high23));
-      w[4 * h + 3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(high01, high23));
-    }
+  void block_half(const uint8_t* codes, int half, __m256 (&w)[4]) const {
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+    const __m256i nibbles = half == 0 ? packed : _mm256_srli_epi16(packed, 4);
+    const __m256i index = _mm256_and_si256(nibbles, _mm256_set1_epi8(0x0f));
+    const __m256i b0 = _mm256_shuffle_epi8(planes[0], index);
+    const __m256i b1 = _mm256_shuffle_epi8(planes[1], index);
+    const __m256i b2 = _mm256_shuffle_epi8(planes[2], index);
+    const __m256i b3 = _mm256_shuffle_epi8(planes[3], index);
+    const __m256i low01 = _mm256_unpacklo_epi8(b0, b1), high01 = _mm256_unpackhi_epi8(b0, b1);
+    const __m256i low23 = _mm256_unpacklo_epi8(b2, b3), high23 = _mm256_unpackhi_epi8(b2, b3);
+    w[0] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(low01, low23));
+    w[1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(low01, low23));
+    w[2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(high01, high23));
+    w[3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(high01, high23));
   }
 };
 
-// int8: sign-extend 8 bytes.
+// int8 v1-v2: sign-extend 8 bytes.
+// Block path: 64 codes from two 32-byte loads. Lane L of a load holds bytes t = 0..3 of weights
+// 4L + t; byte t shifted to the top of the lane and masked is q * 2^24, signed and exact in
+// fp32, and x' carries 2^-24: 6 shifts and ANDs per 32 weights against v2's 4 vpmovsxbd,
+// which run at ~1.3 cycles each here (a microbenchmark).
 struct Int8Decoder {
   static constexpr int kBytesPer8 = 8;
-  static constexpr bool kHasBlockPath = false;
+  static constexpr int64_t kBlockBytes = 64;
+  static constexpr bool kSplitBlocks = false;  // a block's halves are w[0..3] and w[4..7]
+  static constexpr int kSingleRowChains = 8;
+  static constexpr bool kPairPath = false;
   __m256 operator()(const uint8_t* codes) const {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+  }
+  static int block_source(int v, int lane) { return kHalfBlockWeights * (v / 4) + 4 * lane + v % 4; }
+  static float block_x_scale(int) { return 0x1p-24f; }
+  void block_half(const uint8_t* codes, int half, __m256 (&w)[4]) const {
+    const __m256i top_byte = _mm256_set1_epi32(int32_t(0xff000000u));
+    const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + 32 * half));
+    w[0] = _mm256_cvtepi32_ps(_mm256_slli_epi32(packed, 24));
+    w[1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_slli_epi32(packed, 16), top_byte));
+    w[2] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_slli_epi32(packed, 8), top_byte));
+    w[3] = _mm256_cvtepi32_ps(_mm256_and_si256(packed, top_byte));
   }
 };
 
@@ -162,11 +213,14 @@ template <class Decoder, int ROWS, int CHAINS>
 __attribute__((always_inline)) inline void accumulate_block(const Decoder& decode, const uint8_t* codes,
                                                             const float* const* x, int64_t offset,
                                                             __m256 (&acc)[ROWS][CHAINS]) {
-  __m256 w[8];
-  decode.block(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)), w);
-  for (int v = 0; v < 8; ++v) {
-    for (int r = 0; r < ROWS; ++r) {
-      acc[r][v % CHAINS] = _mm256_fmadd_ps(w[v], _mm256_loadu_ps(x[r] + offset + 8 * v), acc[r][v % CHAINS]);
+  for (int half = 0; half < 2; ++half) {
+    __m256 w[4];
+    decode.block_half(codes, half, w);
+    for (int j = 0; j < 4; ++j) {
+      const int v = 4 * half + j;
+      for (int r = 0; r < ROWS; ++r) {
+        acc[r][v % CHAINS] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x[r] + offset + 8 * v), acc[r][v % CHAINS]);
+      }
     }
   }
 }
@@ -178,12 +232,13 @@ __attribute__((always_inline)) inline void accumulate_block(const Decoder& decod
 // on the stack, a store-to-load round trip per group that cost ~16 cycles (as much as a block).
 // 8 chains for one x row: 8 FMAs per block on 4 chains waited on FMA latency (2 x 4 cycles).
 // noinline for the same reason: inlined, its loop shared registers with the caller's and the
-// int4 masks went to the stack.
+// int4 masks went to the stack. The next weight row is prefetched at the same offset (nf4
+// cold, one thread: 1-5% faster).
 template <class Decoder, int ROWS, int BLOCKS>
-__attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, const uint8_t* codes, const float* scales,
-                            const float* const* x_blocked, int64_t groups, int64_t runtime_blocks,
-                            __m256 (&total_out)[ROWS]) {
-  constexpr int chains = ROWS == 1 ? 8 : kChains<ROWS>;
+__attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, const uint8_t* codes, int64_t row_stride,
+                            const float* scales, const float* const* x_blocked, int64_t groups,
+                            int64_t runtime_blocks, __m256 (&total_out)[ROWS]) {
+  constexpr int chains = ROWS == 1 ? Decoder::kSingleRowChains : kChains<ROWS>;
   const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
   // A local copy: total_out may alias scales (float), which forced a store per group.
   __m256 total[ROWS];
@@ -195,7 +250,8 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
     for (int r = 0; r < ROWS; ++r) {
       for (int c = 0; c < chains; ++c) acc[r][c] = _mm256_setzero_ps();
     }
-    for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
+    for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes + row_stride), _MM_HINT_T0);
       accumulate_block(decode, codes, x_at, 0, acc);
       for (int r = 0; r < ROWS; ++r) x_at[r] += kBlockWeights;
     }
@@ -204,6 +260,51 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
     for (int r = 0; r < ROWS; ++r) total[r] = _mm256_fmadd_ps(acc[r][0], scale, total[r]);
   }
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
+}
+
+// M = 1: dot_whole_block_groups over two weight rows (codes and codes + row_stride; their scales
+// scales_row_stride apart) at once, so each x vector loaded feeds two FMAs and each int4 mask
+// two ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
+// instructions in a microbenchmark: GCC kept the masks and one accumulator on the stack, and
+// Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x + mask loads). The pair runs
+// at ~9.3. 4 chains per weight row: 2 FMAs per chain per block, within FMA latency.
+// The next pair of rows is prefetched at the same offset: reading two rows at once otherwise
+// defeats the hardware prefetcher at K = 4096 (cold, one thread: 1035 -> 1305 us without it,
+// 843 with it).
+template <class Decoder, int BLOCKS>
+__attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode, const uint8_t* codes,
+                                                           int64_t row_stride, const float* scales,
+                                                           int64_t scales_row_stride, const float* x_blocked,
+                                                           int64_t groups, int64_t runtime_blocks,
+                                                           __m256 (&total_out)[2]) {
+  constexpr int chains = 4;
+  const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
+  __m256 total[2] = {total_out[0], total_out[1]};
+  const float* x_at = x_blocked;
+  for (int64_t group = 0; group < groups; ++group) {
+    __m256 acc[2][chains];
+    for (int row = 0; row < 2; ++row) {
+      for (int c = 0; c < chains; ++c) acc[row][c] = _mm256_setzero_ps();
+    }
+    for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes, x_at += kBlockWeights) {
+      const __m256i packed[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + row_stride))};
+      _mm_prefetch(reinterpret_cast<const char*>(codes + 2 * row_stride), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(codes + 3 * row_stride), _MM_HINT_T0);
+      for (int v = 0; v < 8; ++v) {
+        __m256 w[2];
+        decode.block_vector_pair(packed, v, w);
+        const __m256 x = opaque(_mm256_loadu_ps(x_at + 8 * v));
+        for (int row = 0; row < 2; ++row) acc[row][v % chains] = _mm256_fmadd_ps(w[row], x, acc[row][v % chains]);
+      }
+    }
+    reduce_chains(acc);
+    for (int row = 0; row < 2; ++row) {
+      const __m256 scale = _mm256_set1_ps(scales[group + row * scales_row_stride]);
+      total[row] = _mm256_fmadd_ps(acc[row][0], scale, total[row]);
+    }
+  }
+  for (int row = 0; row < 2; ++row) total_out[row] = total[row];
 }
 
 // Block path for groups of an odd number of half blocks (g = 32, 96, ...; HALVES = g / 32 when
@@ -227,7 +328,7 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
   const float* x_at[ROWS];
   for (int r = 0; r < ROWS; ++r) x_at[r] = x_blocked[r];
   GroupScaleCursor half_scales(scales, halves_per_group);
-  for (int64_t b = 0; b < blocks; ++b, codes += kBlockBytes) {
+  for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes) {
     __m256 acc[ROWS][chains];
     for (int r = 0; r < ROWS; ++r) {
       for (int c = 0; c < chains; ++c) acc[r][c] = _mm256_setzero_ps();
@@ -271,54 +372,82 @@ void subtract_zero_points(const QMatmulParams& p, int64_t n, const float* row_sc
   }
 }
 
-// One weight row n against ROWS rows of x (x_rows rows i0.., fp32). out[r] = y[i0 + r, n]
-// without bias. x_sums: [ROWS, groups] sums of x per group (int4 only, else unused).
-// x_blocked: the same rows permuted for the block path (permuted_x), or nullptr to skip it.
+// The leading groups of weight row n that the block path covers whole, against ROWS rows of x
+// permuted for it (permuted_x): adds their scaled dots to total, returns how many groups.
 template <class Decoder, int ROWS>
-void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
-                    const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
-                    float* out) {
+int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, const float* const* x_blocked,
+                              int64_t n, __m256 (&total)[ROWS]) {
+  const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
+  const float* row_scales = p.scales + n * p.scales_row_stride;
+  const int64_t width = min_i64(p.group_size, p.k);
+  if (width % kBlockWeights == 0) {  // every group but a ragged last one
+    const int64_t whole = p.k / width;
+    const int64_t blocks = width / kBlockWeights;
+    if (blocks == 1) {
+      dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, 1, total);
+    } else if (blocks == 2) {
+      dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, 2, total);
+    } else {
+      dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, blocks, total);
+    }
+    return whole;
+  }
+  if constexpr (Decoder::kSplitBlocks) {
+    if (p.group_size < p.k) {  // an odd number of half blocks per group
+      // Pairs of whole groups are whole blocks; a last unpaired group and a ragged one are
+      // left to finish_weight_row.
+      const int64_t halves = p.group_size / kHalfBlockWeights;
+      const int64_t pairs = p.k / p.group_size / 2;
+      if (halves == 1) {
+        dot_split_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, pairs, 1, total);
+      } else {
+        dot_split_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, pairs * halves, halves,
+                                                 total);
+      }
+      return 2 * pairs;
+    }
+  }
+  return 0;
+}
+
+// M = 1, groups of whole blocks: dot_block_path_groups for weight rows n and n + 1 at once.
+template <class Decoder>
+int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode, const float* x_blocked,
+                                   int64_t n, __m256 (&total)[2]) {
+  const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
+  const float* row_scales = p.scales + n * p.scales_row_stride;
+  const int64_t width = min_i64(p.group_size, p.k);
+  const int64_t whole = p.k / width;
+  const int64_t blocks = width / kBlockWeights;
+  const int64_t row_stride = p.qweight_row_stride, scales_stride = p.scales_row_stride;
+  if (blocks == 1) {
+    dot_whole_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
+                                            1, total);
+  } else if (blocks == 2) {
+    dot_whole_block_groups_pair<Decoder, 2>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
+                                            2, total);
+  } else {
+    dot_whole_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
+                                            blocks, total);
+  }
+  return whole;
+}
+
+// Weight row n against ROWS rows of x (x_rows rows i0.., fp32), from group `group` on, total
+// holding the scaled dots of the groups before it (the block path's, all of whose int4 zero
+// points are still to subtract). out[r] = y[i0 + r, n] without bias. x_sums: [ROWS, groups]
+// sums of x per group (int4 only, else unused). x_blocked: the same rows permuted for the block
+// path (permuted_x), or nullptr to skip it.
+template <class Decoder, int ROWS>
+void finish_weight_row(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
+                       const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
+                       int64_t group, __m256 (&total)[ROWS], float* out) {
   constexpr int chains = kChains<ROWS>;
   const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const float* row_scales = p.scales + n * p.scales_row_stride;
-  __m256 total[ROWS];
-  float correction[ROWS];
-  for (int r = 0; r < ROWS; ++r) {
-    total[r] = _mm256_setzero_ps();
-    correction[r] = 0.0f;
-  }
-  int64_t group = 0;
-  if constexpr (Decoder::kHasBlockPath) {
-    if (x_blocked) {  // the leading groups that the block path covers whole
-      const int64_t width = min_i64(p.group_size, p.k);
-      if (width % kBlockWeights == 0) {  // every group but a ragged last one
-        const int64_t whole = p.k / width;
-        const int64_t blocks = width / kBlockWeights;
-        if (blocks == 1) {
-          dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, whole, 1, total);
-        } else if (blocks == 2) {
-          dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, row_scales, x_blocked, whole, 2, total);
-        } else {
-          dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, whole, blocks, total);
-        }
-        group = whole;
-      } else if (p.group_size < p.k) {  // an odd number of half blocks per group
-        // Pairs of whole groups are whole blocks; a last unpaired group and a ragged one are
-        // left to the loop below.
-        const int64_t halves = p.group_size / kHalfBlockWeights;
-        const int64_t pairs = p.k / p.group_size / 2;
-        if (halves == 1) {
-          dot_split_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, pairs, 1, total);
-        } else {
-          dot_split_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, pairs * halves,
-                                                   halves, total);
-        }
-        group = 2 * pairs;
-      }
-      if (p.fmt == Format::kInt4) {  // their zero points, as in the loop below
-        subtract_zero_points<ROWS>(p, n, row_scales, x_sums, groups, group, correction);
-      }
-    }
+  float correction[ROWS] = {};
+  if (p.fmt == Format::kInt4) {  // the block path's zero points, as in the loop below
+    subtract_zero_points<ROWS>(p, n, row_scales, x_sums, groups, group, correction);
   }
   for (; group < groups; ++group) {
     const int64_t k0 = group * p.group_size;
@@ -331,14 +460,12 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
     // Group starts are even (gemv_avx2 checks), so k0 of 4-bit codes starts on a byte.
     const uint8_t* codes = row + k0 * Decoder::kBytesPer8 / 8;
     constexpr int step = Decoder::kBytesPer8;
-    if constexpr (Decoder::kHasBlockPath) {
-      // The whole blocks of a group the block path left: x_blocked is permuted per 64 weights
-      // from k = 0, so only a group starting on a multiple of 64 can use it (not the odd ones
-      // of g = 96, say).
-      const bool aligned = x_blocked && k0 % kBlockWeights == 0;
-      for (; aligned && k + kBlockWeights <= k1; k += kBlockWeights, codes += kBlockBytes) {
-        accumulate_block(decode, codes, x_blocked, k, acc);
-      }
+    // The whole blocks of a group the block path left: x_blocked is permuted per 64 weights
+    // from k = 0, so only a group starting on a multiple of 64 can use it (not the odd ones
+    // of g = 96, say).
+    const bool aligned = x_blocked && k0 % kBlockWeights == 0;
+    for (; aligned && k + kBlockWeights <= k1; k += kBlockWeights, codes += Decoder::kBlockBytes) {
+      accumulate_block(decode, codes, x_blocked, k, acc);
     }
     for (; k + 32 <= k1; k += 32, codes += 4 * step) {
       const __m256 w[4] = {decode(codes), decode(codes + step), decode(codes + 2 * step),
@@ -375,6 +502,17 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
   for (int r = 0; r < ROWS; ++r) out[r] = hsum(total[r]) + correction[r];
 }
 
+// One weight row n against ROWS rows of x: the block path, then the rest.
+template <class Decoder, int ROWS>
+void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
+                    const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
+                    float* out) {
+  __m256 total[ROWS];
+  for (int r = 0; r < ROWS; ++r) total[r] = _mm256_setzero_ps();
+  const int64_t group = x_blocked ? dot_block_path_groups<Decoder, ROWS>(p, decode, x_blocked, n, total) : 0;
+  finish_weight_row<Decoder, ROWS>(p, decode, x_rows, x_blocked, x_sums, groups, n, group, total, out);
+}
+
 // Per-group sums of x, [m, groups], for the int4 zero point.
 const float* group_sums(const QMatmulParams& p, const F32Rows& x, int64_t groups) {
   float* sums = scratch_floats(ScratchSlot::kGroupSums, size_t(p.m * groups));
@@ -394,9 +532,12 @@ const float* group_sums(const QMatmulParams& p, const F32Rows& x, int64_t groups
   return sums;
 }
 
-// The block path needs groups of whole half blocks (a multiple of 32), or one group per row.
+// The block path needs groups of whole blocks, of whole half blocks where the decoder can split
+// them (a multiple of 32), or one group per row.
+template <class Decoder>
 bool block_path_applies(const QMatmulParams& p) {
-  return p.group_size % kHalfBlockWeights == 0 || p.group_size >= p.k;
+  const int64_t unit = Decoder::kSplitBlocks ? kHalfBlockWeights : kBlockWeights;
+  return p.group_size % unit == 0 || p.group_size >= p.k;
 }
 
 // x rows permuted for the block path, [m, floor(k / 64) * 64]: within each block of 64,
@@ -445,11 +586,27 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const F32Rows x = activations_as_f32(p);
   const int64_t groups = num_groups(p.k, p.group_size);
   const float* sums = p.fmt == Format::kInt4 ? group_sums(p, x, groups) : nullptr;
-  const float* blocked = nullptr;
-  if constexpr (Decoder::kHasBlockPath) {
-    if (block_path_applies(p)) blocked = permuted_x<Decoder>(p, x);
-  }
+  const float* blocked = block_path_applies<Decoder>(p) ? permuted_x<Decoder>(p, x) : nullptr;
   const int64_t blocked_stride = p.k / kBlockWeights * kBlockWeights;
+  if constexpr (Decoder::kPairPath) {
+    if (p.m == 1 && blocked && min_i64(p.group_size, p.k) % kBlockWeights == 0) {
+      // One x row, groups of whole blocks: weight rows in pairs (dot_whole_block_groups_pair),
+      // an odd last one alone.
+      const float* x_rows[1] = {x.row(0)};
+      const float* x_blocked_rows[1] = {blocked};
+      gemv_store_column_blocks(p, n_begin, n_end, 1, 2, [&](int64_t n, int64_t columns, int64_t, int, float* out) {
+        if (columns == 1) return dot_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
+        __m256 totals[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        const int64_t group = dot_block_path_groups_pair(p, decode, blocked, n, totals);
+        for (int row = 0; row < 2; ++row) {
+          __m256 total[1] = {totals[row]};
+          finish_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n + row, group, total,
+                                        out + row);
+        }
+      });
+      return;
+    }
+  }
   gemv_store_chunks(p, n_begin, n_end, kRowBlock, [&](int64_t n, int64_t i0, int rows, float* out) {
     const float* x_rows[kRowBlock];
     const float* x_blocked_rows[kRowBlock];

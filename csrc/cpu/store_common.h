@@ -32,28 +32,41 @@ inline void store_columns(const QMatmulParams& p, int64_t n0, int64_t columns, f
   }
 }
 
-// The GEMVs' outer loops over columns [n_begin, n_end) of y: dot_rows(n, i0, rows, out) writes
-// y[i0 .. i0 + rows, n] without bias into out (rows <= row_block), for every weight row n and
-// block of x rows; the outputs of kMaxStoreColumns weight rows are collected, then biased and
-// stored as vectors: a staged store_from_f32 per output was ~5% of the time of an int4 row at
-// K = 4096 (int8: 8%).
-template <class DotRows>
-inline void gemv_store_chunks(const QMatmulParams& p, int64_t n_begin, int64_t n_end,
-                              int64_t row_block, DotRows&& dot_rows) {
+// The GEMVs' outer loops over columns [n_begin, n_end) of y: dot_block(n, columns, i0, rows, out)
+// writes y[i0 .. i0 + rows, n .. n + columns] without bias into out[c * row_block + r]
+// (rows <= row_block, columns <= column_block), for every block of weight rows and of x rows;
+// the outputs of kMaxStoreColumns weight rows are collected, then biased and stored as vectors:
+// a staged store_from_f32 per output was ~5% of the time of an int4 row at K = 4096 (int8: 8%).
+// row_block * column_block <= kMaxStoreColumns.
+template <class DotBlock>
+inline void gemv_store_column_blocks(const QMatmulParams& p, int64_t n_begin, int64_t n_end,
+                                     int64_t row_block, int64_t column_block, DotBlock&& dot_block) {
   constexpr int64_t kColumnChunk = kMaxStoreColumns;
   float* outputs = scratch_floats(ScratchSlot::kAccumulators, size_t(p.m * kColumnChunk));
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kColumnChunk) {
     const int64_t columns = n_end - n0 < kColumnChunk ? n_end - n0 : kColumnChunk;
-    for (int64_t n = n0; n < n0 + columns; ++n) {
+    for (int64_t n = n0; n < n0 + columns;) {
+      const int64_t block_columns = n0 + columns - n < column_block ? n0 + columns - n : column_block;
       for (int64_t i0 = 0; i0 < p.m; i0 += row_block) {
         const int rows = int(p.m - i0 < row_block ? p.m - i0 : row_block);
-        float out[kMaxStoreColumns];  // at least row_block
-        dot_rows(n, i0, rows, out);
-        for (int r = 0; r < rows; ++r) outputs[(i0 + r) * kColumnChunk + (n - n0)] = out[r];
+        float out[kMaxStoreColumns];
+        dot_block(n, block_columns, i0, rows, out);
+        for (int64_t c = 0; c < block_columns; ++c) {
+          for (int r = 0; r < rows; ++r) outputs[(i0 + r) * kColumnChunk + (n + c - n0)] = out[c * row_block + r];
+        }
       }
+      n += block_columns;
     }
     store_columns(p, n0, columns, outputs, kColumnChunk);
   }
+}
+
+// The same, one weight row n per call: dot_rows(n, i0, rows, out) writes y[i0 + r, n] into out[r].
+template <class DotRows>
+inline void gemv_store_chunks(const QMatmulParams& p, int64_t n_begin, int64_t n_end,
+                              int64_t row_block, DotRows&& dot_rows) {
+  gemv_store_column_blocks(p, n_begin, n_end, row_block, 1,
+                           [&](int64_t n, int64_t, int64_t i0, int rows, float* out) { dot_rows(n, i0, rows, out); });
 }
 
 // x as fp32 rows: x itself when it is fp32, else a converted copy in per-thread scratch.
