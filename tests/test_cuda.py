@@ -83,13 +83,30 @@ def test_gemv_fast_path(m, mode, group, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("group", (32, 128, -1))
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("m", (9, 16, 17, 40))
+@pytest.mark.parametrize("n", (200, 4100))
+def test_gemv_tall_tiles(n, m, mode, group, dtype, force_kernel):
+    """Above 8 rows of x the GEMV takes 16 rows per block (two mma n-tiles against each unpacked
+    weight tile) where that grid gives every SM a block (N = 4100: 257 row tiles), 8-row tiles on
+    smaller grids (N = 200; nf4 takes 16 at K <= 2048 anyway): one ragged tile of 16 (M = 9),
+    one whole (16), a whole and a ragged one (17), three (40)."""
+    force_kernel("gemv")
+    qw = quantize(n, 1024, mode, group)
+    x = torch.randn(m, 1024, device="cuda", dtype=dtype)
+    check(x, qw)
+    check(x, qw, bias=torch.randn(n, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group", (32, 64, 128, -1))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_gemv_ragged_steps_and_many_tiles(mode, group, dtype, force_kernel):
     """K = 576 ends inside a step of the tensor-core GEMV (128 k for 4-bit, 64 for int8) and inside
     a group of 128; N = 8200 makes 513 row tiles, at least 3 blocks per SM on GPUs of up to 171
     SMs, so the GEMV takes its wide launch shape (test_gemv_fast_path's N = 200 the deep one);
-    M = 9 (GEMV forced) runs both tiles of x."""
+    M = 9 (GEMV forced) runs a ragged 16-row tile of x."""
     force_kernel("gemv")
     qw = quantize(8200, 576, mode, group)
     for m in (1, 9):

@@ -69,6 +69,13 @@ cudaError_t launch_gemv_generic(const QMatmulParams& p, cudaStream_t stream) {
 
 }  // namespace
 
+bool gemv_tall_preferred(const QMatmulParams& p, int sm_count) {
+  if (p.m <= kGemvMaxRows || p.m > kGemvTallMaxRows || !gemv_mma_supported(p)) return false;
+  const int64_t tall_blocks = (p.n + 15) / 16;  // one 16-row tile of x
+  return p.fmt == Format::kInt8 ||
+         (p.fmt == Format::kInt4 && tall_blocks <= int64_t(kGemvTallBlocksPerSM) * sm_count);
+}
+
 cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
   if (!gemv_mma_supported(p)) return launch_gemv_generic(p, stream);
   if (p.absmax_dq.codes) {

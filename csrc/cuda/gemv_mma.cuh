@@ -38,43 +38,51 @@ constexpr int kWarps = 8;  // per block, splitting K
 // 19.7 / 17.6, nf4 g64 24.0 / 21.4; 28672x8192 58.7 / 56.1, 66.9 / 63.1) and loses where it
 // does not (4096x14336, 256 blocks on 132 SMs: int4 16.4 / 17.2; 4096x4096 6.7 / 6.9);
 // bench/NOTES.md, "CUDA GEMV", v1.3.
+// Tall (kXTiles = 2): 16 rows of x per block, two mma n-tiles of 8 against each unpacked weight
+// tile, for M > 8 (launch_gemv_mma says where), where 8-row blocks unpack every weight once per
+// 8 rows of x; 2 steps, 2 blocks per SM (v1.5).
 struct GemvDeep {
-  static constexpr int kUnroll = 4, kMinBlocksPerSM = 2;
+  static constexpr int kUnroll = 4, kMinBlocksPerSM = 2, kXTiles = 1;
 };
 struct GemvWide {
-  static constexpr int kUnroll = 2, kMinBlocksPerSM = 3;
+  static constexpr int kUnroll = 2, kMinBlocksPerSM = 3, kXTiles = 1;
+};
+struct GemvTall {
+  static constexpr int kUnroll = 2, kMinBlocksPerSM = kGemvTallBlocksPerSM, kXTiles = 2;
 };
 
 // --- the kernel ---------------------------------------------------------------------------------
 
-// One block = one tile of 16 weight rows x one tile of 8 rows of x, the warps splitting K in
-// steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight tile
-// run side by side and re-read its weights from L2. kDqAbsmax: nf4 with p.absmax_dq (load_scale).
+// One block = one tile of 16 weight rows x one tile of 8 kXTiles rows of x, the warps splitting K
+// in steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight
+// tile run side by side and re-read its weights from L2. kDqAbsmax: nf4 with p.absmax_dq
+// (load_scale).
 template <Format kFmt, typename T, bool kDqAbsmax, typename Shape>
 __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     gemv_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
-                    int m_tiles,            // ceil(m / 8)
+                    int m_tiles,            // ceil(m / (8 kXTiles))
                     int chunk_group_shift)  // group of chunk c = c >> shift (62: one group)
 {
   using T2 = typename Pair<T>::T2;
   constexpr int kK = kChunkK<kFmt>;
+  constexpr int kXTiles = Shape::kXTiles;
   extern __shared__ uint4 smem[];
-  float4* partial = reinterpret_cast<float4*>(smem);                   // [warps][32] D fragments
-  uint32_t* lut = reinterpret_cast<uint32_t*>(partial + blockDim.x);  // nf4: [256 bytes][32 lanes]
+  float4* partial = reinterpret_cast<float4*>(smem);  // [x tiles][warps][32] D fragments
+  uint32_t* lut = reinterpret_cast<uint32_t*>(partial + kXTiles * blockDim.x);  // nf4: [256][32]
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int group = lane / 4, quad = lane % 4;
   const int64_t n_base = int64_t(blockIdx.x / m_tiles) * 16;
-  const int64_t m_base = int64_t(blockIdx.x % m_tiles) * 8;
+  const int64_t m_base = int64_t(blockIdx.x % m_tiles) * 8 * kXTiles;
 
   if constexpr (kFmt == Format::kNF4) {
     fill_nf4_pair_table<T>(lut, threadIdx.x, blockDim.x);
     __syncthreads();
   }
 
-  // This lane's A rows (weights) and B column (x row). Rows past the end are clamped to a real
-  // row, so every load is in bounds and unconditional; their scale is zeroed below (weights 0)
-  // or their output discarded (x rows).
+  // This lane's A rows (weights) and B columns (an x row per x tile). Rows past the end are
+  // clamped to a real row, so every load is in bounds and unconditional; their scale is zeroed
+  // below (weights 0) or their output discarded (x rows).
   bool row_ok[2];
   const uint8_t* w_row[2];
   int64_t s_row[2];  // flat index of the row's first scale
@@ -88,14 +96,18 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     s_row[r] = row * p.scales_row_stride;
     z_row[r] = p.zeros ? p.zeros + row * p.scales_row_stride : nullptr;
   }
-  const int64_t x_row = m_base + group < p.m ? m_base + group : p.m - 1;
-  const T* x = static_cast<const T*>(p.x) + x_row * p.x_row_stride;
+  const T* x[kXTiles];
+#pragma unroll
+  for (int xt = 0; xt < kXTiles; ++xt) {
+    const int64_t row = m_base + 8 * xt + group;
+    x[xt] = static_cast<const T*>(p.x) + (row < p.m ? row : p.m - 1) * p.x_row_stride;
+  }
 
   const int64_t chunks = p.k / kK;
   const uint64_t policy = evict_first_policy();
   const int64_t steps = (chunks + 3) / 4;
   constexpr int kUnroll = Shape::kUnroll;
-  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  float acc[kXTiles][4] = {};
 
   for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
     // Fetch: kUnroll steps of weights (2 rows) and their scales, all loads issued before any use.
@@ -121,10 +133,13 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = (step0 + u) * 4 + quad;
       const int64_t c_in = c < chunks ? c : chunks - 1;
-      // x fragment: the same k range of this lane's x row (L1 hits after the first block).
-      uint4 xv[kK / 8];
+      // x fragments: the same k range of this lane's x rows (L1 hits after the first block).
+      uint4 xv[kXTiles][kK / 8];
 #pragma unroll
-      for (int v = 0; v < kK / 8; ++v) xv[v] = load_cached_16B(x + c_in * kK + 8 * v);
+      for (int xt = 0; xt < kXTiles; ++xt) {
+#pragma unroll
+        for (int v = 0; v < kK / 8; ++v) xv[xt][v] = load_cached_16B(x[xt] + c_in * kK + 8 * v);
+      }
       T2 s2[2];
       [[maybe_unused]] T2 magic_zero2[2], zs2[2];  // int4: magic + round(z), -s (z - round(z))
 #pragma unroll
@@ -141,10 +156,14 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
           uint32_t a0[2], a1[2];
           dequant_int8<T>(word(codes[u][0], j), s2[0], scale[u][0], a0);
           dequant_int8<T>(word(codes[u][1], j), s2[1], scale[u][1], a1);
-          const uint32_t x0 = word(xv[j / 2], 2 * (j % 2)), x1 = word(xv[j / 2], 2 * (j % 2) + 1);
           const uint32_t a[4] = {a0[0], a1[0], a0[1], a1[1]};
-          const uint32_t b[2] = {__byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632)};
-          mma_16816<T>(acc, a, b);
+#pragma unroll
+          for (int xt = 0; xt < kXTiles; ++xt) {
+            const uint32_t x0 = word(xv[xt][j / 2], 2 * (j % 2));
+            const uint32_t x1 = word(xv[xt][j / 2], 2 * (j % 2) + 1);
+            const uint32_t b[2] = {__byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632)};
+            mma_16816<T>(acc[xt], a, b);
+          }
         } else {
           uint32_t a0[4], a1[4];
           if constexpr (kFmt == Format::kInt4) {
@@ -157,16 +176,19 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const uint32_t a[4] = {a0[2 * h], a1[2 * h], a0[2 * h + 1], a1[2 * h + 1]};
-            uint32_t b[2];
-            if constexpr (kFmt == Format::kInt4) {  // slots hold (k_i, k_i+4): pair x to match
-              const uint32_t lo = word(xv[j], h), hi = word(xv[j], h + 2);
-              b[0] = __byte_perm(lo, hi, 0x5410);
-              b[1] = __byte_perm(lo, hi, 0x7632);
-            } else {  // nf4 slots hold (k_2i, k_2i+1): x in its natural order
-              b[0] = word(xv[j], 2 * h);
-              b[1] = word(xv[j], 2 * h + 1);
+#pragma unroll
+            for (int xt = 0; xt < kXTiles; ++xt) {
+              uint32_t b[2];
+              if constexpr (kFmt == Format::kInt4) {  // slots hold (k_i, k_i+4): pair x to match
+                const uint32_t lo = word(xv[xt][j], h), hi = word(xv[xt][j], h + 2);
+                b[0] = __byte_perm(lo, hi, 0x5410);
+                b[1] = __byte_perm(lo, hi, 0x7632);
+              } else {  // nf4 slots hold (k_2i, k_2i+1): x in its natural order
+                b[0] = word(xv[xt][j], 2 * h);
+                b[1] = word(xv[xt][j], 2 * h + 1);
+              }
+              mma_16816<T>(acc[xt], a, b);
             }
-            mma_16816<T>(acc, a, b);
           }
         }
       }
@@ -174,20 +196,27 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   }
 
   // Reduce the warps' D fragments through shared memory, add bias, store.
-  partial[threadIdx.x] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+#pragma unroll
+  for (int xt = 0; xt < kXTiles; ++xt) {
+    const float* d = acc[xt];
+    partial[xt * blockDim.x + threadIdx.x] = make_float4(d[0], d[1], d[2], d[3]);
+  }
   __syncthreads();
   const float* partial_f = reinterpret_cast<const float*>(partial);
-  for (int t = threadIdx.x; t < 128; t += blockDim.x) {
-    float sum = 0.0f;
-    for (int w = 0; w < warps; ++w) sum += partial_f[w * 128 + t];
-    // D element t % 4 of lane t / 4: row (lane / 4) + 8 * (element >= 2), column 2 (lane % 4) +
-    // element % 2.
-    const int l = t / 4, e = t % 4;
-    const int64_t n = n_base + l / 4 + 8 * (e / 2);
-    const int64_t m = m_base + 2 * (l % 4) + e % 2;
-    if (n < p.n && m < p.m) {
-      if (p.bias) sum += to_float(static_cast<const T*>(p.bias)[n]);
-      static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(sum);
+#pragma unroll
+  for (int xt = 0; xt < kXTiles; ++xt) {
+    for (int t = threadIdx.x; t < 128; t += blockDim.x) {
+      float sum = 0.0f;
+      for (int w = 0; w < warps; ++w) sum += partial_f[(xt * warps + w) * 128 + t];
+      // D element t % 4 of lane t / 4: row (lane / 4) + 8 * (element >= 2), column 2 (lane % 4)
+      // + element % 2.
+      const int l = t / 4, e = t % 4;
+      const int64_t n = n_base + l / 4 + 8 * (e / 2);
+      const int64_t m = m_base + 8 * xt + 2 * (l % 4) + e % 2;
+      if (n < p.n && m < p.m) {
+        if (p.bias) sum += to_float(static_cast<const T*>(p.bias)[n]);
+        static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(sum);
+      }
     }
   }
 }
@@ -197,10 +226,11 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
   constexpr int kK = kChunkK<kFmt>;
   const int64_t steps = (p.k / kK + 3) / 4;
   const int warps = int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
-  const int64_t m_tiles = (p.m + 7) / 8;
+  const int64_t x_rows = 8 * Shape::kXTiles;
+  const int64_t m_tiles = (p.m + x_rows - 1) / x_rows;
   const int64_t blocks = (p.n + 15) / 16 * m_tiles;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const size_t smem = size_t(warps) * 32 * sizeof(float4) +
+  const size_t smem = size_t(Shape::kXTiles) * warps * 32 * sizeof(float4) +
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
   gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape>
@@ -210,6 +240,18 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
 
 template <Format kFmt, typename T, bool kDqAbsmax>
 cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
+  if (p.m > 8) {
+    // 16-row tiles of x where they still give every SM a block; on smaller grids the 8-row tiles'
+    // extra blocks are worth unpacking twice (H100 fp16 M = 16, us tall / 8-row: 4096x4096 int4
+    // 10.2 / 13.7, 1024x4096 int4 6.1 / 5.1, 576x1536 int8 4.2 / 3.2). nf4 on short rows takes
+    // them anyway: each block fills a 32 KiB table, and halving the blocks saved 8-16% on
+    // SmolLM2's 192-1536 x 576-1536 layers (576x576 M = 16: 4.9 / 5.6), where K = 4096 lost
+    // (1024x4096: 7.7 / 5.7). bench/NOTES.md, "CUDA GEMV", v1.5.
+    const int64_t tall_blocks = (p.n + 15) / 16 * ((p.m + 15) / 16);
+    if (tall_blocks >= sm_count || (kFmt == Format::kNF4 && p.k <= 2048)) {
+      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, stream);
+    }
+  }
   const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
   return blocks >= int64_t(GemvWide::kMinBlocksPerSM) * sm_count
              ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, stream)

@@ -33,6 +33,9 @@ inline bool gemv_mma_supported(const QMatmulParams& p) {
          p.qweight_row_stride % 16 == 0 && aligned_16B(p.x) && p.x_row_stride % 8 == 0;
 }
 
+// Blocks per SM of the GEMV's tall shape (16 rows of x per block, M > 8).
+constexpr int kGemvTallBlocksPerSM = 2;
+
 // T = half or __nv_bfloat16, the dtype of x and y. kDqAbsmax: nf4 whose absmax is p.absmax_dq.
 // sm_count: the GPU's SMs, for the choice of launch shape.
 template <Format kFmt, typename T, bool kDqAbsmax = false>

@@ -15,11 +15,23 @@ namespace qk::cuda {
 // Thresholds from bench/cuda_gemm.py on an H100 (fp16 x, cold L2, graph replay; every path forced
 // at every M: bench/results/h100/gemm_dev.md; "CUDA GEMM" in bench/NOTES.md).
 
-// Rows up to which the GEMV runs. At M = 9..16 it runs two 8-row tiles, the cost of M = 16, where
-// the GEMM (v3) wins on the large shapes: int4 g128 33.3 us against 35.8 on 14336x4096, 30.3 /
-// 32.5 on 4096x14336, 110 / 130 on 28672x8192 (nf4 and int8 by more); it loses on 4096x4096
-// (14.7 / 12.8). At M = 8 the GEMV takes 21.7 us on 14336x4096, the GEMM as long as at 16.
+// Rows up to which the GEMV always runs. At M = 8 it takes 21.1 us on 14336x4096 int4 g128, the
+// GEMM (v4) 28.3, as long as at M = 16.
 constexpr int64_t kGemvMaxRows = 8;
+
+// Above that, up to kGemvTallMaxRows, the GEMV runs one 16-row tile of x per block (its tall
+// shape, gemv_mma.cuh) where gemv_tall_preferred() says so. H100, fp16 x, us GEMV / GEMM at
+// M = 16 (bench/cuda_gemm.py, call a6 of 24 Nov; "GEMV v1.5" in bench/NOTES.md):
+// - int8 per channel wins on every shape: 4096x4096 10.0 / 14.4, 14336x4096 30.2 / 31.6,
+//   4096x14336 26.2 / 30.0, 28672x8192 96.3 / 100.3 (M = 9 alike);
+// - int4 g128 wins where its 16-row tiles fit in one wave of 2 blocks per SM (4096x4096 10.2 /
+//   13.8, 4096x14336 24.7 / 26.2) and loses on more (14336x4096 29.8 / 29.2, 28672x8192 104.1 /
+//   91.0);
+// - nf4 g64 loses on the large shapes (14336x4096 39.9 / 28.9, 4096x14336 28.4 / 26.3) and stays
+//   with the GEMM.
+// At M = 24-32 (two tall tiles) the GEMM wins on every large shape.
+constexpr int64_t kGemvTallMaxRows = 16;
+bool gemv_tall_preferred(const QMatmulParams& p, int sm_count);
 
 // Rows up to which the GEMM runs (where gemm_supported()); above, dequantize + cuBLAS.
 // M = 128, int4: GEMM 97.4 us against 103.0 (14336x4096), 87.6 / 108.8 (4096x14336), 369 / 389

@@ -25,7 +25,7 @@ void check_launch(cudaError_t error) {
 enum class Path { kGemv, kGemm, kDequantCublas };
 
 // gemm: the GEMM's plan (x_rows_per_warp 0 where it cannot run).
-Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm) {
+Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
   const bool gemm_ok = gemm.x_rows_per_warp > 0;
   if (const char* forced = std::getenv("QKERNELS_CUDA_KERNEL"); forced && *forced) {
     if (std::strcmp(forced, "gemv") == 0) return Path::kGemv;
@@ -35,7 +35,7 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm) {
                       "got '", forced, "'");
     if (gemm_ok) return Path::kGemm;
   }
-  if (p.m <= cuda::kGemvMaxRows) return Path::kGemv;
+  if (p.m <= cuda::kGemvMaxRows || cuda::gemv_tall_preferred(p, sms)) return Path::kGemv;
   if (gemm_ok && gemm.few_blocks) {
     return cuda::small_weight_gemv(p) ? Path::kGemv : Path::kDequantCublas;
   }
@@ -72,7 +72,7 @@ void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
   const int device = x2d.get_device(), sms = sm_count(device);
   cuda::GemmPlan plan{0, 1, false};
   if (cuda::gemm_supported(params)) plan = plan_gemm(params, device, sms);
-  switch (choose_path(params, plan)) {
+  switch (choose_path(params, plan, sms)) {
     case Path::kGemv: check_launch(cuda::launch_gemv(params, sms, stream)); break;
     case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
     case Path::kDequantCublas: {
