@@ -225,7 +225,12 @@ template <Format kFmt, typename T, bool kDqAbsmax, typename Shape>
 cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
   constexpr int kK = kChunkK<kFmt>;
   const int64_t steps = (p.k / kK + 3) / 4;
-  const int warps = int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
+  // Warps split K by batches, but nf4 blocks take all 8: each fills a 32 KiB table first, and on
+  // short rows the 2-3 warps of the split made that fill outweigh the dot (H100, fp16, SmolLM2's
+  // 192-1536 x 576-1536 layers: 1.20-1.37x faster at M = 1-8; K = 4096 and up unchanged).
+  const int warps = kFmt == Format::kNF4
+                        ? kWarps
+                        : int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
   const int64_t x_rows = 8 * Shape::kXTiles;
   const int64_t m_tiles = (p.m + x_rows - 1) / x_rows;
   const int64_t blocks = (p.n + 15) / 16 * m_tiles;
@@ -246,7 +251,8 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t s
     // 10.2 / 13.7, 1024x4096 int4 6.1 / 5.1, 576x1536 int8 4.2 / 3.2). nf4 on short rows takes
     // them anyway: each block fills a 32 KiB table, and halving the blocks saved 8-16% on
     // SmolLM2's 192-1536 x 576-1536 layers (576x576 M = 16: 4.9 / 5.6), where K = 4096 lost
-    // (1024x4096: 7.7 / 5.7). bench/NOTES.md, "CUDA GEMV", v1.5.
+    // (1024x4096: 7.7 / 5.7); measured before the fill took all 8 warps. bench/NOTES.md, "CUDA
+    // GEMV", v1.5.
     const int64_t tall_blocks = (p.n + 15) / 16 * ((p.m + 15) / 16);
     if (tall_blocks >= sm_count || (kFmt == Format::kNF4 && p.k <= 2048)) {
       return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, stream);
