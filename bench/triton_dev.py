@@ -13,7 +13,8 @@ harness: a quick check while tuning the kernels.
 
 Timing: CUDA events around replays of a CUDA graph that calls the op once per weight copy,
 rotating through enough copies to exceed the L2 cache four times (cold weights); median of
-the replays. The autotuned configs found are printed at the end (for DEFAULT_CONFIGS).
+the replays. With QKERNELS_TRITON_AUTOTUNE=1 the autotuned configs found are printed at the end
+(candidates for DEFAULT_CONFIGS; time them against the defaults before adopting them).
 """
 
 import argparse

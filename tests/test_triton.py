@@ -405,6 +405,19 @@ def test_gemv_word_path_conditions():
     assert not gemv.words_supported(fmt, qw.qweight, 102, 102, 1, 1)
 
 
+def test_autotuning_is_opt_in(monkeypatch):
+    # The fixed configs unless QKERNELS_TRITON_AUTOTUNE=1 (the tuner's warm single-launch timing
+    # picked slower configs for cold decode: bench/NOTES.md, "Triton"); never interpreted.
+    monkeypatch.setattr(common, "interpreting", lambda: False)
+    monkeypatch.delenv(common.AUTOTUNE_ENV_VAR, raising=False)
+    assert not common.autotune_enabled()
+    for value, enabled in (("0", False), ("1", True)):
+        monkeypatch.setenv(common.AUTOTUNE_ENV_VAR, value)
+        assert common.autotune_enabled() == enabled
+    monkeypatch.setattr(common, "interpreting", lambda: True)
+    assert not common.autotune_enabled()
+
+
 def test_split_k_heuristic_splits_long_thin_shapes():
     assert common.choose_split_k(1, 64, torch.device("cpu"), 4, 4) == 16
     assert common.choose_split_k(1, 8, torch.device("cpu"), 4, 4) == 2

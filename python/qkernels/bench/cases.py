@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import warnings
 from typing import Callable, List, Optional
 
@@ -212,9 +213,11 @@ def _gemlite_case(name, fmt, group, make, device) -> Case:
 
 @functools.cache
 def _match_gemlite_autotune() -> bool:
-    """With QKERNELS_TRITON_AUTOTUNE=0 (our Triton kernels at their default configs), gemlite too
-    runs its default configs on a miss of its shipped per-GPU config cache instead of timing
-    candidates: that "fast" autotune took 80% of a full H100 run (~20 s per new shape and M).
+    """With QKERNELS_TRITON_AUTOTUNE=0 set explicitly (our Triton kernels at their default configs,
+    as without the variable, and a request for a quick run), gemlite too runs its default configs
+    on a miss of its shipped per-GPU config cache instead of timing candidates: that "fast"
+    autotune took 80% of a full H100 run (~20 s per new shape and M). Unset, each library runs as
+    it does by default.
     Once, before any layer: set_autotune reloads gemlite's kernel modules. Returns whether it did.
 
     Measured on the H100 (llama3-8b 4096x4096, M=1): A16W4 0.06x F.linear with default configs
@@ -222,7 +225,7 @@ def _match_gemlite_autotune() -> bool:
     import gemlite
     from ..triton import common as triton_common
 
-    if triton_common.autotune_enabled():
+    if os.environ.get(triton_common.AUTOTUNE_ENV_VAR) != "0":
         return False
     gemlite.set_autotune("default")
     return True

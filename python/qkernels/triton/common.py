@@ -458,9 +458,12 @@ def ptx_decode_enabled(dtype: torch.dtype) -> bool:
 
 
 def autotune_enabled() -> bool:
-    """Autotune unless QKERNELS_TRITON_AUTOTUNE=0; never under the interpreter, which has no
-    timer to tune with."""
-    return os.environ.get(AUTOTUNE_ENV_VAR, "1") != "0" and not interpreting()
+    """Autotune with QKERNELS_TRITON_AUTOTUNE=1; never under the interpreter, which has no timer
+    to tune with. Off by default: Triton's tuner times each config alone with a warm launch, and
+    its picks ran up to 1.38x slower than the default configs in cold-L2 graph replay, what a
+    decode step is (H100, 14336x4096 int4 M = 1: 37.9 against 27.5 us; "Triton" in
+    bench/NOTES.md), while the first call of every new (M bucket, shape, format) paid 5-17 s."""
+    return os.environ.get(AUTOTUNE_ENV_VAR, "0") == "1" and not interpreting()
 
 
 def _index(device: torch.device) -> int:

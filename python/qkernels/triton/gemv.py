@@ -280,7 +280,7 @@ CONFIG_SPACE = [
     for num_warps in (4, 8)
 ]
 
-# Autotune off (QKERNELS_TRITON_AUTOTUNE=0): per compute-capability major; replace with the
+# Without autotuning (the default, common.autotune_enabled): per compute-capability major; replace with the
 # winners bench/triton_dev.py prints on each GPU. sm_90: 64 x 128, 4 warps. On the word path it
 # measured level with or faster than 128 x 128 (fewer instructions per weight: 6.3 against 8.3 by
 # bench/triton_dev.py --sass, each thread's 4 rows sharing its x loads) and 128 x 128 with 8
