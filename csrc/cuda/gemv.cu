@@ -69,7 +69,7 @@ cudaError_t launch_gemv_generic(const QMatmulParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-bool gemv_tall_preferred(const QMatmulParams& p, int sm_count) {
+bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count) {
   if (p.m <= kGemvMaxRows || p.m > kGemvTallMaxRows || !gemv_mma_supported(p)) return false;
   const int64_t tall_blocks = (p.n + 15) / 16;  // one 16-row tile of x
   return p.fmt == Format::kInt8 ||

@@ -19,9 +19,10 @@ namespace qk::cuda {
 // GEMM (v4) 28.3, as long as at M = 16.
 constexpr int64_t kGemvMaxRows = 8;
 
-// Above that, up to kGemvTallMaxRows, the GEMV runs one 16-row tile of x per block (its tall
-// shape, gemv_mma.cuh) where gemv_tall_preferred() says so. H100, fp16 x, us GEMV / GEMM at
-// M = 16 (bench/cuda_gemm.py, call a6 of 24 Nov; "GEMV v1.5" in bench/NOTES.md):
+// Above that, up to kGemvTallMaxRows, the GEMV runs where gemv_wins_above_8_rows() says so, with
+// one 16-row tile of x per block where its grid allows (the tall shape, gemv_mma.cuh). H100, fp16
+// x, us GEMV (tall) / GEMM at M = 16 (bench/cuda_gemm.py, call a6 of 24 Nov; "GEMV v1.5" in
+// bench/NOTES.md):
 // - int8 per channel wins on every shape: 4096x4096 10.0 / 14.4, 14336x4096 30.2 / 31.6,
 //   4096x14336 26.2 / 30.0, 28672x8192 96.3 / 100.3 (M = 9 alike);
 // - int4 g128 wins where its 16-row tiles fit in one wave of 2 blocks per SM (4096x4096 10.2 /
@@ -31,7 +32,7 @@ constexpr int64_t kGemvMaxRows = 8;
 //   with the GEMM.
 // At M = 24-32 (two tall tiles) the GEMM wins on every large shape.
 constexpr int64_t kGemvTallMaxRows = 16;
-bool gemv_tall_preferred(const QMatmulParams& p, int sm_count);
+bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count);
 
 // Rows up to which the GEMM runs (where gemm_supported()); above, dequantize + cuBLAS.
 // M = 128, int4: GEMM 97.4 us against 103.0 (14336x4096), 87.6 / 108.8 (4096x14336), 369 / 389

@@ -35,7 +35,7 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
                       "got '", forced, "'");
     if (gemm_ok) return Path::kGemm;
   }
-  if (p.m <= cuda::kGemvMaxRows || cuda::gemv_tall_preferred(p, sms)) return Path::kGemv;
+  if (p.m <= cuda::kGemvMaxRows || cuda::gemv_wins_above_8_rows(p, sms)) return Path::kGemv;
   if (gemm_ok && gemm.few_blocks) {
     return cuda::small_weight_gemv(p) ? Path::kGemv : Path::kDequantCublas;
   }
