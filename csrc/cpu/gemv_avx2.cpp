@@ -267,7 +267,10 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
 // two ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
 // instructions in a microbenchmark: GCC kept the masks and one accumulator on the stack, and
 // Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x + mask loads). The pair runs
-// at ~9.3. 4 chains per weight row: 2 FMAs per chain per block, within FMA latency.
+// at ~9.3, and at ~9.0 with 2 accumulator chains per weight row instead of 4: beside 8
+// accumulators only 2 of the 7 masks stayed in registers and 5 were reloaded from the stack
+// every block; beside 4 all 7 stay (1024x4096 from L3, one thread: 196 -> 185 us; 3 chains
+// measured the same as 2).
 // The next pair of rows is prefetched at the same offset: reading two rows at once otherwise
 // defeats the hardware prefetcher at K = 4096 (cold, one thread: 1035 -> 1305 us without it,
 // 843 with it).
@@ -277,7 +280,7 @@ __attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode
                                                            int64_t scales_row_stride, const float* x_blocked,
                                                            int64_t groups, int64_t runtime_blocks,
                                                            __m256 (&total_out)[2]) {
-  constexpr int chains = 4;
+  constexpr int chains = 2;
   const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
   __m256 total[2] = {total_out[0], total_out[1]};
   const float* x_at = x_blocked;
