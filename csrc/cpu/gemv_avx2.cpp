@@ -29,9 +29,8 @@ namespace {
 constexpr int kRowBlock = 4;
 
 // v, made opaque to GCC by an empty asm: it can then neither fold v into each instruction that
-// uses it as a memory operand
-// (an x vector feeding two FMAs was loaded twice) nor hoist out of the loop (the int4 masks,
-// hoisted, were spilled to the stack and reloaded once per use).
+// uses it as a memory operand nor hoist out of the loop (the int4 masks, hoisted, were spilled
+// to the stack and reloaded once per use).
 template <class Vector>
 inline Vector opaque(Vector v) {
   asm("" : "+x"(v));
@@ -263,8 +262,8 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
 }
 
 // M = 1: dot_whole_block_groups over two weight rows (codes and codes + row_stride; their scales
-// scales_row_stride apart) at once, so each x vector loaded feeds two FMAs and each int4 mask
-// two ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
+// scales_row_stride apart) at once, so each x vector feeds two FMAs and each int4 mask two
+// ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
 // instructions in a microbenchmark: GCC kept the masks and one accumulator on the stack, and
 // Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x + mask loads). The pair runs
 // at ~9.3, and at ~9.0 with 2 accumulator chains per weight row instead of 4: beside 8
@@ -297,7 +296,9 @@ __attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode
       for (int v = 0; v < 8; ++v) {
         __m256 w[2];
         decode.block_vector_pair(packed, v, w);
-        const __m256 x = opaque(_mm256_loadu_ps(x_at + 8 * v));
+        // x as the memory operand of both FMAs (loaded twice): one instruction fewer and one
+        // register free, 5% faster than one load feeding both (1024x4096 from L3, 185 -> 175 us).
+        const __m256 x = _mm256_loadu_ps(x_at + 8 * v);
         for (int row = 0; row < 2; ++row) acc[row][v % chains] = _mm256_fmadd_ps(w[row], x, acc[row][v % chains]);
       }
     }
