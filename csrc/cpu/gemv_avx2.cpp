@@ -57,7 +57,8 @@ constexpr int64_t kBlockWeights = 64;
 // (dot_split_block_groups).
 //
 // kSingleRowChains: accumulator chains of dot_whole_block_groups for one x row. kPairPath: the
-// decoder has block_vector_pair, for dot_whole_block_groups_pair.
+// decoder has block_vector_pair, for dot_whole_block_groups_pair. kTransposedBlocks:
+// block_source(v, L) = 8L + v, so a block of permuted x is the 8x8 transpose of x's block.
 constexpr int64_t kHalfBlockWeights = 32;
 
 // int4 v1-v2: broadcast the 4 bytes holding 8 codes, shift lane t right by 4t, keep the low
@@ -72,6 +73,7 @@ struct Int4Decoder {
   static constexpr bool kSplitBlocks = true;
   static constexpr int kSingleRowChains = 8;
   static constexpr bool kPairPath = true;
+  static constexpr bool kTransposedBlocks = true;
   __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   __m256i low_nibble = _mm256_set1_epi32(0xf);
   __m256 operator()(const uint8_t* codes) const {
@@ -117,6 +119,7 @@ struct NF4Decoder {
   // 2 chains: 326).
   static constexpr int kSingleRowChains = 4;
   static constexpr bool kPairPath = false;
+  static constexpr bool kTransposedBlocks = false;
   __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
   __m256 table_low = _mm256_loadu_ps(kNF4Table);
   __m256 table_high = _mm256_loadu_ps(kNF4Table + 8);
@@ -174,6 +177,7 @@ struct Int8Decoder {
   static constexpr bool kSplitBlocks = false;  // a block's halves are w[0..3] and w[4..7]
   static constexpr int kSingleRowChains = 8;
   static constexpr bool kPairPath = false;
+  static constexpr bool kTransposedBlocks = false;
   __m256 operator()(const uint8_t* codes) const {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
@@ -540,6 +544,26 @@ bool block_path_applies(const QMatmulParams& p) {
   return p.group_size % unit == 0 || p.group_size >= p.k;
 }
 
+// columns[v][L] = block[8L + v]: the 64 floats at block as an 8x8 matrix, transposed.
+inline void transpose8x8(const float* block, __m256 (&columns)[8]) {
+  __m256 pairs[8], quads[8];
+  for (int r = 0; r < 8; r += 2) {
+    const __m256 even = _mm256_loadu_ps(block + 8 * r), odd = _mm256_loadu_ps(block + 8 * r + 8);
+    pairs[r] = _mm256_unpacklo_ps(even, odd);  // lanes: e0 o0 e1 o1 | e4 o4 e5 o5
+    pairs[r + 1] = _mm256_unpackhi_ps(even, odd);
+  }
+  for (int r = 0; r < 8; r += 4) {
+    for (int h = 0; h < 2; ++h) {
+      quads[r + 2 * h] = _mm256_shuffle_ps(pairs[r + h], pairs[r + h + 2], 0x44);
+      quads[r + 2 * h + 1] = _mm256_shuffle_ps(pairs[r + h], pairs[r + h + 2], 0xee);
+    }
+  }
+  for (int v = 0; v < 4; ++v) {
+    columns[v] = _mm256_permute2f128_ps(quads[v], quads[v + 4], 0x20);
+    columns[v + 4] = _mm256_permute2f128_ps(quads[v], quads[v + 4], 0x31);
+  }
+}
+
 // x rows permuted for the block path, [m, floor(k / 64) * 64]: within each block of 64,
 // x'[8v + L] = x[block_source(v, L)] * block_x_scale(v). Returns nullptr when the scales are
 // not all 1 and some nonzero |x| < 2^-96: scaled by up to 16^-6 it could turn subnormal and
@@ -566,7 +590,15 @@ const float* permuted_x(const QMatmulParams& p, const F32Rows& x) {
     const float* src = x.row(i);
     float* dst = permuted + i * blocks * kBlockWeights;
     for (int64_t b = 0; b < blocks; ++b, src += kBlockWeights, dst += kBlockWeights) {
-      for (int j = 0; j < kBlockWeights; ++j) dst[j] = src[source[j]] * scale[j];
+      if constexpr (Decoder::kTransposedBlocks) {  // 4096 floats: ~2.6 -> ~0.4 us
+        __m256 columns[8];
+        transpose8x8(src, columns);
+        for (int v = 0; v < 8; ++v) {
+          _mm256_storeu_ps(dst + 8 * v, _mm256_mul_ps(columns[v], _mm256_set1_ps(Decoder::block_x_scale(v))));
+        }
+      } else {
+        for (int j = 0; j < kBlockWeights; ++j) dst[j] = src[source[j]] * scale[j];
+      }
       if (scaled) {
         for (int j = 0; j < kBlockWeights; j += 8) {
           const __m256 magnitude = _mm256_and_ps(_mm256_loadu_ps(src + j), abs_mask);
