@@ -21,6 +21,14 @@ inline float hsum(__m256 v) {
   return _mm_cvtss_f32(sum);
 }
 
+// out[0] = hsum(a), out[1] = hsum(b), the two sharing their shuffles and adds.
+inline void hsum_pair(__m256 a, __m256 b, float* out) {
+  const __m256 pairs = _mm256_hadd_ps(a, b);  // a0+a1 a2+a3 b0+b1 b2+b3 | the same of lanes 4-7
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(pairs), _mm256_extractf128_ps(pairs, 1));
+  sum = _mm_hadd_ps(sum, sum);  // hsum(a) hsum(b) hsum(a) hsum(b)
+  _mm_storel_pi(reinterpret_cast<__m64*>(out), sum);
+}
+
 // 8 activations of any dtype as fp32: bf16 is the top half of an fp32, fp16 goes through F16C.
 inline __m256 load8_as_f32(const void* base, DType dtype, int64_t index) {
   switch (dtype) {
