@@ -517,6 +517,33 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
   finish_weight_row<Decoder, ROWS>(p, decode, x_rows, x_blocked, x_sums, groups, n, group, total, out);
 }
 
+// M = 1, weight rows n and n + 1: the block path for both at once (dot_block_path_groups_pair),
+// then the rest of each row. out[0], out[1] = y[0, n], y[0, n + 1] without bias.
+template <class Decoder>
+void dot_weight_row_pair(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
+                         const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
+                         float* out) {
+  __m256 totals[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  const int64_t group = dot_block_path_groups_pair(p, decode, x_blocked[0], n, totals);
+  if (group < groups) {  // a ragged last group: the generic tail, row by row
+    for (int row = 0; row < 2; ++row) {
+      __m256 total[1] = {totals[row]};
+      finish_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked, x_sums, groups, n + row, group, total, out + row);
+    }
+    return;
+  }
+  // Every group done: only the zero points are left, then one horizontal sum for both rows
+  // (finish_weight_row per row, with its generic group loop and two horizontal sums, cost 2-3%
+  // of a 4096x4096 call: one thread, cold, 813 -> 796 us).
+  float correction[2] = {};
+  for (int row = 0; row < 2; ++row) {
+    subtract_zero_points<1>(p, n + row, p.scales + (n + row) * p.scales_row_stride, x_sums, groups, groups,
+                            &totals[row], &correction[row]);
+  }
+  hsum_pair(totals[0], totals[1], out);
+  for (int row = 0; row < 2; ++row) out[row] += correction[row];
+}
+
 // Per-group sums of x, [m, groups], for the int4 zero point.
 const float* group_sums(const QMatmulParams& p, const F32Rows& x, int64_t groups) {
   float* sums = scratch_floats(ScratchSlot::kGroupSums, size_t(p.m * groups));
@@ -628,26 +655,7 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
       const float* x_blocked_rows[1] = {blocked};
       gemv_store_column_blocks(p, n_begin, n_end, 1, 2, [&](int64_t n, int64_t columns, int64_t, int, float* out) {
         if (columns == 1) return dot_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
-        __m256 totals[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-        const int64_t group = dot_block_path_groups_pair(p, decode, blocked, n, totals);
-        if (group < groups) {  // a ragged last group: the generic tail, row by row
-          for (int row = 0; row < 2; ++row) {
-            __m256 total[1] = {totals[row]};
-            finish_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n + row, group, total,
-                                          out + row);
-          }
-          return;
-        }
-        // Every group done: only the zero points are left, then one horizontal sum for both
-        // rows (finish_weight_row per row, with its generic group loop and two horizontal
-        // sums, cost 2-3% of a 4096x4096 call: one thread, cold, 813 -> 796 us).
-        float correction[2] = {};
-        for (int row = 0; row < 2; ++row) {
-          subtract_zero_points<1>(p, n + row, p.scales + (n + row) * p.scales_row_stride, sums, groups, groups,
-                                  &totals[row], &correction[row]);
-        }
-        hsum_pair(totals[0], totals[1], out);
-        for (int row = 0; row < 2; ++row) out[row] += correction[row];
+        dot_weight_row_pair(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
       });
       return;
     }
