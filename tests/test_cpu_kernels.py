@@ -24,10 +24,11 @@ ISA_ENV_VAR = "QKERNELS_CPU_ISA"
 # M = 1 with N odd and tiny: the AVX2 GEMV's pairs of weight rows, an odd last row alone, a
 # single row (N = 1), K below one block of 64. M = 1 with K = 1024: pairs whose block path
 # covers every group, the zero points of 8 or 16 groups subtracted as vectors (576 at g = 64:
-# 8 as a vector and one alone).
+# 8 as a vector and one alone). M = 1 with K = 358: the pairs of weight rows leave an unpaired
+# group of 32 or 96 and a ragged one to each row's generic tail.
 SHAPES = [(1, 17, 577), (2, 33, 31), (3, 64, 1030), (5, 17, 256), (8, 19, 577), (17, 70, 130),
           (33, 17, 577), (1, 40, 576), (4, 9, 358), (1, 1, 1), (1, 3, 3), (1, 3, 17), (1, 5, 1030),
-          (1, 6, 1024)]
+          (1, 6, 1024), (1, 7, 358)]
 FORMATS = [("int4", False), ("int4", True), ("nf4", False), ("int8", False)]
 GROUPS = [32, 64, 96, 128, -1]
 # Norm-wise relative error allowed: fp32 accumulation for fp32 y; for 16-bit y the rounding of

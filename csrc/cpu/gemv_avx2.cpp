@@ -265,6 +265,27 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
 }
 
+// acc[row][v % 2] += w[v] * x[8v ..] over the block at codes of weight rows codes and
+// codes + row_stride (row 0 and 1), each x vector and int4 mask serving both rows; the next
+// pair of rows is prefetched at the same offset. The body of both pair loops.
+template <class Decoder>
+__attribute__((always_inline)) inline void accumulate_block_pair(const Decoder& decode, const uint8_t* codes,
+                                                                 int64_t row_stride, const float* x_at,
+                                                                 __m256 (&acc)[2][2]) {
+  const __m256i packed[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)),
+                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + row_stride))};
+  _mm_prefetch(reinterpret_cast<const char*>(codes + 2 * row_stride), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(codes + 3 * row_stride), _MM_HINT_T0);
+  for (int v = 0; v < 8; ++v) {
+    __m256 w[2];
+    decode.block_vector_pair(packed, v, w);
+    // x as the memory operand of both FMAs (loaded twice): one instruction fewer and one
+    // register free, 5% faster than one load feeding both (1024x4096 from L3, 185 -> 175 us).
+    const __m256 x = _mm256_loadu_ps(x_at + 8 * v);
+    for (int row = 0; row < 2; ++row) acc[row][v % 2] = _mm256_fmadd_ps(w[row], x, acc[row][v % 2]);
+  }
+}
+
 // M = 1: dot_whole_block_groups over two weight rows (codes and codes + row_stride; their scales
 // scales_row_stride apart) at once, so each x vector feeds two FMAs and each int4 mask two
 // ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
@@ -293,18 +314,7 @@ __attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode
       for (int c = 0; c < chains; ++c) acc[row][c] = _mm256_setzero_ps();
     }
     for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes, x_at += kBlockWeights) {
-      const __m256i packed[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)),
-                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + row_stride))};
-      _mm_prefetch(reinterpret_cast<const char*>(codes + 2 * row_stride), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(codes + 3 * row_stride), _MM_HINT_T0);
-      for (int v = 0; v < 8; ++v) {
-        __m256 w[2];
-        decode.block_vector_pair(packed, v, w);
-        // x as the memory operand of both FMAs (loaded twice): one instruction fewer and one
-        // register free, 5% faster than one load feeding both (1024x4096 from L3, 185 -> 175 us).
-        const __m256 x = _mm256_loadu_ps(x_at + 8 * v);
-        for (int row = 0; row < 2; ++row) acc[row][v % chains] = _mm256_fmadd_ps(w[row], x, acc[row][v % chains]);
-      }
+      accumulate_block_pair(decode, codes, row_stride, x_at, acc);
     }
     reduce_chains(acc);
     for (int row = 0; row < 2; ++row) {
@@ -313,6 +323,12 @@ __attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode
     }
   }
   for (int row = 0; row < 2; ++row) total_out[row] = total[row];
+}
+
+// The scale of a block whose halves may lie in different groups: *first in lanes 0-3 (weights
+// k .. k+31, kSplitBlocks), *second in lanes 4-7.
+inline __m256 split_block_scale(const float* first, const float* second) {
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)), _mm_broadcast_ss(second), 1);
 }
 
 // Block path for groups of an odd number of half blocks (g = 32, 96, ...; HALVES = g / 32 when
@@ -346,11 +362,38 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
     reduce_chains(acc);
     const float* first = half_scales.next();
     const float* second = half_scales.next();
-    const __m256 scale = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
-                                              _mm_broadcast_ss(second), 1);
+    const __m256 scale = split_block_scale(first, second);
     for (int r = 0; r < ROWS; ++r) total[r] = _mm256_fmadd_ps(acc[r][0], scale, total[r]);
   }
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
+}
+
+// M = 1: dot_split_block_groups over two weight rows (codes and codes + row_stride; their scales
+// scales_row_stride apart) at once, as dot_whole_block_groups_pair does for whole blocks. g = 32
+// against one row at a time: 1.23-1.31x on SmolLM2's layers (one thread, in cache), 1024x4096
+// 227 -> 199 us, 17% behind g = 128's pair (170) for the per-block scale and reduction.
+template <class Decoder, int HALVES>
+__attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode, const uint8_t* codes,
+                                                           int64_t row_stride, const float* scales,
+                                                           int64_t scales_row_stride, const float* x_blocked,
+                                                           int64_t blocks, int64_t runtime_halves,
+                                                           __m256 (&total_out)[2]) {
+  const int64_t halves_per_group = HALVES > 0 ? HALVES : runtime_halves;
+  __m256 total[2] = {total_out[0], total_out[1]};
+  const float* x_at = x_blocked;
+  GroupScaleCursor half_scales(scales, halves_per_group);
+  for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes, x_at += kBlockWeights) {
+    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
+    accumulate_block_pair(decode, codes, row_stride, x_at, acc);
+    reduce_chains(acc);
+    const float* first = half_scales.next();
+    const float* second = half_scales.next();
+    for (int row = 0; row < 2; ++row) {
+      const __m256 scale = split_block_scale(first + row * scales_row_stride, second + row * scales_row_stride);
+      total[row] = _mm256_fmadd_ps(acc[row][0], scale, total[row]);
+    }
+  }
+  for (int row = 0; row < 2; ++row) total_out[row] = total[row];
 }
 
 // total[r] (lanes) and correction[r] -= sum over groups [0, count) of scale * zero *
@@ -414,16 +457,28 @@ int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, con
   return 0;
 }
 
-// M = 1, groups of whole blocks: dot_block_path_groups for weight rows n and n + 1 at once.
+// M = 1: dot_block_path_groups for weight rows n and n + 1 at once.
 template <class Decoder>
 int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode, const float* x_blocked,
                                    int64_t n, __m256 (&total)[2]) {
   const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const float* row_scales = p.scales + n * p.scales_row_stride;
   const int64_t width = min_i64(p.group_size, p.k);
+  const int64_t row_stride = p.qweight_row_stride, scales_stride = p.scales_row_stride;
+  if (width % kBlockWeights != 0) {  // an odd number of half blocks per group (pair_path_applies)
+    const int64_t halves = p.group_size / kHalfBlockWeights;
+    const int64_t pairs = p.k / p.group_size / 2;
+    if (halves == 1) {
+      dot_split_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, pairs,
+                                              1, total);
+    } else {
+      dot_split_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked,
+                                              pairs * halves, halves, total);
+    }
+    return 2 * pairs;
+  }
   const int64_t whole = p.k / width;
   const int64_t blocks = width / kBlockWeights;
-  const int64_t row_stride = p.qweight_row_stride, scales_stride = p.scales_row_stride;
   if (blocks == 1) {
     dot_whole_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
                                             1, total);
@@ -571,6 +626,13 @@ bool block_path_applies(const QMatmulParams& p) {
   return p.group_size % unit == 0 || p.group_size >= p.k;
 }
 
+// The M = 1 pair path takes groups of whole blocks, or several groups of an odd number of half
+// blocks each (a split decoder's; block_path_applies has checked that g is a multiple of 32).
+template <class Decoder>
+bool pair_path_applies(const QMatmulParams& p) {
+  return min_i64(p.group_size, p.k) % kBlockWeights == 0 || (Decoder::kSplitBlocks && p.group_size < p.k);
+}
+
 // columns[v][L] = block[8L + v]: the 64 floats at block as an 8x8 matrix, transposed.
 inline void transpose8x8(const float* block, __m256 (&columns)[8]) {
   __m256 pairs[8], quads[8];
@@ -648,8 +710,8 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
   const float* blocked = block_path_applies<Decoder>(p) ? permuted_x<Decoder>(p, x) : nullptr;
   const int64_t blocked_stride = p.k / kBlockWeights * kBlockWeights;
   if constexpr (Decoder::kPairPath) {
-    if (p.m == 1 && blocked && min_i64(p.group_size, p.k) % kBlockWeights == 0) {
-      // One x row, groups of whole blocks: weight rows in pairs (dot_whole_block_groups_pair),
+    if (p.m == 1 && blocked && pair_path_applies<Decoder>(p)) {
+      // One x row: weight rows in pairs (dot_whole_block_groups_pair, dot_split_block_groups_pair),
       // an odd last one alone.
       const float* x_rows[1] = {x.row(0)};
       const float* x_blocked_rows[1] = {blocked};

@@ -283,9 +283,9 @@ int main(int argc, char** argv) {
   const std::vector<int64_t> ks = quick ? std::vector<int64_t>{1, 17, 64, 577}
                                         : std::vector<int64_t>{1, 2, 3, 17, 31, 64, 358, 577, 1030};
   // 0 = per channel (group_size = k); 17: an odd size, legal for canonical tensors from a file.
-  // 32 and 96: blocks of 64 weights straddle two groups.
+  // 32, 96 and 160: blocks of 64 weights straddle two groups.
   const std::vector<int64_t> group_sizes = quick ? std::vector<int64_t>{32, 0, 17}
-                                                 : std::vector<int64_t>{16, 32, 64, 96, 128, 0, 17};
+                                                 : std::vector<int64_t>{16, 32, 64, 96, 128, 160, 0, 17};
   struct FormatChoice { Format fmt; bool symmetric; };
   const FormatChoice formats[] = {{Format::kInt8, false}, {Format::kInt4, false},
                                   {Format::kInt4, true}, {Format::kNF4, false}};
