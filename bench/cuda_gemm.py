@@ -30,6 +30,20 @@ def path_before_small_weights(m):
     return "gemv" if m <= 8 else "gemm" if m <= 128 else "dequant"
 
 
+def wgmma_runs():
+    """Whether this GPU and build run the Hopper GEMM (QKERNELS_CUDA_KERNEL=wgmma is refused
+    otherwise)."""
+    qw = qk.quantize(torch.randn(128, 256, device="cuda"), "int4", group_size=128)
+    os.environ["QKERNELS_CUDA_KERNEL"] = "wgmma"
+    try:
+        qk.matmul(torch.randn(32, 256, device="cuda", dtype=torch.float16), qw, backend="cuda")
+    except ValueError:
+        return False
+    finally:
+        del os.environ["QKERNELS_CUDA_KERNEL"]
+    return True
+
+
 def timed(calls, m):
     # Large M: each call takes milliseconds, so fewer of them per graph.
     return time_calls(calls, repeats=10 if m >= 1024 else 25, min_calls=8 if m >= 1024 else 32)
@@ -58,6 +72,7 @@ def main():
     fmts = args.formats.split(",") if args.formats else [f[1] for f in FORMATS]
     torch.manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}")
+    gemm_paths = ("gemm", "wgmma", "dequant") if wgmma_runs() else ("gemm", "dequant")
     rows = []
     for n, k in shapes:
         w = torch.randn(n, k, device="cuda") * 0.02
@@ -72,7 +87,7 @@ def main():
             weights = [qw0] + [clone_weight(qw0) for _ in range(copies_for(qw0.nbytes) - 1)]
             for m in rows_m:
                 x = xs[m]
-                times = {path: time_path(path, x, weights, m) for path in ("gemm", "dequant")}
+                times = {path: time_path(path, x, weights, m) for path in gemm_paths}
                 if m <= args.gemv_max_rows or path_before_small_weights(m) == "gemv":
                     times["gemv"] = time_path("gemv", x, weights, m)
                 times["auto"] = timed([lambda q=q: qk.matmul(x, q, backend="cuda")
@@ -88,13 +103,14 @@ def main():
                       f" | before {row['before_us']:.1f} auto x{row['auto_speedup']:.2f}",
                       flush=True)
             del weights
-    print("\n| shape (NxK) | M | fmt | F.linear us | GEMV us | GEMM us | dequant+cuBLAS us | "
-          "dispatched us | before (c6da403 dispatch) us | speedup vs F.linear |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| shape (NxK) | M | fmt | F.linear us | GEMV us | GEMM us | wgmma GEMM us | "
+          "dequant+cuBLAS us | dispatched us | before (c6da403 dispatch) us | speedup vs F.linear |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for r in rows:
         print(f"| {r['shape']} | {r['m']} | {r['fmt']} | {r['linear_us']:.1f} | "
-              f"{r.get('gemv_us', nan):.1f} | {r['gemm_us']:.1f} | {r['dequant_us']:.1f} | "
+              f"{r.get('gemv_us', nan):.1f} | {r['gemm_us']:.1f} | {r.get('wgmma_us', nan):.1f} | "
+              f"{r['dequant_us']:.1f} | "
               f"{r['auto_us']:.1f} | {r['before_us']:.1f} | {r['auto_speedup']:.2f} |")
     if args.out:
         with open(args.out, "w") as f:

@@ -263,28 +263,43 @@ GEMM_ROWS = (9, 16, 17, 64, 100, 256, 1000, 4096)
 def force_kernel(monkeypatch):
     def force(name):
         monkeypatch.setenv("QKERNELS_CUDA_KERNEL", name)
+        if name == "wgmma":  # the Hopper GEMM: compute capability 9.0 and an sm_90a build
+            qw = quantize(64, 256, ("int4", {}), 64)
+            try:
+                qk.matmul(torch.randn(32, 256, device="cuda", dtype=torch.float16), qw,
+                          backend="cuda")
+            except ValueError as error:
+                if "QKERNELS_CUDA_KERNEL=wgmma needs" not in str(error):
+                    raise
+                pytest.skip(str(error))
     return force
 
 
+# Both tensor-core GEMMs: mma.sync (every GPU) and wgmma (H100-class).
+GEMM_KERNELS = ("gemm", "wgmma")
+
+
+@pytest.mark.parametrize("kernel", GEMM_KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("m", GEMM_ROWS)
-def test_gemm_rows_of_x(m, mode, dtype, force_kernel):
+def test_gemm_rows_of_x(m, mode, dtype, kernel, force_kernel):
     """Every tile height (M <= 32, <= 64, more), partial tiles of x rows and of weight rows
     (N = 200), K = 1056 (8.25 blocks of 128 k, a ragged last group), split-K (9 k-blocks)."""
-    force_kernel("gemm")
+    force_kernel(kernel)
     qw = quantize(200, 1056, mode, 128 if mode[0] != "nf4" else 64)
     check(torch.randn(m, 1056, device="cuda", dtype=dtype), qw,
           bias=torch.randn(200, device="cuda", dtype=dtype))
 
 
+@pytest.mark.parametrize("kernel", GEMM_KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("k", (576, 2048))
-def test_gemm_groups(k, mode, group, dtype, force_kernel):
+def test_gemm_groups(k, mode, group, dtype, kernel, force_kernel):
     """Groups 32-256 and per channel; K = 576 (4.5 k-blocks, no split) and 2048 (split)."""
-    force_kernel("gemm")
+    force_kernel(kernel)
     qw = quantize(577, k, mode, group)
     for m in (17, 300):
         check(torch.randn(m, k, device="cuda", dtype=dtype), qw)
@@ -313,9 +328,11 @@ def test_forced_kernel_name_is_checked(force_kernel):
 @pytest.mark.parametrize("m", (64, 1000))
 @pytest.mark.parametrize("mode", (("int4", {}), ("nf4", {"double_quant": True})),
                          ids=("int4", "nf4dq"))
-def test_gemm_cuda_graph_capture(m, mode, force_kernel):
-    """The split-K workspace is allocated and zeroed inside the captured region."""
-    force_kernel("gemm")
+@pytest.mark.parametrize("kernel", GEMM_KERNELS)
+def test_gemm_cuda_graph_capture(m, mode, kernel, force_kernel):
+    """The split-K workspace (and wgmma's permuted x) is allocated and filled inside the captured
+    region."""
+    force_kernel(kernel)
     qw = quantize(512, 2048, mode, 128)
     x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
     qk.matmul(x, qw, backend="cuda")
@@ -336,7 +353,7 @@ def nf4_dq_args(x, qw, bias=None):
             bias)
 
 
-@pytest.mark.parametrize("kernel", ("gemv", "gemm", "dequant"))
+@pytest.mark.parametrize("kernel", ("gemv", "gemm", "wgmma", "dequant"))
 @pytest.mark.parametrize("dtype", (torch.float32,) + DTYPES, ids=str)
 def test_double_quant_decoded_absmax(kernel, dtype, force_kernel):
     """Every code 15 (NF4 1.0) and x one-hot at the first column of group g: y[g, n] is absmax[n,

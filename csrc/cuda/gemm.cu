@@ -36,42 +36,75 @@ bool gemm_supported(const QMatmulParams& p) {
          p.n <= int64_t(65535) * gemm_block_w(64);  // the narrowest block: gridDim.y
 }
 
-GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block) {
+GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block, bool wgmma) {
   GemmPlan plan{0, 1, false};
-  // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
-  // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).
-  int rows = p.m <= 16 ? 16 : p.m <= 64 ? 32 : 64;
-  while (rows > 16 && gemm_smem_bytes(p.fmt, rows) > smem_per_block) rows /= 2;
-  if (gemm_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
-  plan.x_rows_per_warp = rows;
-  const int64_t tiles = (p.m + gemm_block_x(rows) - 1) / gemm_block_x(rows) *
-                        ((p.n + gemm_block_w(rows) - 1) / gemm_block_w(rows));
+  int64_t tiles;
+  int resident_per_sm;
+  if (wgmma) {
+    // 64 rows of x per block up to M = 64, else 128 (one block per SM: 4 stages of up to 48 KiB).
+    const int rows = p.m <= 64 ? 64 : 128;
+    if (gemm_wgmma_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
+    plan.wgmma_x_rows = rows;
+    tiles = (p.m + rows - 1) / rows * ((p.n + kWgmmaBlockW - 1) / kWgmmaBlockW);
+    resident_per_sm = 1;
+  } else {
+    // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
+    // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).
+    int rows = p.m <= 16 ? 16 : p.m <= 64 ? 32 : 64;
+    while (rows > 16 && gemm_smem_bytes(p.fmt, rows) > smem_per_block) rows /= 2;
+    if (gemm_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
+    plan.x_rows_per_warp = rows;
+    tiles = (p.m + gemm_block_x(rows) - 1) / gemm_block_x(rows) *
+            ((p.n + gemm_block_w(rows) - 1) / gemm_block_w(rows));
+    resident_per_sm = gemm_blocks_per_sm(rows);
+  }
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
   // Split K so that one wave of blocks covers the GPU as fully as it can without a second,
   // partial wave (two blocks per SM fit for the short tiles, one for the tallest), keeping >= 4
   // k-blocks per split so the pipeline fills.
-  const int64_t resident = int64_t(sm_count) * gemm_blocks_per_sm(rows);
+  const int64_t resident = int64_t(sm_count) * resident_per_sm;
   plan.split_k = int(std::max<int64_t>(1, std::min<int64_t>(resident / tiles, k_blocks / 4)));
   plan.few_blocks = 2 * tiles * gemm_k_slices(k_blocks, plan.split_k) < sm_count;
   return plan;
 }
 
+bool gemm_wgmma_runs(int cc_major, int cc_minor) {
+#ifdef QKERNELS_HAVE_SM90A
+  return cc_major == 9 && cc_minor == 0;
+#else
+  (void)cc_major, (void)cc_minor;
+  return false;
+#endif
+}
+
+int64_t gemm_x_perm_elements(const QMatmulParams& p) { return p.m * gemm_x_perm_row(p.k); }
+
 cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* workspace,
-                        cudaStream_t stream) {
-  if (plan.x_rows_per_warp == 0 || (plan.split_k > 1 && workspace == nullptr)) {
+                        void* x_perm, cudaStream_t stream) {
+  if (!plan.runs() || (plan.split_k > 1 && workspace == nullptr) ||
+      (plan.wgmma_x_rows > 0 && x_perm == nullptr)) {
     return cudaErrorInvalidValue;
   }
   const int rows = plan.x_rows_per_warp, splits = plan.split_k;
   const bool f16 = p.x_dtype == DType::kF16;
+  auto launch = [&](auto fmt_tag, auto dq_tag) {
+    constexpr Format kFmt = decltype(fmt_tag)::value;
+    constexpr bool kDq = decltype(dq_tag)::value;
+    if (plan.wgmma_x_rows > 0) {
+      return f16 ? launch_gemm_wgmma<kFmt, half, kDq>(p, plan.wgmma_x_rows, splits, workspace,
+                                                      x_perm, stream)
+                 : launch_gemm_wgmma<kFmt, __nv_bfloat16, kDq>(p, plan.wgmma_x_rows, splits,
+                                                               workspace, x_perm, stream);
+    }
+    return f16 ? launch_gemm_mma<kFmt, half, kDq>(p, rows, splits, workspace, stream)
+               : launch_gemm_mma<kFmt, __nv_bfloat16, kDq>(p, rows, splits, workspace, stream);
+  };
   cudaError_t error;
   if (p.absmax_dq.codes) {
-    error = f16 ? launch_gemm_mma<Format::kNF4, half, true>(p, rows, splits, workspace, stream)
-                : launch_gemm_mma<Format::kNF4, __nv_bfloat16, true>(p, rows, splits, workspace,
-                                                                      stream);
+    error = launch(std::integral_constant<Format, Format::kNF4>{}, std::true_type{});
   } else {
     error = QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
-      return f16 ? launch_gemm_mma<kFmt, half>(p, rows, splits, workspace, stream)
-                 : launch_gemm_mma<kFmt, __nv_bfloat16>(p, rows, splits, workspace, stream);
+      return launch(std::integral_constant<Format, kFmt>{}, std::false_type{});
     });
   }
   if (error != cudaSuccess || plan.split_k == 1) return error;

@@ -80,6 +80,44 @@ inline int gemm_smem_bytes(Format fmt, int x_rows_per_warp) {
   }
 }
 
+// Rows of the permuted x: K rounded up to whole 128-k blocks.
+__host__ __device__ constexpr int64_t gemm_x_perm_row(int64_t k) {
+  return (k + kGemmBlockK - 1) / kGemmBlockK * kGemmBlockK;
+}
+
+// The Hopper GEMM's block: 2 warpgroups x 64 weight rows (each warp 16) x kBlockX rows of x (64
+// or 128: one m64n64k16 per 64 rows of x and k-step), 4 stages.
+constexpr int kWgmmaBlockW = 128;
+template <Format kFmt, int kBlockX>
+struct WgmmaTile {
+  static constexpr int kThreads = 256, kBlockW = kWgmmaBlockW, kStages = 4;
+  static constexpr int kXTiles = kBlockX / 64;
+  // x: per stage two 128-byte-swizzled regions of 64 k-slots each ([kBlockX rows][128 B]).
+  static constexpr int kXRegionBytes = kBlockX * 128;
+  static constexpr int kXStageBytes = 2 * kXRegionBytes;
+  static constexpr int kWRowBytes = kFmt == Format::kInt8 ? kGemmBlockK : kGemmBlockK / 2;
+  static constexpr int kWRowChunks = kWRowBytes / 16;
+  static constexpr int kWStageBytes = kBlockW * kWRowBytes;
+  static constexpr int kTableBytes = kFmt == Format::kNF4 ? kNF4TableWords * 4 : 0;
+  // + 1 KiB to align x to the 1024 bytes the swizzle pattern repeats over.
+  static constexpr int kSmemBytes =
+      1024 + kStages * (kXStageBytes + kWStageBytes) + kTableBytes;
+};
+
+// Dynamic shared memory of launch_gemm_wgmma's kernel for this format and rows of x per block.
+inline int gemm_wgmma_smem_bytes(Format fmt, int x_rows_per_block) {
+  auto bytes = [&](auto fmt_tag) {
+    constexpr Format kFmt = decltype(fmt_tag)::value;
+    return x_rows_per_block == 64 ? WgmmaTile<kFmt, 64>::kSmemBytes
+                                  : WgmmaTile<kFmt, 128>::kSmemBytes;
+  };
+  switch (fmt) {
+    case Format::kInt8: return bytes(std::integral_constant<Format, Format::kInt8>{});
+    case Format::kInt4: return bytes(std::integral_constant<Format, Format::kInt4>{});
+    default: return bytes(std::integral_constant<Format, Format::kNF4>{});
+  }
+}
+
 // T = half or __nv_bfloat16. x_rows_per_warp (16, 32 or 64) picks the tile (GemmTile);
 // split_k > 1 splits K over gridDim.z, each split adding its partial sums
 // to `workspace` (fp32 [m, n], zeroed by the caller) instead of writing y.
@@ -87,5 +125,11 @@ inline int gemm_smem_bytes(Format fmt, int x_rows_per_warp) {
 template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
                             float* workspace, cudaStream_t stream);
+
+// The Hopper GEMM (gemm_wgmma.cuh): x_rows_per_block 64 or 128; x_perm is a workspace of
+// p.m x gemm_x_perm_row(p.k) elements of T that it fills with the permuted x first.
+template <Format kFmt, typename T, bool kDqAbsmax = false>
+cudaError_t launch_gemm_wgmma(const QMatmulParams& p, int x_rows_per_block, int split_k,
+                              float* workspace, void* x_perm, cudaStream_t stream);
 
 }  // namespace qk::cuda

@@ -2,8 +2,9 @@
 // on the current stream of x's device, the GEMV kernels for few rows of x, the tensor-core GEMM
 // for more, or a dequantized copy of W and cuBLAS (thresholds in csrc/cuda/qmatmul_cuda.h).
 //
-// QKERNELS_CUDA_KERNEL=gemv|gemm|dequant forces one path wherever it applies (the GEMM needs
-// gemm_supported()), so tests and benchmarks can reach every kernel at every M.
+// QKERNELS_CUDA_KERNEL=gemv|gemm|wgmma|dequant forces one path wherever it applies (the GEMMs need
+// gemm_supported(); gemm is the mma.sync GEMM, wgmma the Hopper one, which needs
+// gemm_wgmma_runs()), so tests and benchmarks can reach every kernel at every M.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -24,15 +25,23 @@ void check_launch(cudaError_t error) {
 
 enum class Path { kGemv, kGemm, kDequantCublas };
 
-// gemm: the GEMM's plan (x_rows_per_warp 0 where it cannot run).
+// The forced path's name, or nullptr.
+const char* forced_kernel() {
+  const char* forced = std::getenv("QKERNELS_CUDA_KERNEL");
+  if (forced == nullptr || *forced == '\0') return nullptr;
+  for (const char* name : {"gemv", "gemm", "wgmma", "dequant"}) {
+    if (std::strcmp(forced, name) == 0) return name;
+  }
+  C10_THROW_ERROR(ValueError, c10::str("qkernels.matmul: QKERNELS_CUDA_KERNEL expected 'gemv', "
+                                        "'gemm', 'wgmma' or 'dequant', got '", forced, "'"));
+}
+
+// gemm: the GEMM's plan (gemm.runs() false where it cannot run).
 Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
-  const bool gemm_ok = gemm.x_rows_per_warp > 0;
-  if (const char* forced = std::getenv("QKERNELS_CUDA_KERNEL"); forced && *forced) {
+  const bool gemm_ok = gemm.runs();
+  if (const char* forced = forced_kernel()) {
     if (std::strcmp(forced, "gemv") == 0) return Path::kGemv;
     if (std::strcmp(forced, "dequant") == 0) return Path::kDequantCublas;
-    TORCH_CHECK_VALUE(std::strcmp(forced, "gemm") == 0,
-                      "qkernels.matmul: QKERNELS_CUDA_KERNEL expected 'gemv', 'gemm' or 'dequant', "
-                      "got '", forced, "'");
     if (gemm_ok) return Path::kGemm;
   }
   if (p.m <= cuda::kGemvMaxRows || cuda::gemv_wins_above_8_rows(p, sms)) return Path::kGemv;
@@ -50,19 +59,31 @@ int sm_count(int device) {
   return count;
 }
 
+// The Hopper GEMM where it runs, unless QKERNELS_CUDA_KERNEL=gemm asks for the mma.sync one.
 cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
-  int smem_per_block = 0;
+  int smem_per_block = 0, major = 0, minor = 0;
   check_launch(
       cudaDeviceGetAttribute(&smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return cuda::plan_gemm(p, sms, smem_per_block);
+  check_launch(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  check_launch(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+  const bool wgmma_runs = cuda::gemm_wgmma_runs(major, minor);
+  const char* forced = forced_kernel();
+  TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "wgmma") != 0 || wgmma_runs,
+                    "qkernels.matmul: QKERNELS_CUDA_KERNEL=wgmma needs a compute capability 9.0 "
+                    "GPU (this is ", major, ".", minor, ") and an extension built for sm_90a "
+                    "(TORCH_CUDA_ARCH_LIST with 9.0a)");
+  const bool wgmma = wgmma_runs && (forced == nullptr || std::strcmp(forced, "gemm") != 0);
+  return cuda::plan_gemm(p, sms, smem_per_block, wgmma);
 }
 
 void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
               cudaStream_t stream) {
   at::Tensor workspace;  // split-K partial sums, added atomically: must start at zero
   if (plan.split_k > 1) workspace = at::zeros({p.m, p.n}, x2d.options().dtype(at::kFloat));
+  at::Tensor x_perm;  // the Hopper GEMM's permuted copy of x
+  if (plan.wgmma_x_rows > 0) x_perm = at::empty({cuda::gemm_x_perm_elements(p)}, x2d.options());
   check_launch(cuda::launch_gemm(p, plan, plan.split_k > 1 ? workspace.data_ptr<float>() : nullptr,
-                                 stream));
+                                 plan.wgmma_x_rows > 0 ? x_perm.data_ptr() : nullptr, stream));
 }
 
 // Launches the path choose_path picks for validated params on the current stream; y is params.y.

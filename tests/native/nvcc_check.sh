@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compile check of the torch-free CUDA kernels (csrc/cuda/*.cu) for sm_80 and sm_90 with every
+# Compile check of the torch-free CUDA kernels (csrc/cuda/*.cu) for sm_80 and sm_90a with every
 # warning an error; no GPU needed, nothing is run or linked. Skips (exit 0) without nvcc.
 # NVCC=/path/to/nvcc overrides the compiler; JOBS sets the parallelism (default: CPU count).
 set -euo pipefail
@@ -14,9 +14,9 @@ JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 OUT_DIR=$(mktemp -d)
 trap 'rm -rf "$OUT_DIR"' EXIT
 FLAGS=(-std=c++17 -O3 -c -Icsrc
-       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90,code=sm_90
+       -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_90a,code=sm_90a
        -Werror all-warnings -Xcompiler -Wall,-Wextra,-Werror)
-echo "nvcc_check: $("$NVCC" --version | tail -1), sm_80 + sm_90, $JOBS jobs"
+echo "nvcc_check: $("$NVCC" --version | tail -1), sm_80 + sm_90a, $JOBS jobs"
 status=0
 for src in csrc/cuda/*.cu; do
   obj="$OUT_DIR/$(basename "$src").o"

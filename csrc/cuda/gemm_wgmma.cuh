@@ -1,0 +1,348 @@
+// Hopper (sm_90a) tensor-core GEMM: the GEMM of gemm_mma.cuh with its mma.sync replaced by the
+// warpgroup MMA (wgmma.mma_async), which mma.sync cannot match on an H100 (PRIOR-ART: mma.sync
+// tops out near 75% of Hopper's peak). Torch-free; instantiated with gemm_mma.cuh's kernels in
+// gemm_mma_<fmt>_<dtype>.cu. Compiled to an empty kernel for every other architecture: the
+// dispatcher launches it only where gemm_wgmma_runs() says so.
+//
+// Structure:
+//   A = weights, unpacked in registers exactly as in gemm_mma.cuh (each warp: 16 weight rows of
+//       its warpgroup's 64; the A register fragment of wgmma is mma.sync's, per warp), so one
+//       unpacked 16 x 16 weight tile feeds every 64 rows of x of the block at once.
+//   B = x^T from shared memory through a wgmma descriptor (K-major, 128-byte swizzle). mma.sync
+//       permuted x in registers to match the k order the unpacking produces; wgmma reads B from
+//       shared memory as it is, so x is permuted once per call instead (permute_x_kernel below,
+//       wgmma_x_slot_k), into a workspace whose rows are K rounded up to 128 (zeros past K).
+//   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k.
+#pragma once
+
+#include "gemm_mma.cuh"
+
+namespace qk::cuda {
+
+// The k (0..127) of a 128-k block of x that slot s of the permuted row holds. Slot s is column
+// s % 16 of wgmma k-step s / 16; that step is mma.sync's (cc, h) = (s / 32, s / 16 % 2) of
+// gemm_mma.cuh's compute, whose B fragment puts k-slot 2 q + e (e = 0, 1) in lane quad q's first
+// register and 8 + 2 q + e in its second; quad q unpacks k [32 q, 32 q + 32), and within its
+// 8-k slice cc the unpacking pairs (k_i, k_i+4) for int4, (k_2i, k_2i+1) for nf4 and
+// (k_0, k_2), (k_1, k_3) per 4 k for int8 (unpack.cuh).
+template <Format kFmt>
+__host__ __device__ constexpr int wgmma_x_slot_k(int s) {
+  const int cc = s / 32, h = s / 16 % 2, j = s % 16;
+  const int hi = j / 8, quad = j % 8 / 2, e = j % 2;
+  const int base = 32 * quad + 8 * cc;
+  if (kFmt == Format::kInt4) return base + 2 * h + hi + 4 * e;
+  if (kFmt == Format::kNF4) return base + 4 * h + 2 * hi + e;
+  return base + 4 * h + hi + 2 * e;  // int8
+}
+
+constexpr int kPermuteThreads = 256;
+
+// out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)], 0 past K; 8 slots (16 bytes) per
+// thread.
+template <Format kFmt, typename T>
+__global__ void __launch_bounds__(kPermuteThreads)
+    permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, T* out) {
+  const int64_t row_chunks = gemm_x_perm_row(k) / 8;
+  const int64_t i = int64_t(blockIdx.x) * kPermuteThreads + threadIdx.x;
+  if (i >= m * row_chunks) return;
+  const int64_t row = i / row_chunks, slot0 = i % row_chunks * 8;
+  const int64_t kb0 = slot0 / kGemmBlockK * kGemmBlockK;
+  union {
+    T v[8];
+    uint4 u;
+  } chunk;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    const int64_t kk = kb0 + wgmma_x_slot_k<kFmt>(int(slot0 % kGemmBlockK) + j);
+    chunk.v[j] = kk < k ? x[row * x_row_stride + kk] : from_float<T>(0.0f);
+  }
+  reinterpret_cast<uint4*>(out)[i] = chunk.u;
+}
+
+// The PTX of the warpgroup MMA: fences, commit and wait (PTX ISA, "asynchronous warpgroup level
+// matrix instructions"); compiled only for sm_90a.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// Orders this warp's register writes (the unpacked A fragments) before the wgmma that reads them.
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+
+// Shared-memory descriptor of a K-major B operand in the 128-byte swizzle: start address >> 4
+// (bits 0-13), leading byte offset unused by that swizzle (1, bits 16-29), 1024 bytes between
+// 8-row groups (>> 4 = 64, bits 32-45), swizzle mode 1 (bits 62-63).
+__device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
+  return (uint64_t(64u | (1u << 30)) << 32) | (1u << 16) | ((smem_addr >> 4) & 0x3fffu);
+}
+
+// d[64 x 64] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x 64] (descriptor), fp32.
+template <typename T>
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4],
+                                                uint64_t desc_b);
+#define QK_WGMMA_M64N64K16(TYPE)                                                               \
+  asm volatile(                                                                               \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " "                         \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
+      "%19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "                    \
+      "{%32, %33, %34, %35}, %36, 1, 1, 1, 0;"                                                 \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),    \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),             \
+        "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),          \
+        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]),          \
+        "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),          \
+        "+f"(d[31])                                                                            \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+template <>
+__device__ __forceinline__ void wgmma_m64n64k16<half>(float (&d)[32], const uint32_t (&a)[4],
+                                                      uint64_t desc_b) {
+  QK_WGMMA_M64N64K16("f16");
+}
+template <>
+__device__ __forceinline__ void wgmma_m64n64k16<__nv_bfloat16>(float (&d)[32],
+                                                               const uint32_t (&a)[4],
+                                                               uint64_t desc_b) {
+  QK_WGMMA_M64N64K16("bf16");
+}
+#undef QK_WGMMA_M64N64K16
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+// x_perm: x permuted by permute_x_kernel, rows of gemm_x_perm_row(p.k).
+template <Format kFmt, typename T, int kBlockX, bool kDqAbsmax>
+__global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
+    gemm_wgmma_kernel(const QMatmulParams p, const T* x_perm, int group_shift,
+                      int k_blocks_per_split, float* workspace) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tile = WgmmaTile<kFmt, kBlockX>;
+  using T2 = typename Pair<T>::T2;
+  constexpr int kStages = Tile::kStages;
+  extern __shared__ uint4 smem_raw[];
+  const uint32_t smem_raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  uint8_t* x_smem = reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - smem_raw_addr % 1024) % 1024);
+  const uint32_t x_smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(x_smem));
+  uint8_t* w_smem = x_smem + kStages * Tile::kXStageBytes;
+  uint32_t* lut = reinterpret_cast<uint32_t*>(w_smem + kStages * Tile::kWStageBytes);  // nf4
+
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int group = lane / 4, quad = lane % 4;
+  const int64_t m_block = int64_t(blockIdx.x) * kBlockX;
+  const int64_t n_block = int64_t(blockIdx.y) * Tile::kBlockW;
+  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t kb_begin = int64_t(blockIdx.z) * k_blocks_per_split;
+  const int num_kb = int(min64(k_blocks - kb_begin, k_blocks_per_split));
+  if (num_kb <= 0) return;
+
+  if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
+
+  // --- fetch: x as gemm_mma.cuh's fetch, into the swizzled regions (16-byte chunk c of row r of
+  // a region at chunk c ^ (r % 8)); every 128-k block of x_perm is whole, so only rows are tested.
+  const auto* qweight = static_cast<const uint8_t*>(p.qweight);
+  const int64_t row_bytes = packed_row_bytes(kFmt, p.k), x_stride = gemm_x_perm_row(p.k);
+  constexpr int kXRowsPerPass = Tile::kThreads / 16;
+  constexpr int kXCopies = kBlockX / kXRowsPerPass;
+  constexpr int kWRowsPerPass = Tile::kThreads / Tile::kWRowChunks;
+  constexpr int kWCopies = Tile::kBlockW / kWRowsPerPass;
+  const int x_col = tid % 16, x_row0 = tid / 16;
+  const int w_col = tid % Tile::kWRowChunks, w_row0 = tid / Tile::kWRowChunks;
+  // kXRowsPerPass is a multiple of 8, so every copy of a thread has the same swizzle.
+  const int x_dst =
+      (x_col / 8) * Tile::kXRegionBytes + x_row0 * 128 + ((x_col % 8) ^ (x_row0 % 8)) * 16;
+  const int w_dst = w_row0 * Tile::kWRowBytes + w_chunk_slot<kFmt>(w_col, w_row0) * 16;
+  const int64_t x_rows = p.m - m_block - x_row0, w_rows = p.n - n_block - w_row0;
+  const T* x_src = x_perm + (x_rows > 0 ? (m_block + x_row0) * x_stride + x_col * 8 : 0);
+  const uint8_t* w_src =
+      qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0);
+  auto fetch = [&](int stage, int64_t kb) {
+    uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
+#pragma unroll
+    for (int j = 0; j < kXCopies; ++j) {
+      const bool valid = j * kXRowsPerPass < x_rows;
+      cp_async_16B(xs + j * kXRowsPerPass * 128,
+                   valid ? x_src + kb * kGemmBlockK + j * kXRowsPerPass * x_stride : x_perm,
+                   valid);
+    }
+    uint8_t* ws = w_smem + stage * Tile::kWStageBytes + w_dst;
+    const bool w_k_ok = kb * Tile::kWRowBytes + w_col * 16 < row_bytes;
+#pragma unroll
+    for (int j = 0; j < kWCopies; ++j) {
+      const bool valid = w_k_ok && j * kWRowsPerPass < w_rows;
+      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes,
+                   valid ? w_src + kb * Tile::kWRowBytes + j * kWRowsPerPass * p.qweight_row_stride
+                         : qweight,
+                   valid);
+    }
+  };
+
+  // Scales (and int4 zero points) of this lane's 2 weight rows for the 32 k its quad owns.
+  const int64_t groups = num_groups(p.k, p.group_size);
+  const int64_t lane_row = n_block + 16 * warp + group;
+  float scale[2], zero[2];
+  auto load_scales = [&](int64_t kb, float (&s)[2], float (&z)[2]) {
+    const int64_t g = min64((kb * kGemmBlockK + 32 * quad) >> group_shift, groups - 1);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int64_t index = min64(lane_row + 8 * r, p.n - 1) * p.scales_row_stride + g;
+      s[r] = load_scale<kDqAbsmax>(p, index);
+      z[r] = p.zeros ? __ldg(p.zeros + index) : kInt4SymmetricZero;
+    }
+  };
+
+  float acc[Tile::kXTiles][32] = {};
+
+  // --- one stage: unpack the lane's codes into the A fragments of all 8 k-steps, then one
+  // wgmma per k-step and 64 rows of x; wait for them before the stage's memory is refilled.
+  auto compute = [&](int stage) {
+    const uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
+    constexpr int kCodeChunks = kFmt == Format::kInt8 ? 2 : 1;  // 16-byte chunks per row and quad
+    uint4 codes[2][kCodeChunks];
+    T2 s2[2];
+    [[maybe_unused]] T2 magic_zero2[2], zs2[2];  // int4
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = 16 * warp + group + 8 * r;
+#pragma unroll
+      for (int e = 0; e < kCodeChunks; ++e) {
+        const int slot = w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
+        codes[r][e] = *reinterpret_cast<const uint4*>(ws + row * Tile::kWRowBytes + slot * 16);
+      }
+      s2[r] = Pair<T>::make(scale[r], scale[r]);
+      if constexpr (kFmt == Format::kInt4) {
+        int4_group_constants<T>(scale[r], zero[r], magic_zero2[r], zs2[r]);
+      }
+    }
+    uint32_t a[8][4];  // [k-step 2 cc + h][fragment register]
+#pragma unroll
+    for (int cc = 0; cc < 4; ++cc) {
+      uint32_t unpacked[2][4];  // [row half][value pairs]
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if constexpr (kFmt == Format::kInt4) {
+          dequant_int4<T>(word(codes[r][0], cc), magic_zero2[r], s2[r], zs2[r], unpacked[r]);
+        } else if constexpr (kFmt == Format::kNF4) {
+          dequant_nf4<T>(word(codes[r][0], cc), s2[r], lut, 4 * lane, unpacked[r]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            uint32_t q[2];
+            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], scale[r], q);
+            unpacked[r][2 * e] = q[0];
+            unpacked[r][2 * e + 1] = q[1];
+          }
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        a[2 * cc + h][0] = unpacked[0][2 * h];
+        a[2 * cc + h][1] = unpacked[1][2 * h];
+        a[2 * cc + h][2] = unpacked[0][2 * h + 1];
+        a[2 * cc + h][3] = unpacked[1][2 * h + 1];
+      }
+    }
+    const uint32_t xs = x_smem_addr + stage * Tile::kXStageBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int step = 0; step < 8; ++step) {
+#pragma unroll
+      for (int i = 0; i < Tile::kXTiles; ++i) {
+        const uint32_t at = xs + (step / 4) * Tile::kXRegionBytes + i * 64 * 128 + (step % 4) * 32;
+        wgmma_m64n64k16<T>(acc[i], a[step], wgmma_desc_sw128(at));
+      }
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+  };
+
+  // --- main loop, as gemm_mma.cuh's: kStages - 1 stages in flight while one is computed.
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < num_kb) fetch(s, kb_begin + s);
+    cp_async_commit();
+  }
+  load_scales(kb_begin, scale, zero);
+  for (int it = 0; it < num_kb; ++it) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 1 are done
+    const int next = it + kStages - 1;
+    if (next < num_kb) fetch(next % kStages, kb_begin + next);
+    cp_async_commit();
+    float next_scale[2], next_zero[2];
+    if (it + 1 < num_kb) load_scales(kb_begin + it + 1, next_scale, next_zero);
+    compute(it % kStages);
+    if (it + 1 < num_kb) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        scale[r] = next_scale[r];
+        zero[r] = next_zero[r];
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // --- store: accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
+  // 64 i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
+#pragma unroll
+  for (int i = 0; i < Tile::kXTiles; ++i) {
+#pragma unroll
+    for (int c = 0; c < 32; ++c) {
+      const int j = c / 4, e = c % 4;
+      const int64_t n = lane_row + 8 * (e / 2);
+      const int64_t m = m_block + 64 * i + 8 * j + 2 * quad + e % 2;
+      if (n >= p.n || m >= p.m) continue;
+      if (workspace) {
+        atomicAdd(workspace + m * p.n + n, acc[i][c]);
+      } else {
+        float v = acc[i][c];
+        if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
+        static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
+      }
+    }
+  }
+#else
+  (void)p, (void)x_perm, (void)group_shift, (void)k_blocks_per_split, (void)workspace;
+  __trap();  // launched only where gemm_wgmma_runs()
+#endif
+}
+
+template <Format kFmt, typename T, bool kDqAbsmax, int kBlockX>
+cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* workspace,
+                                   void* x_perm, cudaStream_t stream) {
+  using Tile = WgmmaTile<kFmt, kBlockX>;
+  const int64_t chunks = p.m * gemm_x_perm_row(p.k) / 8;
+  const int64_t permute_blocks = (chunks + kPermuteThreads - 1) / kPermuteThreads;
+  if (permute_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  permute_x_kernel<kFmt, T><<<unsigned(permute_blocks), kPermuteThreads, 0, stream>>>(
+      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, static_cast<T*>(x_perm));
+  cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+
+  const auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax>;
+  error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               Tile::kSmemBytes);
+  if (error != cudaSuccess) return error;
+  const int64_t m_tiles = (p.m + kBlockX - 1) / kBlockX;
+  const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
+  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  if (m_tiles > 0x7fffffff || n_tiles > 65535) return cudaErrorInvalidConfiguration;
+  const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
+  const dim3 grid{unsigned(m_tiles), unsigned(n_tiles),
+                  unsigned(gemm_k_slices(k_blocks, split_k))};
+  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
+      p, static_cast<const T*>(x_perm), group_shift,
+      int(gemm_k_blocks_per_slice(k_blocks, split_k)), split_k > 1 ? workspace : nullptr);
+  return cudaGetLastError();
+}
+
+template <Format kFmt, typename T, bool kDqAbsmax>
+cudaError_t launch_gemm_wgmma(const QMatmulParams& p, int x_rows_per_block, int split_k,
+                              float* workspace, void* x_perm, cudaStream_t stream) {
+  return x_rows_per_block == 64
+             ? launch_gemm_wgmma_tile<kFmt, T, kDqAbsmax, 64>(p, split_k, workspace, x_perm, stream)
+             : launch_gemm_wgmma_tile<kFmt, T, kDqAbsmax, 128>(p, split_k, workspace, x_perm,
+                                                               stream);
+}
+
+}  // namespace qk::cuda
