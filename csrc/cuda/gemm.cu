@@ -77,7 +77,10 @@ bool gemm_wgmma_runs(int cc_major, int cc_minor) {
 #endif
 }
 
-int64_t gemm_x_perm_elements(const QMatmulParams& p) { return p.m * gemm_x_perm_row(p.k); }
+int64_t gemm_x_perm_elements(const QMatmulParams& p, const GemmPlan& plan) {
+  const int64_t rows = (p.m + plan.wgmma_x_rows - 1) / plan.wgmma_x_rows * plan.wgmma_x_rows;
+  return rows * gemm_x_perm_row(p.k);
+}
 
 cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* workspace,
                         void* x_perm, cudaStream_t stream) {

@@ -86,12 +86,14 @@ __host__ __device__ constexpr int64_t gemm_x_perm_row(int64_t k) {
 }
 
 // The Hopper GEMM's block: 2 warpgroups x 64 weight rows (each warp 16) x kBlockX rows of x (64
-// or 128: one m64n64k16 per 64 rows of x and k-step), 4 stages.
+// or 128), 4 stages. Per k-step, two wgmmas of kN rows of x each (m64n32k16 or m64n64k16): with
+// one wgmma per fragment (m64n64k16 for 64 rows), ptxas unpacked each fragment right before its
+// wgmma, into the registers of the one still running, and serialised them all (C7513).
 constexpr int kWgmmaBlockW = 128;
 template <Format kFmt, int kBlockX>
 struct WgmmaTile {
   static constexpr int kThreads = 256, kBlockW = kWgmmaBlockW, kStages = 4;
-  static constexpr int kXTiles = kBlockX / 64;
+  static constexpr int kN = kBlockX / 2, kXTiles = 2;
   // x: per stage two 128-byte-swizzled regions of 64 k-slots each ([kBlockX rows][128 B]).
   static constexpr int kXRegionBytes = kBlockX * 128;
   static constexpr int kXStageBytes = 2 * kXRegionBytes;
@@ -126,8 +128,9 @@ template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
                             float* workspace, cudaStream_t stream);
 
-// The Hopper GEMM (gemm_wgmma.cuh): x_rows_per_block 64 or 128; x_perm is a workspace of
-// p.m x gemm_x_perm_row(p.k) elements of T that it fills with the permuted x first.
+// The Hopper GEMM (gemm_wgmma.cuh): x_rows_per_block 64 or 128; x_perm is a workspace of p.m
+// rounded up to x_rows_per_block x gemm_x_perm_row(p.k) elements of T that it fills with the
+// permuted x first.
 template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_wgmma(const QMatmulParams& p, int x_rows_per_block, int split_k,
                               float* workspace, void* x_perm, cudaStream_t stream);

@@ -11,7 +11,9 @@
 //   B = x^T from shared memory through a wgmma descriptor (K-major, 128-byte swizzle). mma.sync
 //       permuted x in registers to match the k order the unpacking produces; wgmma reads B from
 //       shared memory as it is, so x is permuted once per call instead (permute_x_kernel below,
-//       wgmma_x_slot_k), into a workspace whose rows are K rounded up to 128 (zeros past K).
+//       wgmma_x_slot_k), into a workspace whose rows are K rounded up to 128 and whose rows
+//       are M rounded up to the block's rows of x (zeros past K and past M), so that the
+//       fetch of x needs no bounds test.
 //   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k.
 #pragma once
 
@@ -37,14 +39,15 @@ __host__ __device__ constexpr int wgmma_x_slot_k(int s) {
 
 constexpr int kPermuteThreads = 256;
 
-// out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)], 0 past K; 8 slots (16 bytes) per
-// thread.
+// out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)] for m < rows of x, 0 past K and in
+// the padding rows up to out_rows; 8 slots (16 bytes) per thread.
 template <Format kFmt, typename T>
 __global__ void __launch_bounds__(kPermuteThreads)
-    permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, T* out) {
+    permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, int64_t out_rows,
+                     T* out) {
   const int64_t row_chunks = gemm_x_perm_row(k) / 8;
   const int64_t i = int64_t(blockIdx.x) * kPermuteThreads + threadIdx.x;
-  if (i >= m * row_chunks) return;
+  if (i >= out_rows * row_chunks) return;
   const int64_t row = i / row_chunks, slot0 = i % row_chunks * 8;
   const int64_t kb0 = slot0 / kGemmBlockK * kGemmBlockK;
   union {
@@ -54,7 +57,7 @@ __global__ void __launch_bounds__(kPermuteThreads)
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
     const int64_t kk = kb0 + wgmma_x_slot_k<kFmt>(int(slot0 % kGemmBlockK) + j);
-    chunk.v[j] = kk < k ? x[row * x_row_stride + kk] : from_float<T>(0.0f);
+    chunk.v[j] = kk < k && row < m ? x[row * x_row_stride + kk] : from_float<T>(0.0f);
   }
   reinterpret_cast<uint4*>(out)[i] = chunk.u;
 }
@@ -62,15 +65,32 @@ __global__ void __launch_bounds__(kPermuteThreads)
 // The PTX of the warpgroup MMA: fences, commit and wait (PTX ISA, "asynchronous warpgroup level
 // matrix instructions"); compiled only for sm_90a.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// Orders this warp's register writes (the unpacked A fragments) before the wgmma that reads them.
+// Orders this warp's register writes (the unpacked A fragments) before the wgmmas that read them.
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 }
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
-__device__ __forceinline__ void wgmma_wait_all() {
-  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+// Waits until at most kPending committed wgmma groups of this warp are still running.
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(kPending) : "memory");
+}
+
+// wgmma_wait<1>, with the A fragments of the group it retires as (unused) inputs: the compiler
+// sees their last read at the wgmma instructions, not when the asynchronous wgmmas read them,
+// and would otherwise reuse the registers for the next stage's fragments while they still run.
+__device__ __forceinline__ void wgmma_wait_1_holding(const uint32_t (&a)[8][4]) {
+  asm volatile(
+      "// holding %0-%31\n\t"
+      "wgmma.wait_group.sync.aligned 1;" ::"r"(a[0][0]), "r"(a[0][1]), "r"(a[0][2]), "r"(a[0][3]),
+      "r"(a[1][0]), "r"(a[1][1]), "r"(a[1][2]), "r"(a[1][3]), "r"(a[2][0]), "r"(a[2][1]),
+      "r"(a[2][2]), "r"(a[2][3]), "r"(a[3][0]), "r"(a[3][1]), "r"(a[3][2]), "r"(a[3][3]),
+      "r"(a[4][0]), "r"(a[4][1]), "r"(a[4][2]), "r"(a[4][3]), "r"(a[5][0]), "r"(a[5][1]),
+      "r"(a[5][2]), "r"(a[5][3]), "r"(a[6][0]), "r"(a[6][1]), "r"(a[6][2]), "r"(a[6][3]),
+      "r"(a[7][0]), "r"(a[7][1]), "r"(a[7][2]), "r"(a[7][3])
+      : "memory");
 }
 
 // Shared-memory descriptor of a K-major B operand in the 128-byte swizzle: start address >> 4
@@ -80,11 +100,11 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
   return (uint64_t(64u | (1u << 30)) << 32) | (1u << 16) | ((smem_addr >> 4) & 0x3fffu);
 }
 
-// d[64 x 64] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x 64] (descriptor), fp32.
-template <typename T>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (&a)[4],
-                                                uint64_t desc_b);
-#define QK_WGMMA_M64N64K16(TYPE)                                                               \
+// d[64 x kN] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x kN] (descriptor), fp32.
+template <typename T, int kN>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t (&a)[4],
+                                             uint64_t desc_b);
+#define QK_WGMMA_N64(TYPE)                                                                      \
   asm volatile(                                                                               \
       "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " "                         \
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, " \
@@ -97,18 +117,40 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], const uint32_t (
         "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]),          \
         "+f"(d[31])                                                                            \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
+// The same for 32 rows of x: 16 accumulators.
+#define QK_WGMMA_N32(TYPE)                                                                      \
+  asm volatile(                                                                               \
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE " "                         \
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "              \
+      "{%16, %17, %18, %19}, %20, 1, 1, 1, 0;"                                                 \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),    \
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),             \
+        "+f"(d[13]), "+f"(d[14]), "+f"(d[15])                                                  \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
 template <>
-__device__ __forceinline__ void wgmma_m64n64k16<half>(float (&d)[32], const uint32_t (&a)[4],
-                                                      uint64_t desc_b) {
-  QK_WGMMA_M64N64K16("f16");
+__device__ __forceinline__ void wgmma_m64k16<half, 64>(float (&d)[32], const uint32_t (&a)[4],
+                                                       uint64_t desc_b) {
+  QK_WGMMA_N64("f16");
 }
 template <>
-__device__ __forceinline__ void wgmma_m64n64k16<__nv_bfloat16>(float (&d)[32],
-                                                               const uint32_t (&a)[4],
-                                                               uint64_t desc_b) {
-  QK_WGMMA_M64N64K16("bf16");
+__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 64>(float (&d)[32],
+                                                                const uint32_t (&a)[4],
+                                                                uint64_t desc_b) {
+  QK_WGMMA_N64("bf16");
 }
-#undef QK_WGMMA_M64N64K16
+template <>
+__device__ __forceinline__ void wgmma_m64k16<half, 32>(float (&d)[16], const uint32_t (&a)[4],
+                                                       uint64_t desc_b) {
+  QK_WGMMA_N32("f16");
+}
+template <>
+__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 32>(float (&d)[16],
+                                                                const uint32_t (&a)[4],
+                                                                uint64_t desc_b) {
+  QK_WGMMA_N32("bf16");
+}
+#undef QK_WGMMA_N64
+#undef QK_WGMMA_N32
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // x_perm: x permuted by permute_x_kernel, rows of gemm_x_perm_row(p.k).
@@ -124,6 +166,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
   const uint32_t smem_raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   uint8_t* x_smem = reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - smem_raw_addr % 1024) % 1024);
   const uint32_t x_smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(x_smem));
+  const uint64_t x_desc = wgmma_desc_sw128(x_smem_addr);
   uint8_t* w_smem = x_smem + kStages * Tile::kXStageBytes;
   uint32_t* lut = reinterpret_cast<uint32_t*>(w_smem + kStages * Tile::kWStageBytes);  // nf4
 
@@ -139,9 +182,11 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
   if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
 
   // --- fetch: x as gemm_mma.cuh's fetch, into the swizzled regions (16-byte chunk c of row r of
-  // a region at chunk c ^ (r % 8)); every 128-k block of x_perm is whole, so only rows are tested.
+  // a region at chunk c ^ (r % 8)); x_perm is whole blocks of rows and of 128 k, so only the
+  // weights are tested. Each fetch takes the next 128-k block: the sources advance by one block
+  // per call, and copy j of a thread is j passes of rows further.
   const auto* qweight = static_cast<const uint8_t*>(p.qweight);
-  const int64_t row_bytes = packed_row_bytes(kFmt, p.k), x_stride = gemm_x_perm_row(p.k);
+  const int64_t x_stride = gemm_x_perm_row(p.k);
   constexpr int kXRowsPerPass = Tile::kThreads / 16;
   constexpr int kXCopies = kBlockX / kXRowsPerPass;
   constexpr int kWRowsPerPass = Tile::kThreads / Tile::kWRowChunks;
@@ -152,50 +197,58 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
   const int x_dst =
       (x_col / 8) * Tile::kXRegionBytes + x_row0 * 128 + ((x_col % 8) ^ (x_row0 % 8)) * 16;
   const int w_dst = w_row0 * Tile::kWRowBytes + w_chunk_slot<kFmt>(w_col, w_row0) * 16;
-  const int64_t x_rows = p.m - m_block - x_row0, w_rows = p.n - n_block - w_row0;
-  const T* x_src = x_perm + (x_rows > 0 ? (m_block + x_row0) * x_stride + x_col * 8 : 0);
-  const uint8_t* w_src =
-      qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0);
-  auto fetch = [&](int stage, int64_t kb) {
+  const int64_t w_rows = p.n - n_block - w_row0;
+  const int64_t x_pass = kXRowsPerPass * x_stride, w_pass = kWRowsPerPass * p.qweight_row_stride;
+  const T* x_next = x_perm + (m_block + x_row0) * x_stride + x_col * 8 + kb_begin * kGemmBlockK;
+  const uint8_t* w_next =
+      qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0) +
+      kb_begin * Tile::kWRowBytes;
+  // Bytes of this thread's weight chunk column left in the row, from the next fetch's block on.
+  int64_t w_bytes_left = packed_row_bytes(kFmt, p.k) - w_col * 16 - kb_begin * Tile::kWRowBytes;
+  auto fetch = [&](int stage) {
     uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
 #pragma unroll
     for (int j = 0; j < kXCopies; ++j) {
-      const bool valid = j * kXRowsPerPass < x_rows;
-      cp_async_16B(xs + j * kXRowsPerPass * 128,
-                   valid ? x_src + kb * kGemmBlockK + j * kXRowsPerPass * x_stride : x_perm,
-                   valid);
+      cp_async_16B(xs + j * kXRowsPerPass * 128, x_next + j * x_pass, true);
     }
     uint8_t* ws = w_smem + stage * Tile::kWStageBytes + w_dst;
-    const bool w_k_ok = kb * Tile::kWRowBytes + w_col * 16 < row_bytes;
 #pragma unroll
     for (int j = 0; j < kWCopies; ++j) {
-      const bool valid = w_k_ok && j * kWRowsPerPass < w_rows;
-      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes,
-                   valid ? w_src + kb * Tile::kWRowBytes + j * kWRowsPerPass * p.qweight_row_stride
-                         : qweight,
+      const bool valid = w_bytes_left > 0 && j * kWRowsPerPass < w_rows;
+      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes, valid ? w_next + j * w_pass : qweight,
                    valid);
     }
+    x_next += kGemmBlockK;
+    w_next += Tile::kWRowBytes;
+    w_bytes_left -= Tile::kWRowBytes;
   };
 
-  // Scales (and int4 zero points) of this lane's 2 weight rows for the 32 k its quad owns.
+  // Scales (and int4 zero points) of this lane's 2 weight rows for the 32 k its quad owns, loaded
+  // two stages ahead: their first use (the int4 zero point's rounding) stalled on them when they
+  // were loaded one stage ahead (ncu, call b3). Blocks past the end load the last group.
+  struct Scales {
+    float scale[2], zero[2];
+  };
   const int64_t groups = num_groups(p.k, p.group_size);
   const int64_t lane_row = n_block + 16 * warp + group;
-  float scale[2], zero[2];
-  auto load_scales = [&](int64_t kb, float (&s)[2], float (&z)[2]) {
+  auto load_scales = [&](int64_t kb, Scales& out) {
     const int64_t g = min64((kb * kGemmBlockK + 32 * quad) >> group_shift, groups - 1);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int64_t index = min64(lane_row + 8 * r, p.n - 1) * p.scales_row_stride + g;
-      s[r] = load_scale<kDqAbsmax>(p, index);
-      z[r] = p.zeros ? __ldg(p.zeros + index) : kInt4SymmetricZero;
+      out.scale[r] = load_scale<kDqAbsmax>(p, index);
+      out.zero[r] = p.zeros ? __ldg(p.zeros + index) : kInt4SymmetricZero;
     }
   };
 
-  float acc[Tile::kXTiles][32] = {};
+  float acc[Tile::kXTiles][Tile::kN / 2] = {};
 
   // --- one stage: unpack the lane's codes into the A fragments of all 8 k-steps, then one
-  // wgmma per k-step and 64 rows of x; wait for them before the stage's memory is refilled.
-  auto compute = [&](int stage) {
+  // wgmma per k-step and 64 rows of x, left running while the next stage is unpacked.
+  // The A fragments of two stages: a stage's wgmmas read them while the next one is unpacked.
+  uint32_t a[2][8][4];  // [stage parity][k-step 2 cc + h][fragment register]
+  auto compute = [&](int stage, const Scales& sc, uint32_t(&a_now)[8][4],
+                     uint32_t(&a_before)[8][4]) {
     const uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
     constexpr int kCodeChunks = kFmt == Format::kInt8 ? 2 : 1;  // 16-byte chunks per row and quad
     uint4 codes[2][kCodeChunks];
@@ -209,12 +262,11 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
         const int slot = w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
         codes[r][e] = *reinterpret_cast<const uint4*>(ws + row * Tile::kWRowBytes + slot * 16);
       }
-      s2[r] = Pair<T>::make(scale[r], scale[r]);
+      s2[r] = Pair<T>::make(sc.scale[r], sc.scale[r]);
       if constexpr (kFmt == Format::kInt4) {
-        int4_group_constants<T>(scale[r], zero[r], magic_zero2[r], zs2[r]);
+        int4_group_constants<T>(sc.scale[r], sc.zero[r], magic_zero2[r], zs2[r]);
       }
     }
-    uint32_t a[8][4];  // [k-step 2 cc + h][fragment register]
 #pragma unroll
     for (int cc = 0; cc < 4; ++cc) {
       uint32_t unpacked[2][4];  // [row half][value pairs]
@@ -228,7 +280,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             uint32_t q[2];
-            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], scale[r], q);
+            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], sc.scale[r], q);
             unpacked[r][2 * e] = q[0];
             unpacked[r][2 * e + 1] = q[1];
           }
@@ -236,61 +288,67 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
       }
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        a[2 * cc + h][0] = unpacked[0][2 * h];
-        a[2 * cc + h][1] = unpacked[1][2 * h];
-        a[2 * cc + h][2] = unpacked[0][2 * h + 1];
-        a[2 * cc + h][3] = unpacked[1][2 * h + 1];
+        a_now[2 * cc + h][0] = unpacked[0][2 * h];
+        a_now[2 * cc + h][1] = unpacked[1][2 * h];
+        a_now[2 * cc + h][2] = unpacked[0][2 * h + 1];
+        a_now[2 * cc + h][3] = unpacked[1][2 * h + 1];
       }
     }
-    const uint32_t xs = x_smem_addr + stage * Tile::kXStageBytes;
+    // Descriptors differ from stage 0's only in the start address (bits 0-13, which the
+    // shared-memory window keeps from carrying): a 32-bit add each.
+    const uint64_t stage_desc = x_desc + uint32_t(stage * Tile::kXStageBytes >> 4);
     wgmma_fence();
 #pragma unroll
     for (int step = 0; step < 8; ++step) {
 #pragma unroll
       for (int i = 0; i < Tile::kXTiles; ++i) {
-        const uint32_t at = xs + (step / 4) * Tile::kXRegionBytes + i * 64 * 128 + (step % 4) * 32;
-        wgmma_m64n64k16<T>(acc[i], a[step], wgmma_desc_sw128(at));
+        constexpr int kRegion = Tile::kXRegionBytes;
+        const uint32_t offset = (step / 4) * kRegion + i * Tile::kN * 128 + (step % 4) * 32;
+        wgmma_m64k16<T, Tile::kN>(acc[i], a_now[step], stage_desc + (offset >> 4));
       }
     }
     wgmma_commit();
-    wgmma_wait_all();
+    // The previous stage's wgmmas are done: its memory may be refilled and its A registers
+    // reused, which the wait takes as inputs so that the compiler keeps them until here.
+    wgmma_wait_1_holding(a_before);
   };
 
-  // --- main loop, as gemm_mma.cuh's: kStages - 1 stages in flight while one is computed.
+  // --- main loop: kStages - 2 stages in flight while one is computed and the wgmmas of the one
+  // before still run (gemm_mma.cuh keeps kStages - 1 in flight).
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_kb) fetch(s, kb_begin + s);
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < num_kb) fetch(s);
     cp_async_commit();
   }
-  load_scales(kb_begin, scale, zero);
-  for (int it = 0; it < num_kb; ++it) {
-    cp_async_wait<kStages - 2>();
-    __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 1 are done
-    const int next = it + kStages - 1;
-    if (next < num_kb) fetch(next % kStages, kb_begin + next);
+  Scales sc[2];  // [stage parity]
+  load_scales(kb_begin, sc[0]);
+  load_scales(kb_begin + 1, sc[1]);
+  auto iteration = [&](int it, Scales& sc_now, uint32_t(&a_now)[8][4],
+                       uint32_t(&a_before)[8][4]) {
+    cp_async_wait<kStages - 3>();
+    __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 2 are done
+    if (it + kStages - 2 < num_kb) fetch((it + kStages - 2) % kStages);
     cp_async_commit();
-    float next_scale[2], next_zero[2];
-    if (it + 1 < num_kb) load_scales(kb_begin + it + 1, next_scale, next_zero);
-    compute(it % kStages);
-    if (it + 1 < num_kb) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        scale[r] = next_scale[r];
-        zero[r] = next_zero[r];
-      }
-    }
+    compute(it % kStages, sc_now, a_now, a_before);
+    load_scales(kb_begin + it + 2, sc_now);
+  };
+  // Two stages per trip, so that each stage's A fragments and scales are fixed registers.
+  for (int it = 0; it < num_kb; it += 2) {
+    iteration(it, sc[0], a[0], a[1]);
+    if (it + 1 < num_kb) iteration(it + 1, sc[1], a[1], a[0]);
   }
   cp_async_wait<0>();
+  wgmma_wait<0>();
 
   // --- store: accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
-  // 64 i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
+  // kN i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
 #pragma unroll
   for (int i = 0; i < Tile::kXTiles; ++i) {
 #pragma unroll
-    for (int c = 0; c < 32; ++c) {
+    for (int c = 0; c < Tile::kN / 2; ++c) {
       const int j = c / 4, e = c % 4;
       const int64_t n = lane_row + 8 * (e / 2);
-      const int64_t m = m_block + 64 * i + 8 * j + 2 * quad + e % 2;
+      const int64_t m = m_block + Tile::kN * i + 8 * j + 2 * quad + e % 2;
       if (n >= p.n || m >= p.m) continue;
       if (workspace) {
         atomicAdd(workspace + m * p.n + n, acc[i][c]);
@@ -311,11 +369,12 @@ template <Format kFmt, typename T, bool kDqAbsmax, int kBlockX>
 cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* workspace,
                                    void* x_perm, cudaStream_t stream) {
   using Tile = WgmmaTile<kFmt, kBlockX>;
-  const int64_t chunks = p.m * gemm_x_perm_row(p.k) / 8;
+  const int64_t x_perm_rows = (p.m + kBlockX - 1) / kBlockX * kBlockX;
+  const int64_t chunks = x_perm_rows * gemm_x_perm_row(p.k) / 8;
   const int64_t permute_blocks = (chunks + kPermuteThreads - 1) / kPermuteThreads;
   if (permute_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   permute_x_kernel<kFmt, T><<<unsigned(permute_blocks), kPermuteThreads, 0, stream>>>(
-      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, static_cast<T*>(x_perm));
+      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm));
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
 

@@ -81,7 +81,9 @@ void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tens
   at::Tensor workspace;  // split-K partial sums, added atomically: must start at zero
   if (plan.split_k > 1) workspace = at::zeros({p.m, p.n}, x2d.options().dtype(at::kFloat));
   at::Tensor x_perm;  // the Hopper GEMM's permuted copy of x
-  if (plan.wgmma_x_rows > 0) x_perm = at::empty({cuda::gemm_x_perm_elements(p)}, x2d.options());
+  if (plan.wgmma_x_rows > 0) {
+    x_perm = at::empty({cuda::gemm_x_perm_elements(p, plan)}, x2d.options());
+  }
   check_launch(cuda::launch_gemm(p, plan, plan.split_k > 1 ? workspace.data_ptr<float>() : nullptr,
                                  plan.wgmma_x_rows > 0 ? x_perm.data_ptr() : nullptr, stream));
 }
