@@ -286,28 +286,43 @@ __attribute__((always_inline)) inline void accumulate_block_pair(const Decoder& 
   }
 }
 
-// M = 1: dot_whole_block_groups over two weight rows (codes and codes + row_stride; their scales
-// scales_row_stride apart) at once, so each x vector feeds two FMAs and each int4 mask two
-// ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
-// instructions in a microbenchmark: GCC kept the masks and one accumulator on the stack, and
-// Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x + mask loads). The pair runs
-// at ~9.3, and at ~9.0 with 2 accumulator chains per weight row instead of 4: beside 8
-// accumulators only 2 of the 7 masks stayed in registers and 5 were reloaded from the stack
-// every block; beside 4 all 7 stay (1024x4096 from L3, one thread: 196 -> 185 us; 3 chains
-// measured the same as 2).
+// What the M = 1 pair loops read: weight rows n and n + 1 from their first block on, their
+// scales, and the one row of x permuted for the block path. dot_block_path_groups_pair builds it
+// once for whichever loop it calls.
+struct WeightRowPair {
+  const uint8_t* codes;  // row n's codes; row n + 1's are row_stride bytes on
+  int64_t row_stride;
+  const float* scales;  // row n's group scales; row n + 1's are scales_row_stride floats on
+  int64_t scales_row_stride;
+  const float* x_blocked;  // permuted_x's row
+};
+
+// M = 1: dot_whole_block_groups over the two weight rows of `pair` at once, so each x vector
+// feeds two FMAs and each int4 mask two ANDs. The one-row loop ran at ~11 cycles a block (in
+// cache) against 6.3 for the same instructions in a microbenchmark: GCC kept the masks and one
+// accumulator on the stack, and Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x
+// + mask loads). The pair runs at ~9.3, and at ~9.0 with 2 accumulator chains per weight row
+// instead of 4: beside 8 accumulators only 2 of the 7 masks stayed in registers and 5 were
+// reloaded from the stack every block; beside 4 all 7 stay (1024x4096 from L3, one thread:
+// 196 -> 185 us; 3 chains measured the same as 2).
 // The next pair of rows is prefetched at the same offset: reading two rows at once otherwise
 // defeats the hardware prefetcher at K = 4096 (cold, one thread: 1035 -> 1305 us without it,
 // 843 with it).
 template <class Decoder, int BLOCKS>
-__attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode, const uint8_t* codes,
-                                                           int64_t row_stride, const float* scales,
-                                                           int64_t scales_row_stride, const float* x_blocked,
+__attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode,
+                                                           const WeightRowPair& pair,
                                                            int64_t groups, int64_t runtime_blocks,
                                                            __m256 (&total_out)[2]) {
   constexpr int chains = 2;
   const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
   __m256 total[2] = {total_out[0], total_out[1]};
-  const float* x_at = x_blocked;
+  // The loops read pair's fields from locals: read through `pair`, they took 1-5 instructions
+  // more a group (GCC 12 chose other induction variables; objdump, BLOCKS = 1, 2 and 0).
+  const uint8_t* codes = pair.codes;
+  const int64_t row_stride = pair.row_stride;
+  const float* scales = pair.scales;
+  const int64_t scales_row_stride = pair.scales_row_stride;
+  const float* x_at = pair.x_blocked;
   for (int64_t group = 0; group < groups; ++group) {
     __m256 acc[2][chains];
     for (int row = 0; row < 2; ++row) {
@@ -368,20 +383,22 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
 }
 
-// M = 1: dot_split_block_groups over two weight rows (codes and codes + row_stride; their scales
-// scales_row_stride apart) at once, as dot_whole_block_groups_pair does for whole blocks. g = 32
-// against one row at a time: 1.23-1.31x on SmolLM2's layers (one thread, in cache), 1024x4096
-// 227 -> 199 us, 17% behind g = 128's pair (170) for the per-block scale and reduction.
+// M = 1: dot_split_block_groups over the two weight rows of `pair` at once, as
+// dot_whole_block_groups_pair does for whole blocks. g = 32 against one row at a time:
+// 1.23-1.31x on SmolLM2's layers (one thread, in cache), 1024x4096 227 -> 199 us, 17% behind
+// g = 128's pair (170) for the per-block scale and reduction.
 template <class Decoder, int HALVES>
-__attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode, const uint8_t* codes,
-                                                           int64_t row_stride, const float* scales,
-                                                           int64_t scales_row_stride, const float* x_blocked,
+__attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode,
+                                                           const WeightRowPair& pair,
                                                            int64_t blocks, int64_t runtime_halves,
                                                            __m256 (&total_out)[2]) {
   const int64_t halves_per_group = HALVES > 0 ? HALVES : runtime_halves;
   __m256 total[2] = {total_out[0], total_out[1]};
-  const float* x_at = x_blocked;
-  GroupScaleCursor half_scales(scales, halves_per_group);
+  // row_stride from a local, as in dot_whole_block_groups_pair: 2 instructions a block fewer.
+  const uint8_t* codes = pair.codes;
+  const int64_t row_stride = pair.row_stride;
+  const float* x_at = pair.x_blocked;
+  GroupScaleCursor half_scales(pair.scales, halves_per_group);
   for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes, x_at += kBlockWeights) {
     __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
     accumulate_block_pair(decode, codes, row_stride, x_at, acc);
@@ -389,7 +406,8 @@ __attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode
     const float* first = half_scales.next();
     const float* second = half_scales.next();
     for (int row = 0; row < 2; ++row) {
-      const __m256 scale = split_block_scale(first + row * scales_row_stride, second + row * scales_row_stride);
+      const __m256 scale = split_block_scale(first + row * pair.scales_row_stride,
+                                             second + row * pair.scales_row_stride);
       total[row] = _mm256_fmadd_ps(acc[row][0], scale, total[row]);
     }
   }
@@ -461,33 +479,28 @@ int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, con
 template <class Decoder>
 int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode, const float* x_blocked,
                                    int64_t n, __m256 (&total)[2]) {
-  const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
-  const float* row_scales = p.scales + n * p.scales_row_stride;
+  const WeightRowPair pair = {static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride,
+                              p.qweight_row_stride, p.scales + n * p.scales_row_stride,
+                              p.scales_row_stride, x_blocked};
   const int64_t width = min_i64(p.group_size, p.k);
-  const int64_t row_stride = p.qweight_row_stride, scales_stride = p.scales_row_stride;
   if (width % kBlockWeights != 0) {  // an odd number of half blocks per group (pair_path_applies)
     const int64_t halves = p.group_size / kHalfBlockWeights;
     const int64_t pairs = p.k / p.group_size / 2;
     if (halves == 1) {
-      dot_split_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, pairs,
-                                              1, total);
+      dot_split_block_groups_pair<Decoder, 1>(decode, pair, pairs, 1, total);
     } else {
-      dot_split_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked,
-                                              pairs * halves, halves, total);
+      dot_split_block_groups_pair<Decoder, 0>(decode, pair, pairs * halves, halves, total);
     }
     return 2 * pairs;
   }
   const int64_t whole = p.k / width;
   const int64_t blocks = width / kBlockWeights;
   if (blocks == 1) {
-    dot_whole_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            1, total);
+    dot_whole_block_groups_pair<Decoder, 1>(decode, pair, whole, 1, total);
   } else if (blocks == 2) {
-    dot_whole_block_groups_pair<Decoder, 2>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            2, total);
+    dot_whole_block_groups_pair<Decoder, 2>(decode, pair, whole, 2, total);
   } else {
-    dot_whole_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            blocks, total);
+    dot_whole_block_groups_pair<Decoder, 0>(decode, pair, whole, blocks, total);
   }
   return whole;
 }
