@@ -79,7 +79,8 @@ struct Int4Decoder {
   __m256 operator()(const uint8_t* codes) const {
     int32_t word;
     std::memcpy(&word, codes, sizeof word);
-    const __m256i nibbles = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), low_nibble);
+    const __m256i nibbles =
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(word), shifts), low_nibble);
     return _mm256_cvtepi32_ps(nibbles);
   }
   static int block_source(int v, int lane) { return 8 * lane + v; }
@@ -92,9 +93,13 @@ struct Int4Decoder {
   static void block_vector_pair(const __m256i (&packed)[2], int t, __m256 (&w)[2]) {
     if (t < 7) {
       const __m256i mask = opaque(_mm256_set1_epi32(0xf << (4 * t)));
-      for (int row = 0; row < 2; ++row) w[row] = _mm256_cvtepi32_ps(_mm256_and_si256(packed[row], mask));
+      for (int row = 0; row < 2; ++row) {
+        w[row] = _mm256_cvtepi32_ps(_mm256_and_si256(packed[row], mask));
+      }
     } else {
-      for (int row = 0; row < 2; ++row) w[row] = _mm256_cvtepi32_ps(_mm256_srli_epi32(packed[row], 28));
+      for (int row = 0; row < 2; ++row) {
+        w[row] = _mm256_cvtepi32_ps(_mm256_srli_epi32(packed[row], 28));
+      }
     }
   }
   void block_half(const uint8_t* codes, int half, __m256 (&w)[4]) const {
@@ -132,7 +137,8 @@ struct NF4Decoder {
       for (int b = 0; b < 4; ++b) bytes[b][i] = uint8_t(bits >> (8 * b));
     }
     for (int b = 0; b < 4; ++b) {
-      planes[b] = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[b])));
+      planes[b] =
+          _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(bytes[b])));
     }
   }
   __m256 operator()(const uint8_t* codes) const {
@@ -182,7 +188,9 @@ struct Int8Decoder {
     const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes));
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
   }
-  static int block_source(int v, int lane) { return kHalfBlockWeights * (v / 4) + 4 * lane + v % 4; }
+  static int block_source(int v, int lane) {
+    return kHalfBlockWeights * (v / 4) + 4 * lane + v % 4;
+  }
   static float block_x_scale(int) { return 0x1p-24f; }
   void block_half(const uint8_t* codes, int half, __m256 (&w)[4]) const {
     const __m256i top_byte = _mm256_set1_epi32(int32_t(0xff000000u));
@@ -213,7 +221,8 @@ inline void reduce_chains(__m256 (&acc)[ROWS][CHAINS]) {
 // acc[r][v % CHAINS] += w[v] * x[r][offset + 8v ..] over the 64 weights of the block at codes:
 // the body every block-path loop shares. Inlined, so each loop keeps its own registers.
 template <class Decoder, int ROWS, int CHAINS>
-__attribute__((always_inline)) inline void accumulate_block(const Decoder& decode, const uint8_t* codes,
+__attribute__((always_inline)) inline void accumulate_block(const Decoder& decode,
+                                                            const uint8_t* codes,
                                                             const float* const* x, int64_t offset,
                                                             __m256 (&acc)[ROWS][CHAINS]) {
   for (int half = 0; half < 2; ++half) {
@@ -222,7 +231,8 @@ __attribute__((always_inline)) inline void accumulate_block(const Decoder& decod
     for (int j = 0; j < 4; ++j) {
       const int v = 4 * half + j;
       for (int r = 0; r < ROWS; ++r) {
-        acc[r][v % CHAINS] = _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x[r] + offset + 8 * v), acc[r][v % CHAINS]);
+        acc[r][v % CHAINS] =
+            _mm256_fmadd_ps(w[j], _mm256_loadu_ps(x[r] + offset + 8 * v), acc[r][v % CHAINS]);
       }
     }
   }
@@ -238,9 +248,11 @@ __attribute__((always_inline)) inline void accumulate_block(const Decoder& decod
 // int4 masks went to the stack. The next weight row is prefetched at the same offset (nf4
 // cold, one thread: 1-5% faster).
 template <class Decoder, int ROWS, int BLOCKS>
-__attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, const uint8_t* codes, int64_t row_stride,
-                            const float* scales, const float* const* x_blocked, int64_t groups,
-                            int64_t runtime_blocks, __m256 (&total_out)[ROWS]) {
+__attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, const uint8_t* codes,
+                                                      int64_t row_stride, const float* scales,
+                                                      const float* const* x_blocked, int64_t groups,
+                                                      int64_t runtime_blocks,
+                                                      __m256 (&total_out)[ROWS]) {
   constexpr int chains = ROWS == 1 ? Decoder::kSingleRowChains : kChains<ROWS>;
   const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
   // A local copy: total_out may alias scales (float), which forced a store per group.
@@ -269,11 +281,14 @@ __attribute__((noinline)) void dot_whole_block_groups(const Decoder& decode, con
 // codes + row_stride (row 0 and 1), each x vector and int4 mask serving both rows; the next
 // pair of rows is prefetched at the same offset. The body of both pair loops.
 template <class Decoder>
-__attribute__((always_inline)) inline void accumulate_block_pair(const Decoder& decode, const uint8_t* codes,
-                                                                 int64_t row_stride, const float* x_at,
+__attribute__((always_inline)) inline void accumulate_block_pair(const Decoder& decode,
+                                                                 const uint8_t* codes,
+                                                                 int64_t row_stride,
+                                                                 const float* x_at,
                                                                  __m256 (&acc)[2][2]) {
-  const __m256i packed[2] = {_mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)),
-                             _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + row_stride))};
+  const __m256i packed[2] = {
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes)),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes + row_stride))};
   _mm_prefetch(reinterpret_cast<const char*>(codes + 2 * row_stride), _MM_HINT_T0);
   _mm_prefetch(reinterpret_cast<const char*>(codes + 3 * row_stride), _MM_HINT_T0);
   for (int v = 0; v < 8; ++v) {
@@ -286,28 +301,43 @@ __attribute__((always_inline)) inline void accumulate_block_pair(const Decoder& 
   }
 }
 
-// M = 1: dot_whole_block_groups over two weight rows (codes and codes + row_stride; their scales
-// scales_row_stride apart) at once, so each x vector feeds two FMAs and each int4 mask two
-// ANDs. The one-row loop ran at ~11 cycles a block (in cache) against 6.3 for the same
-// instructions in a microbenchmark: GCC kept the masks and one accumulator on the stack, and
-// Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x + mask loads). The pair runs
-// at ~9.3, and at ~9.0 with 2 accumulator chains per weight row instead of 4: beside 8
-// accumulators only 2 of the 7 masks stayed in registers and 5 were reloaded from the stack
-// every block; beside 4 all 7 stay (1024x4096 from L3, one thread: 196 -> 185 us; 3 chains
-// measured the same as 2).
+// What the M = 1 pair loops read: weight rows n and n + 1 from their first block on, their
+// scales, and the one row of x permuted for the block path. dot_block_path_groups_pair builds it
+// once for whichever loop it calls.
+struct WeightRowPair {
+  const uint8_t* codes;  // row n's codes; row n + 1's are row_stride bytes on
+  int64_t row_stride;
+  const float* scales;  // row n's group scales; row n + 1's are scales_row_stride floats on
+  int64_t scales_row_stride;
+  const float* x_blocked;  // permuted_x's row
+};
+
+// M = 1: dot_whole_block_groups over the two weight rows of `pair` at once, so each x vector
+// feeds two FMAs and each int4 mask two ANDs. The one-row loop ran at ~11 cycles a block (in
+// cache) against 6.3 for the same instructions in a microbenchmark: GCC kept the masks and one
+// accumulator on the stack, and Zen 3 takes two 32-byte loads a cycle (a block is 1 code + 8 x
+// + mask loads). The pair runs at ~9.3, and at ~9.0 with 2 accumulator chains per weight row
+// instead of 4: beside 8 accumulators only 2 of the 7 masks stayed in registers and 5 were
+// reloaded from the stack every block; beside 4 all 7 stay (1024x4096 from L3, one thread:
+// 196 -> 185 us; 3 chains measured the same as 2).
 // The next pair of rows is prefetched at the same offset: reading two rows at once otherwise
 // defeats the hardware prefetcher at K = 4096 (cold, one thread: 1035 -> 1305 us without it,
 // 843 with it).
 template <class Decoder, int BLOCKS>
-__attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode, const uint8_t* codes,
-                                                           int64_t row_stride, const float* scales,
-                                                           int64_t scales_row_stride, const float* x_blocked,
+__attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode,
+                                                           const WeightRowPair& pair,
                                                            int64_t groups, int64_t runtime_blocks,
                                                            __m256 (&total_out)[2]) {
   constexpr int chains = 2;
   const int64_t blocks = BLOCKS > 0 ? BLOCKS : runtime_blocks;
   __m256 total[2] = {total_out[0], total_out[1]};
-  const float* x_at = x_blocked;
+  // The loops read pair's fields from locals: read through `pair`, they took 1-5 instructions
+  // more a group (GCC 12 chose other induction variables; objdump, BLOCKS = 1, 2 and 0).
+  const uint8_t* codes = pair.codes;
+  const int64_t row_stride = pair.row_stride;
+  const float* scales = pair.scales;
+  const int64_t scales_row_stride = pair.scales_row_stride;
+  const float* x_at = pair.x_blocked;
   for (int64_t group = 0; group < groups; ++group) {
     __m256 acc[2][chains];
     for (int row = 0; row < 2; ++row) {
@@ -328,7 +358,8 @@ __attribute__((noinline)) void dot_whole_block_groups_pair(const Decoder& decode
 // The scale of a block whose halves may lie in different groups: *first in lanes 0-3 (weights
 // k .. k+31, kSplitBlocks), *second in lanes 4-7.
 inline __m256 split_block_scale(const float* first, const float* second) {
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)), _mm_broadcast_ss(second), 1);
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_broadcast_ss(first)),
+                              _mm_broadcast_ss(second), 1);
 }
 
 // Block path for groups of an odd number of half blocks (g = 32, 96, ...; HALVES = g / 32 when
@@ -339,8 +370,9 @@ inline __m256 split_block_scale(const float* first, const float* second) {
 // slower (one thread, SmolLM2 shapes, bench/NOTES.md).
 template <class Decoder, int ROWS, int HALVES>
 __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, const uint8_t* codes,
-                                                      const float* scales, const float* const* x_blocked,
-                                                      int64_t blocks, int64_t runtime_halves,
+                                                      const float* scales,
+                                                      const float* const* x_blocked, int64_t blocks,
+                                                      int64_t runtime_halves,
                                                       __m256 (&total_out)[ROWS]) {
   // The accumulators start afresh in every block, so one chain per row does not wait on FMA
   // latency across blocks; a single row gets two to shorten the chain within a block (four
@@ -368,28 +400,32 @@ __attribute__((noinline)) void dot_split_block_groups(const Decoder& decode, con
   for (int r = 0; r < ROWS; ++r) total_out[r] = total[r];
 }
 
-// M = 1: dot_split_block_groups over two weight rows (codes and codes + row_stride; their scales
-// scales_row_stride apart) at once, as dot_whole_block_groups_pair does for whole blocks. g = 32
-// against one row at a time: 1.23-1.31x on SmolLM2's layers (one thread, in cache), 1024x4096
-// 227 -> 199 us, 17% behind g = 128's pair (170) for the per-block scale and reduction.
+// M = 1: dot_split_block_groups over the two weight rows of `pair` at once, as
+// dot_whole_block_groups_pair does for whole blocks. g = 32 against one row at a time:
+// 1.23-1.31x on SmolLM2's layers (one thread, in cache), 1024x4096 227 -> 199 us, 17% behind
+// g = 128's pair (170) for the per-block scale and reduction.
 template <class Decoder, int HALVES>
-__attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode, const uint8_t* codes,
-                                                           int64_t row_stride, const float* scales,
-                                                           int64_t scales_row_stride, const float* x_blocked,
+__attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode,
+                                                           const WeightRowPair& pair,
                                                            int64_t blocks, int64_t runtime_halves,
                                                            __m256 (&total_out)[2]) {
   const int64_t halves_per_group = HALVES > 0 ? HALVES : runtime_halves;
   __m256 total[2] = {total_out[0], total_out[1]};
-  const float* x_at = x_blocked;
-  GroupScaleCursor half_scales(scales, halves_per_group);
+  // row_stride from a local, as in dot_whole_block_groups_pair: 2 instructions a block fewer.
+  const uint8_t* codes = pair.codes;
+  const int64_t row_stride = pair.row_stride;
+  const float* x_at = pair.x_blocked;
+  GroupScaleCursor half_scales(pair.scales, halves_per_group);
   for (int64_t b = 0; b < blocks; ++b, codes += Decoder::kBlockBytes, x_at += kBlockWeights) {
-    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
+    __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()},
+                        {_mm256_setzero_ps(), _mm256_setzero_ps()}};
     accumulate_block_pair(decode, codes, row_stride, x_at, acc);
     reduce_chains(acc);
     const float* first = half_scales.next();
     const float* second = half_scales.next();
     for (int row = 0; row < 2; ++row) {
-      const __m256 scale = split_block_scale(first + row * scales_row_stride, second + row * scales_row_stride);
+      const __m256 scale = split_block_scale(first + row * pair.scales_row_stride,
+                                             second + row * pair.scales_row_stride);
       total[row] = _mm256_fmadd_ps(acc[row][0], scale, total[row]);
     }
   }
@@ -402,12 +438,14 @@ __attribute__((noinline)) void dot_split_block_groups_pair(const Decoder& decode
 // and the rest one at a time. Measured against the scalar loop (one thread, in cache, 1.5-1.8k
 // rows): g = 32 1.11-1.32x faster per row at K = 576 and 1536.
 template <int ROWS>
-void subtract_zero_points(const QMatmulParams& p, int64_t n, const float* row_scales, const float* x_sums,
-                          int64_t groups, int64_t count, __m256* total, float* correction) {
+void subtract_zero_points(const QMatmulParams& p, int64_t n, const float* row_scales,
+                          const float* x_sums, int64_t groups, int64_t count, __m256* total,
+                          float* correction) {
   const float* row_zeros = p.zeros ? p.zeros + n * p.scales_row_stride : nullptr;
   int64_t g = 0;
   for (; g + 8 <= count; g += 8) {
-    const __m256 zero = row_zeros ? _mm256_loadu_ps(row_zeros + g) : _mm256_set1_ps(kInt4SymmetricZero);
+    const __m256 zero =
+        row_zeros ? _mm256_loadu_ps(row_zeros + g) : _mm256_set1_ps(kInt4SymmetricZero);
     const __m256 scaled_zero = _mm256_mul_ps(_mm256_loadu_ps(row_scales + g), zero);
     for (int r = 0; r < ROWS; ++r) {
       total[r] = _mm256_fnmadd_ps(scaled_zero, _mm256_loadu_ps(x_sums + r * groups + g), total[r]);
@@ -422,8 +460,8 @@ void subtract_zero_points(const QMatmulParams& p, int64_t n, const float* row_sc
 // The leading groups of weight row n that the block path covers whole, against ROWS rows of x
 // permuted for it (permuted_x): adds their scaled dots to total, returns how many groups.
 template <class Decoder, int ROWS>
-int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, const float* const* x_blocked,
-                              int64_t n, __m256 (&total)[ROWS]) {
+int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode,
+                              const float* const* x_blocked, int64_t n, __m256 (&total)[ROWS]) {
   const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const float* row_scales = p.scales + n * p.scales_row_stride;
   const int64_t width = min_i64(p.group_size, p.k);
@@ -431,11 +469,14 @@ int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, con
     const int64_t whole = p.k / width;
     const int64_t blocks = width / kBlockWeights;
     if (blocks == 1) {
-      dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, 1, total);
+      dot_whole_block_groups<Decoder, ROWS, 1>(decode, row, p.qweight_row_stride, row_scales,
+                                               x_blocked, whole, 1, total);
     } else if (blocks == 2) {
-      dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, 2, total);
+      dot_whole_block_groups<Decoder, ROWS, 2>(decode, row, p.qweight_row_stride, row_scales,
+                                               x_blocked, whole, 2, total);
     } else {
-      dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, p.qweight_row_stride, row_scales, x_blocked, whole, blocks, total);
+      dot_whole_block_groups<Decoder, ROWS, 0>(decode, row, p.qweight_row_stride, row_scales,
+                                               x_blocked, whole, blocks, total);
     }
     return whole;
   }
@@ -446,10 +487,11 @@ int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, con
       const int64_t halves = p.group_size / kHalfBlockWeights;
       const int64_t pairs = p.k / p.group_size / 2;
       if (halves == 1) {
-        dot_split_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, pairs, 1, total);
-      } else {
-        dot_split_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, pairs * halves, halves,
+        dot_split_block_groups<Decoder, ROWS, 1>(decode, row, row_scales, x_blocked, pairs, 1,
                                                  total);
+      } else {
+        dot_split_block_groups<Decoder, ROWS, 0>(decode, row, row_scales, x_blocked, pairs * halves,
+                                                 halves, total);
       }
       return 2 * pairs;
     }
@@ -459,35 +501,30 @@ int64_t dot_block_path_groups(const QMatmulParams& p, const Decoder& decode, con
 
 // M = 1: dot_block_path_groups for weight rows n and n + 1 at once.
 template <class Decoder>
-int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode, const float* x_blocked,
-                                   int64_t n, __m256 (&total)[2]) {
-  const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
-  const float* row_scales = p.scales + n * p.scales_row_stride;
+int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode,
+                                   const float* x_blocked, int64_t n, __m256 (&total)[2]) {
+  const WeightRowPair pair = {static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride,
+                              p.qweight_row_stride, p.scales + n * p.scales_row_stride,
+                              p.scales_row_stride, x_blocked};
   const int64_t width = min_i64(p.group_size, p.k);
-  const int64_t row_stride = p.qweight_row_stride, scales_stride = p.scales_row_stride;
   if (width % kBlockWeights != 0) {  // an odd number of half blocks per group (pair_path_applies)
     const int64_t halves = p.group_size / kHalfBlockWeights;
     const int64_t pairs = p.k / p.group_size / 2;
     if (halves == 1) {
-      dot_split_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, pairs,
-                                              1, total);
+      dot_split_block_groups_pair<Decoder, 1>(decode, pair, pairs, 1, total);
     } else {
-      dot_split_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked,
-                                              pairs * halves, halves, total);
+      dot_split_block_groups_pair<Decoder, 0>(decode, pair, pairs * halves, halves, total);
     }
     return 2 * pairs;
   }
   const int64_t whole = p.k / width;
   const int64_t blocks = width / kBlockWeights;
   if (blocks == 1) {
-    dot_whole_block_groups_pair<Decoder, 1>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            1, total);
+    dot_whole_block_groups_pair<Decoder, 1>(decode, pair, whole, 1, total);
   } else if (blocks == 2) {
-    dot_whole_block_groups_pair<Decoder, 2>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            2, total);
+    dot_whole_block_groups_pair<Decoder, 2>(decode, pair, whole, 2, total);
   } else {
-    dot_whole_block_groups_pair<Decoder, 0>(decode, row, row_stride, row_scales, scales_stride, x_blocked, whole,
-                                            blocks, total);
+    dot_whole_block_groups_pair<Decoder, 0>(decode, pair, whole, blocks, total);
   }
   return whole;
 }
@@ -499,8 +536,8 @@ int64_t dot_block_path_groups_pair(const QMatmulParams& p, const Decoder& decode
 // path (permuted_x), or nullptr to skip it.
 template <class Decoder, int ROWS>
 void finish_weight_row(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
-                       const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
-                       int64_t group, __m256 (&total)[ROWS], float* out) {
+                       const float* const* x_blocked, const float* x_sums, int64_t groups,
+                       int64_t n, int64_t group, __m256 (&total)[ROWS], float* out) {
   constexpr int chains = kChains<ROWS>;
   const auto* row = static_cast<const uint8_t*>(p.qweight) + n * p.qweight_row_stride;
   const float* row_scales = p.scales + n * p.scales_row_stride;
@@ -568,22 +605,25 @@ void dot_weight_row(const QMatmulParams& p, const Decoder& decode, const float* 
                     float* out) {
   __m256 total[ROWS];
   for (int r = 0; r < ROWS; ++r) total[r] = _mm256_setzero_ps();
-  const int64_t group = x_blocked ? dot_block_path_groups<Decoder, ROWS>(p, decode, x_blocked, n, total) : 0;
-  finish_weight_row<Decoder, ROWS>(p, decode, x_rows, x_blocked, x_sums, groups, n, group, total, out);
+  const int64_t group =
+      x_blocked ? dot_block_path_groups<Decoder, ROWS>(p, decode, x_blocked, n, total) : 0;
+  finish_weight_row<Decoder, ROWS>(p, decode, x_rows, x_blocked, x_sums, groups, n, group, total,
+                                   out);
 }
 
 // M = 1, weight rows n and n + 1: the block path for both at once (dot_block_path_groups_pair),
 // then the rest of each row. out[0], out[1] = y[0, n], y[0, n + 1] without bias.
 template <class Decoder>
 void dot_weight_row_pair(const QMatmulParams& p, const Decoder& decode, const float* const* x_rows,
-                         const float* const* x_blocked, const float* x_sums, int64_t groups, int64_t n,
-                         float* out) {
+                         const float* const* x_blocked, const float* x_sums, int64_t groups,
+                         int64_t n, float* out) {
   __m256 totals[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
   const int64_t group = dot_block_path_groups_pair(p, decode, x_blocked[0], n, totals);
   if (group < groups) {  // a ragged last group: the generic tail, row by row
     for (int row = 0; row < 2; ++row) {
       __m256 total[1] = {totals[row]};
-      finish_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked, x_sums, groups, n + row, group, total, out + row);
+      finish_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked, x_sums, groups, n + row, group,
+                                    total, out + row);
     }
     return;
   }
@@ -592,8 +632,8 @@ void dot_weight_row_pair(const QMatmulParams& p, const Decoder& decode, const fl
   // of a 4096x4096 call: one thread, cold, 813 -> 796 us).
   float correction[2] = {};
   for (int row = 0; row < 2; ++row) {
-    subtract_zero_points<1>(p, n + row, p.scales + (n + row) * p.scales_row_stride, x_sums, groups, groups,
-                            &totals[row], &correction[row]);
+    subtract_zero_points<1>(p, n + row, p.scales + (n + row) * p.scales_row_stride, x_sums, groups,
+                            groups, &totals[row], &correction[row]);
   }
   hsum_pair(totals[0], totals[1], out);
   for (int row = 0; row < 2; ++row) out[row] += correction[row];
@@ -630,7 +670,8 @@ bool block_path_applies(const QMatmulParams& p) {
 // blocks each (a split decoder's; block_path_applies has checked that g is a multiple of 32).
 template <class Decoder>
 bool pair_path_applies(const QMatmulParams& p) {
-  return min_i64(p.group_size, p.k) % kBlockWeights == 0 || (Decoder::kSplitBlocks && p.group_size < p.k);
+  return min_i64(p.group_size, p.k) % kBlockWeights == 0 ||
+         (Decoder::kSplitBlocks && p.group_size < p.k);
 }
 
 // columns[v][L] = block[8L + v]: the 64 floats at block as an 8x8 matrix, transposed.
@@ -661,7 +702,8 @@ template <class Decoder>
 const float* permuted_x(const QMatmulParams& p, const F32Rows& x) {
   const int64_t blocks = p.k / kBlockWeights;
   if (blocks == 0) return nullptr;
-  float* permuted = scratch_floats(ScratchSlot::kPermutedActivations, size_t(p.m * blocks * kBlockWeights));
+  float* permuted =
+      scratch_floats(ScratchSlot::kPermutedActivations, size_t(p.m * blocks * kBlockWeights));
   int source[kBlockWeights];
   float scale[kBlockWeights];
   bool scaled = false;
@@ -683,7 +725,8 @@ const float* permuted_x(const QMatmulParams& p, const F32Rows& x) {
         __m256 columns[8];
         transpose8x8(src, columns);
         for (int v = 0; v < 8; ++v) {
-          _mm256_storeu_ps(dst + 8 * v, _mm256_mul_ps(columns[v], _mm256_set1_ps(Decoder::block_x_scale(v))));
+          _mm256_storeu_ps(dst + 8 * v,
+                           _mm256_mul_ps(columns[v], _mm256_set1_ps(Decoder::block_x_scale(v))));
         }
       } else {
         for (int j = 0; j < kBlockWeights; ++j) dst[j] = src[source[j]] * scale[j];
@@ -691,8 +734,9 @@ const float* permuted_x(const QMatmulParams& p, const F32Rows& x) {
       if (scaled) {
         for (int j = 0; j < kBlockWeights; j += 8) {
           const __m256 magnitude = _mm256_and_ps(_mm256_loadu_ps(src + j), abs_mask);
-          const __m256 is_tiny = _mm256_and_ps(_mm256_cmp_ps(magnitude, tiny, _CMP_LT_OQ),
-                                               _mm256_cmp_ps(magnitude, _mm256_setzero_ps(), _CMP_GT_OQ));
+          const __m256 is_tiny =
+              _mm256_and_ps(_mm256_cmp_ps(magnitude, tiny, _CMP_LT_OQ),
+                            _mm256_cmp_ps(magnitude, _mm256_setzero_ps(), _CMP_GT_OQ));
           any_tiny = _mm256_or_ps(any_tiny, is_tiny);
         }
       }
@@ -715,10 +759,14 @@ void gemv_columns(const QMatmulParams& p, int64_t n_begin, int64_t n_end) {
       // an odd last one alone.
       const float* x_rows[1] = {x.row(0)};
       const float* x_blocked_rows[1] = {blocked};
-      gemv_store_column_blocks(p, n_begin, n_end, 1, 2, [&](int64_t n, int64_t columns, int64_t, int, float* out) {
-        if (columns == 1) return dot_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
-        dot_weight_row_pair(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
-      });
+      gemv_store_column_blocks(
+          p, n_begin, n_end, 1, 2, [&](int64_t n, int64_t columns, int64_t, int, float* out) {
+            if (columns == 1) {
+              return dot_weight_row<Decoder, 1>(p, decode, x_rows, x_blocked_rows, sums, groups, n,
+                                                out);
+            }
+            dot_weight_row_pair(p, decode, x_rows, x_blocked_rows, sums, groups, n, out);
+          });
       return;
     }
   }
