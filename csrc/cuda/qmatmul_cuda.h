@@ -40,6 +40,23 @@ bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count);
 // and format (14336x4096 int4: 110.5 against 191.5).
 constexpr int64_t kGemmMaxRows = 128;
 
+// Where the Hopper GEMM runs (gemm_wgmma_runs(): H100-class GPUs), it replaces the mma.sync GEMM
+// above kGemmWgmmaMinRows and takes over from dequantize + cuBLAS up to kGemmWgmmaMaxRows.
+// H100, fp16 x, us wgmma / mma.sync GEMM / dequantize + cuBLAS (bench/cuda_gemm.py, call b4 of
+// 24 Nov, fourth session; "GEMM v6" in bench/NOTES.md):
+// - M = 16: 14336x4096 int4 31.1 / 33.9, but 4096x14336 int4 30.8 / 28.6, int8 34.7 / 30.9,
+//   28672x8192 nf4 104.1 / 90.1, 4096x4096 int4 15.0 / 13.5: the mma.sync GEMM stays up to 16;
+// - M = 32: wgmma wins on 10 of the 12 (shape, format) cells (14336x4096 int4 28.7 / 38.4,
+//   4096x14336 int4 30.3 / 36.3), loses 28672x8192 nf4 106.3 / 103.4 and 4096x4096 nf4 16.6 /
+//   16.4;
+// - M = 64-128: wgmma on every cell (14336x4096 int4 29.4 / 58.3 at 64, 39.3 / 75.8 at 128);
+// - M = 256: wgmma against dequantize + cuBLAS on every cell (14336x4096 int4 74.2 / 110.9,
+//   4096x4096 int4 32.5 / 34.6); M = 1024: dequantize + cuBLAS on every cell (14336x4096 int4
+//   259.3 / 215.6). At M = 512 (call b6, int4) 14336x4096 took 149.5 us with wgmma, about what
+//   dequantize + cuBLAS takes between its 111 (256) and 216 (1024).
+constexpr int64_t kGemmWgmmaMinRows = 17;
+constexpr int64_t kGemmWgmmaMaxRows = 256;
+
 // Small weights (SmolLM2's 576x576, Llama's 1024x4096 k/v projections). The GEMM's tiles are
 // 256 weight rows wide (128 from M = 65) and a K slice keeps >= 4 k-blocks of 128, so a small
 // weight gets few blocks: 576x576 at M = 16 runs 3 blocks on 132 SMs, each walking all of K

@@ -48,7 +48,9 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
   if (gemm_ok && gemm.few_blocks) {
     return cuda::small_weight_gemv(p) ? Path::kGemv : Path::kDequantCublas;
   }
-  if (gemm_ok && p.m <= cuda::kGemmMaxRows) return Path::kGemm;
+  const int64_t gemm_max_rows =
+      gemm.wgmma_x_rows > 0 ? cuda::kGemmWgmmaMaxRows : cuda::kGemmMaxRows;
+  if (gemm_ok && p.m <= gemm_max_rows) return Path::kGemm;
   if (!gemm_ok && p.m <= cuda::kGemvMaxRowsWithoutGemm) return Path::kGemv;
   return Path::kDequantCublas;
 }
@@ -59,7 +61,8 @@ int sm_count(int device) {
   return count;
 }
 
-// The Hopper GEMM where it runs, unless QKERNELS_CUDA_KERNEL=gemm asks for the mma.sync one.
+// The Hopper GEMM where it runs from kGemmWgmmaMinRows rows of x on, or where
+// QKERNELS_CUDA_KERNEL=wgmma asks for it; QKERNELS_CUDA_KERNEL=gemm asks for the mma.sync one.
 cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
   int smem_per_block = 0, major = 0, minor = 0;
   check_launch(
@@ -72,7 +75,8 @@ cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
                     "qkernels.matmul: QKERNELS_CUDA_KERNEL=wgmma needs a compute capability 9.0 "
                     "GPU (this is ", major, ".", minor, ") and an extension built for sm_90a "
                     "(TORCH_CUDA_ARCH_LIST with 9.0a)");
-  const bool wgmma = wgmma_runs && (forced == nullptr || std::strcmp(forced, "gemm") != 0);
+  const bool wgmma =
+      wgmma_runs && (forced ? std::strcmp(forced, "wgmma") == 0 : p.m >= cuda::kGemmWgmmaMinRows);
   return cuda::plan_gemm(p, sms, smem_per_block, wgmma);
 }
 
