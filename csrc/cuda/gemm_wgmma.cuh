@@ -69,6 +69,12 @@ __global__ void __launch_bounds__(kPermuteThreads)
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 }
+// cp.async writes shared memory in the generic proxy and wgmma reads it in the async proxy: the
+// writes need this fence (then a barrier) before a wgmma may read them (PTX ISA, memory
+// consistency model: proxies).
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
@@ -326,6 +332,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
   auto iteration = [&](int it, Scales& sc_now, uint32_t(&a_now)[8][4],
                        uint32_t(&a_before)[8][4]) {
     cp_async_wait<kStages - 3>();
+    fence_proxy_async_shared();  // this thread's cp.async writes, visible to the wgmmas' reads
     __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 2 are done
     if (it + kStages - 2 < num_kb) fetch((it + kStages - 2) % kStages);
     cp_async_commit();
