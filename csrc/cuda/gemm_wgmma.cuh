@@ -7,14 +7,15 @@
 // Structure:
 //   A = weights, unpacked in registers exactly as in gemm_mma.cuh (each warp: 16 weight rows of
 //       its warpgroup's 64; the A register fragment of wgmma is mma.sync's, per warp), so one
-//       unpacked 16 x 16 weight tile feeds every 64 rows of x of the block at once.
+//       unpacked 16 x 16 weight tile feeds all 64 or 128 rows of x of the block in two wgmmas.
 //   B = x^T from shared memory through a wgmma descriptor (K-major, 128-byte swizzle). mma.sync
 //       permuted x in registers to match the k order the unpacking produces; wgmma reads B from
 //       shared memory as it is, so x is permuted once per call instead (permute_x_kernel below,
 //       wgmma_x_slot_k), into a workspace whose rows are K rounded up to 128 and whose rows
 //       are M rounded up to the block's rows of x (zeros past K and past M), so that the
 //       fetch of x needs no bounds test.
-//   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k.
+//   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k, 2 of them in flight
+//       while one is unpacked and the wgmmas of the one before still run.
 #pragma once
 
 #include "gemm_mma.cuh"
