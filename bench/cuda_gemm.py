@@ -104,7 +104,8 @@ def main():
                       flush=True)
             del weights
     print("\n| shape (NxK) | M | fmt | F.linear us | GEMV us | GEMM us | wgmma GEMM us | "
-          "dequant+cuBLAS us | dispatched us | before (c6da403 dispatch) us | speedup vs F.linear |")
+          "dequant+cuBLAS us | dispatched us | before (c6da403 dispatch) us | "
+          "speedup vs F.linear |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     nan = float("nan")
     for r in rows:

@@ -1,10 +1,10 @@
-// Instantiation of the tensor-core GEMMs (mma.sync and Hopper's wgmma) for int8 weights and f16 activations (one file per pair so
-// the build compiles them in parallel).
+// Instantiation of the tensor-core GEMMs (mma.sync, and wgmma for sm_90a) for int8 weights and f16
+// activations (one file per pair so the build compiles them in parallel).
 #include "gemm_wgmma.cuh"
 
 namespace qk::cuda {
-template cudaError_t launch_gemm_mma<Format::kInt8, half>(const QMatmulParams&, int, int, float*,
-                                                           cudaStream_t);
-template cudaError_t launch_gemm_wgmma<Format::kInt8, half>(const QMatmulParams&, int, int, float*,
-                                                            void*, cudaStream_t);
+template cudaError_t launch_gemm_mma<Format::kInt8, half>(
+    const QMatmulParams&, int, int, float*, cudaStream_t);
+template cudaError_t launch_gemm_wgmma<Format::kInt8, half>(
+    const QMatmulParams&, int, int, float*, void*, cudaStream_t);
 }  // namespace qk::cuda
