@@ -78,6 +78,7 @@ bool gemm_wgmma_runs(int cc_major, int cc_minor) {
 }
 
 int64_t gemm_x_perm_elements(const QMatmulParams& p, const GemmPlan& plan) {
+  if (plan.wgmma_x_rows == 0) return 0;  // the mma.sync GEMM reads x as it is
   const int64_t rows = (p.m + plan.wgmma_x_rows - 1) / plan.wgmma_x_rows * plan.wgmma_x_rows;
   return rows * gemm_x_perm_row(p.k);
 }
