@@ -38,6 +38,23 @@ __host__ __device__ constexpr int wgmma_x_slot_k(int s) {
   return base + 4 * h + hi + 2 * e;  // int8
 }
 
+// Each format's slots hold every k of the block once (the tests check the order against the
+// unpacking, on the GPU; this checks it is a permutation wherever the header compiles).
+template <Format kFmt>
+constexpr bool wgmma_x_slots_permute_k() {
+  bool seen[kGemmBlockK] = {};
+  for (int s = 0; s < kGemmBlockK; ++s) {
+    const int k = wgmma_x_slot_k<kFmt>(s);
+    if (k < 0 || k >= kGemmBlockK || seen[k]) return false;
+    seen[k] = true;
+  }
+  return true;
+}
+static_assert(wgmma_x_slots_permute_k<Format::kInt4>() &&
+                  wgmma_x_slots_permute_k<Format::kNF4>() &&
+                  wgmma_x_slots_permute_k<Format::kInt8>(),
+              "wgmma_x_slot_k must permute the 128 k of a block");
+
 constexpr int kPermuteThreads = 256;
 
 // out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)] for m < rows of x, 0 past K and in
