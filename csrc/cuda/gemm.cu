@@ -33,7 +33,7 @@ bool gemm_supported(const QMatmulParams& p) {
   return half_x && p.y_dtype == p.x_dtype && p.k % chunk_k == 0 &&
          (pow2_groups || p.group_size >= p.k) && aligned_16B(p.qweight) &&
          p.qweight_row_stride % 16 == 0 && aligned_16B(p.x) && p.x_row_stride % 8 == 0 &&
-         p.n <= int64_t(65535) * gemm_block_w(64);  // the narrowest block: gridDim.y
+         p.n <= int64_t(65535) * wgmma_block_w(64);  // the narrowest block: gridDim.y
 }
 
 GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block, bool wgmma) {
@@ -41,12 +41,12 @@ GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block, boo
   int64_t tiles;
   int resident_per_sm;
   if (wgmma) {
-    // 64 rows of x per block up to M = 64, else 128 (one block per SM: 4 stages of up to 48 KiB).
+    // 64 rows of x per block up to M = 64 (two blocks per SM), else 128 (one).
     const int rows = p.m <= 64 ? 64 : 128;
     if (gemm_wgmma_smem_bytes(p.fmt, rows) > smem_per_block) return plan;
     plan.wgmma_x_rows = rows;
-    tiles = (p.m + rows - 1) / rows * ((p.n + kWgmmaBlockW - 1) / kWgmmaBlockW);
-    resident_per_sm = 1;
+    tiles = (p.m + rows - 1) / rows * ((p.n + wgmma_block_w(rows) - 1) / wgmma_block_w(rows));
+    resident_per_sm = wgmma_blocks_per_sm(rows);
   } else {
     // The shortest tile that covers M (rows of x past M cost full mma work), lowered until its
     // pipeline fits the GPU's shared memory (the tallest needs 152 KiB: A100 / H100 class).

@@ -85,14 +85,25 @@ __host__ __device__ constexpr int64_t gemm_x_perm_row(int64_t k) {
   return (k + kGemmBlockK - 1) / kGemmBlockK * kGemmBlockK;
 }
 
-// The Hopper GEMM's block: 2 warpgroups x 64 weight rows (each warp 16) x kBlockX rows of x (64
+// The Hopper GEMM's block: 64 weight rows per warpgroup (each warp 16) x kBlockX rows of x (64
 // or 128), 4 stages. Per k-step, two wgmmas of kN rows of x each (m64n32k16 or m64n64k16): with
 // one wgmma per fragment (m64n64k16 for 64 rows), ptxas unpacked each fragment right before its
 // wgmma, into the registers of the one still running, and serialised them all (C7513).
-constexpr int kWgmmaBlockW = 128;
+// 64 rows of x: one warpgroup per block and two blocks per SM, so that the two warpgroups of an
+// SM do not wait on each other's copies every stage; 128 rows: two warpgroups (two such blocks
+// would not fit the shared memory).
+constexpr int wgmma_warpgroups(int x_rows_per_block) { return x_rows_per_block == 64 ? 1 : 2; }
+constexpr int wgmma_block_w(int x_rows_per_block) {
+  return 64 * wgmma_warpgroups(x_rows_per_block);
+}
+constexpr int wgmma_blocks_per_sm(int x_rows_per_block) {
+  return 2 / wgmma_warpgroups(x_rows_per_block);
+}
 template <Format kFmt, int kBlockX>
 struct WgmmaTile {
-  static constexpr int kThreads = 256, kBlockW = kWgmmaBlockW, kStages = 4;
+  static constexpr int kThreads = 128 * wgmma_warpgroups(kBlockX), kStages = 4;
+  static constexpr int kBlockW = wgmma_block_w(kBlockX);
+  static constexpr int kBlocksPerSM = wgmma_blocks_per_sm(kBlockX);
   static constexpr int kN = kBlockX / 2, kXTiles = 2;
   // x: per stage two 128-byte-swizzled regions of 64 k-slots each ([kBlockX rows][128 B]).
   static constexpr int kXRegionBytes = kBlockX * 128;

@@ -179,7 +179,8 @@ __device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 32>(float (&d)[16],
 
 // x_perm: x permuted by permute_x_kernel, rows of gemm_x_perm_row(p.k).
 template <Format kFmt, typename T, int kBlockX, bool kDqAbsmax>
-__global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads, 1)
+__global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
+                                  WgmmaTile<kFmt, kBlockX>::kBlocksPerSM)
     gemm_wgmma_kernel(const QMatmulParams p, const T* x_perm, int group_shift,
                       int k_blocks_per_split, float* workspace) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
