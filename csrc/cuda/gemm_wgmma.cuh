@@ -124,10 +124,8 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
   return (uint64_t(64u | (1u << 30)) << 32) | (1u << 16) | ((smem_addr >> 4) & 0x3fffu);
 }
 
-// d[64 x kN] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x kN] (descriptor), fp32.
-template <typename T, int kN>
-__device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t (&a)[4],
-                                             uint64_t desc_b);
+// d[64 x kN] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x kN] (descriptor), fp32;
+// kN = 64 or 32, T = half or __nv_bfloat16.
 #define QK_WGMMA_N64(TYPE)                                                                      \
   asm volatile(                                                                               \
       "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " "                         \
@@ -151,27 +149,15 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t 
         "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]),             \
         "+f"(d[13]), "+f"(d[14]), "+f"(d[15])                                                  \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b))
-template <>
-__device__ __forceinline__ void wgmma_m64k16<half, 64>(float (&d)[32], const uint32_t (&a)[4],
-                                                       uint64_t desc_b) {
-  QK_WGMMA_N64("f16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 64>(float (&d)[32],
-                                                                const uint32_t (&a)[4],
-                                                                uint64_t desc_b) {
-  QK_WGMMA_N64("bf16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64k16<half, 32>(float (&d)[16], const uint32_t (&a)[4],
-                                                       uint64_t desc_b) {
-  QK_WGMMA_N32("f16");
-}
-template <>
-__device__ __forceinline__ void wgmma_m64k16<__nv_bfloat16, 32>(float (&d)[16],
-                                                                const uint32_t (&a)[4],
-                                                                uint64_t desc_b) {
-  QK_WGMMA_N32("bf16");
+template <typename T, int kN>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t (&a)[4],
+                                             uint64_t desc_b) {
+  static_assert(kN == 64 || kN == 32, "m64n64k16 or m64n32k16");
+  constexpr bool kF16 = std::is_same_v<T, half>;
+  if constexpr (kN == 64 && kF16) QK_WGMMA_N64("f16");
+  if constexpr (kN == 64 && !kF16) QK_WGMMA_N64("bf16");
+  if constexpr (kN == 32 && kF16) QK_WGMMA_N32("f16");
+  if constexpr (kN == 32 && !kF16) QK_WGMMA_N32("bf16");
 }
 #undef QK_WGMMA_N64
 #undef QK_WGMMA_N32
