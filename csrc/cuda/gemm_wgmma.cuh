@@ -254,8 +254,8 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
 
   float acc[Tile::kXTiles][Tile::kN / 2] = {};
 
-  // --- one stage: unpack the lane's codes into the A fragments of all 8 k-steps, then one
-  // wgmma per k-step and 64 rows of x, left running while the next stage is unpacked.
+  // --- one stage: unpack the lane's codes into the A fragments of all 8 k-steps, then two
+  // wgmmas per k-step (kN rows of x each), left running while the next stage is unpacked.
   // The A fragments of two stages: a stage's wgmmas read them while the next one is unpacked.
   uint32_t a[2][8][4];  // [stage parity][k-step 2 cc + h][fragment register]
   auto compute = [&](int stage, const Scales& sc, uint32_t(&a_now)[8][4],
