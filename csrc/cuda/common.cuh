@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <utility>
 
 #include "../core/formats.h"
 #include "../core/qmatmul.h"
@@ -105,6 +106,44 @@ __device__ __forceinline__ uint4 load_weights_16B(const void* ptr, uint64_t poli
 // 16 bytes of activations: read by every block, so through the read-only path and kept in L1.
 __device__ __forceinline__ uint4 load_cached_16B(const void* ptr) {
   return __ldg(static_cast<const uint4*>(ptr));
+}
+
+// --- programmatic dependent launch (sm_90+; no-ops before) -----------------------------------
+
+// A kernel launched by launch_dependent may start while the kernel before it in the stream still
+// runs; it calls this before it reads what that kernel writes. Returns at once in a kernel
+// launched the ordinary way.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel in the stream, if launched by launch_dependent, start now (its
+// wait_for_previous_kernel still waits for this kernel to finish).
+__device__ __forceinline__ void allow_next_kernel_to_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// kernel<<<grid, block, smem, stream>>>(args...), allowed to start before the previous kernel in
+// the stream has finished (programmatic dependent launch; CUDA graphs keep it as a programmatic
+// edge). Its launch and prologue overlap the previous kernel's tail instead of following it.
+template <typename... Params, typename... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
 // D = A * B + D on the tensor cores, m16n8k16, fp32 accumulators. A: 16 weight rows x 16 k

@@ -15,6 +15,7 @@ constexpr int kFinalizeThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kFinalizeThreads)
     split_k_finalize_kernel(const QMatmulParams p, const float* workspace) {
+  wait_for_previous_kernel();  // the GEMM's sums
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.m * p.n) return;
   const int64_t m = i / p.n, n = i % p.n;
@@ -91,6 +92,10 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   }
   const int rows = plan.x_rows_per_warp, splits = plan.split_k;
   const bool f16 = p.x_dtype == DType::kF16;
+  if (splits > 1 && plan.wgmma_x_rows == 0) {  // the Hopper GEMM's permutation kernel zeroes it
+    const cudaError_t error = cudaMemsetAsync(workspace, 0, p.m * p.n * sizeof(float), stream);
+    if (error != cudaSuccess) return error;
+  }
   auto launch = [&](auto fmt_tag, auto dq_tag) {
     constexpr Format kFmt = decltype(fmt_tag)::value;
     constexpr bool kDq = decltype(dq_tag)::value;
@@ -114,13 +119,10 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   if (error != cudaSuccess || plan.split_k == 1) return error;
   const int64_t blocks = (p.m * p.n + kFinalizeThreads - 1) / kFinalizeThreads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  if (p.x_dtype == DType::kF16) {
-    split_k_finalize_kernel<half><<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, workspace);
-  } else {
-    split_k_finalize_kernel<__nv_bfloat16>
-        <<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, workspace);
-  }
-  return cudaGetLastError();
+  const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
+                                                 : split_k_finalize_kernel<__nv_bfloat16>;
+  return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p,
+                          static_cast<const float*>(workspace));
 }
 
 }  // namespace qk::cuda

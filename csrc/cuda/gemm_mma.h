@@ -141,7 +141,8 @@ cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int spl
 
 // The Hopper GEMM (gemm_wgmma.cuh): x_rows_per_block 64 or 128; x_perm is a workspace of p.m
 // rounded up to x_rows_per_block x gemm_x_perm_row(p.k) elements of T that it fills with the
-// permuted x first.
+// permuted x first, in a kernel that also zeroes the split-K workspace (not zeroed by the
+// caller here).
 template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_wgmma(const QMatmulParams& p, int x_rows_per_block, int split_k,
                               float* workspace, void* x_perm, cudaStream_t stream);

@@ -16,6 +16,9 @@
 //       fetch of x needs no bounds test.
 //   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k, 2 of them in flight
 //       while one is unpacked and the wgmmas of the one before still run.
+//   launch: the GEMM is a programmatic dependent launch after the permutation (which also zeroes
+//       the split-K sums): its launch, nf4 table, scales and first weights overlap that kernel,
+//       and only x waits for it (H100: 1.02-1.20x at M = 17-256, bench/NOTES.md "GEMM v6.1").
 #pragma once
 
 #include "gemm_mma.cuh"
@@ -58,13 +61,18 @@ static_assert(wgmma_x_slots_permute_k<Format::kInt4>() &&
 constexpr int kPermuteThreads = 256;
 
 // out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)] for m < rows of x, 0 past K and in
-// the padding rows up to out_rows; 8 slots (16 bytes) per thread.
+// the padding rows up to out_rows; 8 slots (16 bytes) per thread. Also zeroes the split-K
+// workspace (zero_floats floats; none if null), which saves a memset kernel per call.
 template <Format kFmt, typename T>
 __global__ void __launch_bounds__(kPermuteThreads)
     permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, int64_t out_rows,
-                     T* out) {
-  const int64_t row_chunks = gemm_x_perm_row(k) / 8;
+                     T* out, float* zero, int64_t zero_floats) {
+  allow_next_kernel_to_start();  // the GEMM waits for this kernel before it reads x or the sums
   const int64_t i = int64_t(blockIdx.x) * kPermuteThreads + threadIdx.x;
+  if (zero) {
+    for (int64_t j = i; j < zero_floats; j += int64_t(gridDim.x) * kPermuteThreads) zero[j] = 0.0f;
+  }
+  const int64_t row_chunks = gemm_x_perm_row(k) / 8;
   if (i >= out_rows * row_chunks) return;
   const int64_t row = i / row_chunks, slot0 = i % row_chunks * 8;
   const int64_t kb0 = slot0 / kGemmBlockK * kGemmBlockK;
@@ -216,12 +224,15 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       kb_begin * Tile::kWRowBytes;
   // Bytes of this thread's weight chunk column left in the row, from the next fetch's block on.
   int64_t w_bytes_left = packed_row_bytes(kFmt, p.k) - w_col * 16 - kb_begin * Tile::kWRowBytes;
-  auto fetch = [&](int stage) {
+  auto fetch_x = [&](int stage) {
     uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
 #pragma unroll
     for (int j = 0; j < kXCopies; ++j) {
       cp_async_16B(xs + j * kXRowsPerPass * 128, x_next + j * x_pass, true);
     }
+    x_next += kGemmBlockK;
+  };
+  auto fetch_w = [&](int stage) {
     uint8_t* ws = w_smem + stage * Tile::kWStageBytes + w_dst;
 #pragma unroll
     for (int j = 0; j < kWCopies; ++j) {
@@ -229,7 +240,6 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes, valid ? w_next + j * w_pass : qweight,
                    valid);
     }
-    x_next += kGemmBlockK;
     w_next += Tile::kWRowBytes;
     w_bytes_left -= Tile::kWRowBytes;
   };
@@ -326,20 +336,32 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
 
   // --- main loop: kStages - 2 stages in flight while one is computed and the wgmmas of the one
   // before still run (gemm_mma.cuh keeps kStages - 1 in flight).
+  // The first stages' weights and scales do not depend on the permutation kernel before this
+  // one (launch_dependent): they are in flight while it finishes. Their copies join the first
+  // stage's group, which the first wait retires anyway.
 #pragma unroll
   for (int s = 0; s < kStages - 2; ++s) {
-    if (s < num_kb) fetch(s);
-    cp_async_commit();
+    if (s < num_kb) fetch_w(s);
   }
   Scales sc[2];  // [stage parity]
   load_scales(kb_begin, sc[0]);
   load_scales(kb_begin + 1, sc[1]);
+  wait_for_previous_kernel();  // x_perm and the zeroed workspace
+  allow_next_kernel_to_start();  // split-K: the finalize kernel
+#pragma unroll
+  for (int s = 0; s < kStages - 2; ++s) {
+    if (s < num_kb) fetch_x(s);
+    cp_async_commit();
+  }
   auto iteration = [&](int it, Scales& sc_now, uint32_t(&a_now)[8][4],
                        uint32_t(&a_before)[8][4]) {
     cp_async_wait<kStages - 3>();
     fence_proxy_async_shared();  // this thread's cp.async writes, visible to the wgmmas' reads
     __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 2 are done
-    if (it + kStages - 2 < num_kb) fetch((it + kStages - 2) % kStages);
+    if (it + kStages - 2 < num_kb) {
+      fetch_x((it + kStages - 2) % kStages);
+      fetch_w((it + kStages - 2) % kStages);
+    }
     cp_async_commit();
     compute(it % kStages, sc_now, a_now, a_before);
     load_scales(kb_begin + it + 2, sc_now);
@@ -385,8 +407,10 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   const int64_t chunks = x_perm_rows * gemm_x_perm_row(p.k) / 8;
   const int64_t permute_blocks = (chunks + kPermuteThreads - 1) / kPermuteThreads;
   if (permute_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const bool split = split_k > 1;
   permute_x_kernel<kFmt, T><<<unsigned(permute_blocks), kPermuteThreads, 0, stream>>>(
-      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm));
+      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm),
+      split ? workspace : nullptr, split ? p.m * p.n : 0);
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
 
@@ -401,10 +425,10 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles),
                   unsigned(gemm_k_slices(k_blocks, split_k))};
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
-      p, static_cast<const T*>(x_perm), group_shift,
-      int(gemm_k_blocks_per_slice(k_blocks, split_k)), split_k > 1 ? workspace : nullptr);
-  return cudaGetLastError();
+  return launch_dependent(kernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p,
+                          static_cast<const T*>(x_perm), group_shift,
+                          int(gemm_k_blocks_per_slice(k_blocks, split_k)),
+                          split ? workspace : nullptr);
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax>

@@ -104,8 +104,8 @@ bool gemm_supported(const QMatmulParams& p);
 // memory per block (opt-in maximum): with the mma.sync kernel, the tile height (x rows per warp:
 // 16, 32 or 64) or, with the Hopper kernel (wgmma = true, where gemm_wgmma_runs()), the rows of x
 // per block (64 or 128); 0 where no tile fits and the GEMM cannot run. Then the number of slices
-// K is split into, and whether that leaves most SMs idle. split_k > 1 needs a zero-filled fp32
-// workspace of p.m x p.n; the Hopper kernel needs x_perm, gemm_x_perm_elements(p, plan) elements
+// K is split into, and whether that leaves most SMs idle. split_k > 1 needs an fp32 workspace
+// of p.m x p.n (launch_gemm zeroes it); the Hopper kernel needs x_perm, gemm_x_perm_elements(p, plan) elements
 // of x's dtype. few_blocks: the grid has fewer blocks than half the SMs (see
 // kGemvMaxRowsSmallGemm).
 struct GemmPlan {

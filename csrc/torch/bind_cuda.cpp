@@ -82,8 +82,8 @@ cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
 
 void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
               cudaStream_t stream) {
-  at::Tensor workspace;  // split-K partial sums, added atomically: must start at zero
-  if (plan.split_k > 1) workspace = at::zeros({p.m, p.n}, x2d.options().dtype(at::kFloat));
+  at::Tensor workspace;  // split-K partial sums, added atomically (launch_gemm zeroes it)
+  if (plan.split_k > 1) workspace = at::empty({p.m, p.n}, x2d.options().dtype(at::kFloat));
   at::Tensor x_perm;  // the Hopper GEMM's permuted copy of x
   if (plan.wgmma_x_rows > 0) {
     x_perm = at::empty({cuda::gemm_x_perm_elements(p, plan)}, x2d.options());
