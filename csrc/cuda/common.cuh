@@ -94,10 +94,12 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
 }
 
 // 16 bytes of weights, each read exactly once per call: skip L1 and mark the lines evict-first
-// in L2 so that x and the scales, which every block re-reads, stay cached.
+// in L2 so that x and the scales, which every block re-reads, stay cached. A miss fills the whole
+// 128-byte line (L2::128B), whose other half the warp's next step reads (H100, M = 1 fp16: int8
+// 1.03-1.07x, int4 0.97-1.04x, nf4 0.98-1.02x; bench/NOTES.md "CUDA GEMV", v1.8).
 __device__ __forceinline__ uint4 load_weights_16B(const void* ptr, uint64_t policy) {
   uint4 v;
-  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+  asm("ld.global.nc.L1::no_allocate.L2::cache_hint.L2::128B.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
       : "l"(ptr), "l"(policy));
   return v;

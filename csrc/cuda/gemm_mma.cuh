@@ -34,6 +34,16 @@ __device__ __forceinline__ void cp_async_16B(void* smem_dst, const void* src, bo
                "r"(valid ? 16 : 0)
                : "memory");
 }
+// cp_async_16B for the weights: a miss fills the whole 128-byte line, whose other 64 bytes (4-bit
+// codes) the next stage copies (H100, mma.sync GEMM at M = 16: 28672x8192 int4 1.09x, nf4 1.14x,
+// 14336x4096 1.01-1.04x; no gain in the wgmma GEMM; bench/NOTES.md "CUDA GEMM", v6.2).
+__device__ __forceinline__ void cp_async_16B_fill_line(void* smem_dst, const void* src,
+                                                       bool valid) {
+  const auto dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }
@@ -124,10 +134,11 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
 #pragma unroll
     for (int j = 0; j < kWCopies; ++j) {
       const bool valid = w_k_ok && j * kWRowsPerPass < w_rows;
-      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes,
-                   valid ? w_src + kb * Tile::kWRowBytes + j * kWRowsPerPass * p.qweight_row_stride
-                         : qweight,
-                   valid);
+      cp_async_16B_fill_line(
+          ws + j * kWRowsPerPass * Tile::kWRowBytes,
+          valid ? w_src + kb * Tile::kWRowBytes + j * kWRowsPerPass * p.qweight_row_stride
+                : qweight,
+          valid);
     }
   };
 
