@@ -112,7 +112,7 @@ __global__ void __launch_bounds__(kDequantThreads)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       uint32_t q[2];  // pairs (k0, k2), (k1, k3) of word j
-      dequant_int8<T>(j == 0 ? w.x : w.y, s2, scale, q);
+      dequant_int8<T>(j == 0 ? w.x : w.y, s2, q);
       out[2 * j] = __byte_perm(q[0], q[1], 0x5410);
       out[2 * j + 1] = __byte_perm(q[0], q[1], 0x7632);
     }

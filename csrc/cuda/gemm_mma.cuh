@@ -204,8 +204,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
 #pragma unroll
             for (int e = 0; e < 2; ++e) {  // words 2 cc + e of the lane's 32 bytes
               uint32_t q[2];
-              dequant_int8<T>(word(codes[t][r][cc / 2], 2 * (cc % 2) + e), s2[t][r], scale[t][r],
-                              q);
+              dequant_int8<T>(word(codes[t][r][cc / 2], 2 * (cc % 2) + e), s2[t][r], q);
               a[t][r][2 * e] = q[0];
               a[t][r][2 * e + 1] = q[1];
             }

@@ -301,7 +301,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             uint32_t q[2];
-            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], sc.scale[r], q);
+            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], q);
             unpacked[r][2 * e] = q[0];
             unpacked[r][2 * e + 1] = q[1];
           }

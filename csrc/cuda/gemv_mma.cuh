@@ -154,8 +154,8 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
       for (int j = 0; j < 4; ++j) {
         if constexpr (kFmt == Format::kInt8) {
           uint32_t a0[2], a1[2];
-          dequant_int8<T>(word(codes[u][0], j), s2[0], scale[u][0], a0);
-          dequant_int8<T>(word(codes[u][1], j), s2[1], scale[u][1], a1);
+          dequant_int8<T>(word(codes[u][0], j), s2[0], a0);
+          dequant_int8<T>(word(codes[u][1], j), s2[1], a1);
           const uint32_t a[4] = {a0[0], a1[0], a0[1], a1[1]};
 #pragma unroll
           for (int xt = 0; xt < kXTiles; ++xt) {
