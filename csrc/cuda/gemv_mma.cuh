@@ -33,11 +33,12 @@ constexpr int kWarps = 8;  // per block, splitting K
 
 // Two launch shapes; a lane loads kUnroll steps (2 rows x 16 bytes each) before unpacking them.
 // Deep: 4 steps (4 KiB per warp in flight), up to 128 registers, 2 blocks (16 warps) per SM.
-// Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM. Wide wins where the grid
-// fills 3 blocks per SM at least once (H100, M = 1, fp16, us deep / wide: 14336x4096 int4 g128
-// 19.7 / 17.6, nf4 g64 24.0 / 21.4; 28672x8192 58.7 / 56.1, 66.9 / 63.1) and loses where it
-// does not (4096x14336, 256 blocks on 132 SMs: int4 16.4 / 17.2; 4096x4096 6.7 / 6.9);
-// bench/NOTES.md, "CUDA GEMV", v1.3.
+// Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM. Wide wins wherever deep
+// would need a second wave (H100, M = 1, fp16, us deep / wide: 14336x4096 int4 g128 19.7 /
+// 17.6, nf4 g64 24.0 / 21.4; 28672x8192 58.7 / 56.1, 66.9 / 63.1; 6144x4096, 384 blocks on 132
+// SMs, int4 10.5 / 8.2, nf4 13.0 / 10.5, int8 13.2 / 11.1) and mostly loses where deep fits in
+// one (4096x14336, 256 blocks: int4 15.9 / 16.4, nf4 18.4 / 18.9; 2048x8192 int4 7.8 / 8.5);
+// bench/NOTES.md, "CUDA GEMV", v1.3 and v1.10.
 // Tall (kXTiles = 2): 16 rows of x per block, two mma n-tiles of 8 against each unpacked weight
 // tile, for M > 8 (launch_gemv_mma says where), where 8-row blocks unpack every weight once per
 // 8 rows of x; 2 steps, 2 blocks per SM (v1.5).
@@ -259,7 +260,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t s
     }
   }
   const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
-  return blocks >= int64_t(GemvWide::kMinBlocksPerSM) * sm_count
+  return blocks > int64_t(GemvDeep::kMinBlocksPerSM) * sm_count
              ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, stream)
              : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, stream);
 }
