@@ -105,9 +105,9 @@ bool gemm_supported(const QMatmulParams& p);
 // 16, 32 or 64) or, with the Hopper kernel (wgmma = true, where gemm_wgmma_runs()), the rows of x
 // per block (64 or 128); 0 where no tile fits and the GEMM cannot run. Then the number of slices
 // K is split into, and whether that leaves most SMs idle. split_k > 1 needs an fp32 workspace
-// of p.m x p.n (launch_gemm zeroes it); the Hopper kernel needs x_perm, gemm_x_perm_elements(p, plan) elements
-// of x's dtype. few_blocks: the grid has fewer blocks than half the SMs (see
-// kGemvMaxRowsSmallGemm).
+// of p.m x p.n (launch_gemm zeroes it); the Hopper kernel needs x_perm,
+// gemm_x_perm_elements(p, plan) elements of x's dtype. few_blocks: the grid has fewer blocks
+// than half the SMs (see kGemvMaxRowsSmallGemm).
 struct GemmPlan {
   int x_rows_per_warp;
   int split_k;

@@ -121,7 +121,8 @@ __device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
 // 128 + (q & 0x7f) exactly, and the sign bit picks what to subtract, 128 + 128 b7, whose bits
 // are 0x4300 | b7 << 7: the same LOP3 on bit 7. Bytes 0 and 2 (1 and 3 after a shift) already
 // sit in the low bytes of the two halves. 9 instructions per word against 15 through fp32; the
-// difference is exact and one multiply scales it, as for fp16.
+// difference is exact and one multiply by the bf16 scale rounds it, as for fp16 (and as int4
+// and nf4 do with bf16 x).
 template <typename T>
 __device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s,
                                              uint32_t (&out)[2]) {
