@@ -132,6 +132,7 @@ __device__ __forceinline__ void allow_next_kernel_to_start() {
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to start before the previous kernel in
 // the stream has finished (programmatic dependent launch; CUDA graphs keep it as a programmatic
 // edge). Its launch and prologue overlap the previous kernel's tail instead of following it.
+// A Hopper (sm_90) feature: the callers use it only for the kernels of the Hopper GEMM.
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                              cudaStream_t stream, Args&&... args) {

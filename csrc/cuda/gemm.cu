@@ -121,8 +121,12 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
                                                  : split_k_finalize_kernel<__nv_bfloat16>;
-  return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p,
-                          static_cast<const float*>(workspace));
+  const auto* sums = static_cast<const float*>(workspace);
+  if (plan.wgmma_x_rows > 0) {  // sm_90, where the Hopper GEMM lets it start early
+    return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p, sums);
+  }
+  finalize<<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, sums);  // any GPU
+  return cudaGetLastError();
 }
 
 }  // namespace qk::cuda
