@@ -114,34 +114,42 @@ __device__ __forceinline__ void dequant_nf4(uint32_t w, typename Pair<T>::T2 s,
   }
 }
 
-// int8, codes k0..k3 -> s * q for the pairs (k0, k2), (k1, k3). fp16: flip the sign bit
-// (u = q + 128 in 0..255), byte_perm u under the 0x64 exponent byte (1024 + u exactly), subtract
-// 1152 exactly, scale. bf16 has 7 mantissa bits, so a byte under its 0x43 exponent (128, spacing
-// 1) would put bit 7, the sign of q, into the exponent: the low 7 bits go under it instead,
+// int8, codes k0..k3 -> the exact values q for the pairs (k0, k2), (k1, k3). fp16: flip the
+// sign bit (u = q + 128 in 0..255), byte_perm u under the 0x64 exponent byte (1024 + u exactly),
+// subtract 1152. bf16 has 7 mantissa bits, so a byte under its 0x43 exponent (128, spacing 1)
+// would put bit 7, the sign of q, into the exponent: the low 7 bits go under it instead,
 // 128 + (q & 0x7f) exactly, and the sign bit picks what to subtract, 128 + 128 b7, whose bits
 // are 0x4300 | b7 << 7: the same LOP3 on bit 7. Bytes 0 and 2 (1 and 3 after a shift) already
-// sit in the low bytes of the two halves. 9 instructions per word against 15 through fp32; the
-// difference is exact and one multiply by the bf16 scale rounds it, as for fp16 (and as int4
-// and nf4 do with bf16 x).
+// sit in the low bytes of the two halves. bf16 takes 7 instructions per word against 13 through
+// fp32.
 template <typename T>
-__device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s,
-                                             uint32_t (&out)[2]) {
+__device__ __forceinline__ void int8_values(uint32_t w, uint32_t (&out)[2]) {
   using T2 = typename Pair<T>::T2;
   if constexpr (std::is_same_v<T, half>) {
     const uint32_t u = w ^ 0x80808080u;
     const T2 bias = Pair<T>::make(1152.0f, 1152.0f);
-    out[0] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias), s));
-    out[1] = bits(__hmul2(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias), s));
+    out[0] = bits(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4240)), bias));
+    out[1] = bits(__hsub2(pair<T2>(__byte_perm(u, 0x64646464u, 0x4341)), bias));
   } else {
     const uint32_t magic = Pair<T>::kMagic;
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       const uint32_t v = w >> (8 * i);
-      const T2 q = __hsub2(pair<T2>(and_or<0x007f007fu>(v, magic)),
-                           pair<T2>(and_or<0x00800080u>(v, magic)));
-      out[i] = bits(__hmul2(q, s));
+      out[i] = bits(__hsub2(pair<T2>(and_or<0x007f007fu>(v, magic)),
+                            pair<T2>(and_or<0x00800080u>(v, magic))));
     }
   }
+}
+
+// int8 -> s * q for the same pairs: int8_values, then one multiply by the scale in x's dtype
+// (bf16 for bf16 x, as int4 and nf4 do).
+template <typename T>
+__device__ __forceinline__ void dequant_int8(uint32_t w, typename Pair<T>::T2 s,
+                                             uint32_t (&out)[2]) {
+  using T2 = typename Pair<T>::T2;
+  int8_values<T>(w, out);
+  out[0] = bits(__hmul2(pair<T2>(out[0]), s));
+  out[1] = bits(__hmul2(pair<T2>(out[1]), s));
 }
 
 // The per-group constants of dequant_int4 from a scale and a zero point in quantized units.
