@@ -69,7 +69,10 @@ __device__ __forceinline__ int w_chunk_slot(int c, int row) {
 }
 
 // kDqAbsmax: nf4 whose absmax is decoded from p.absmax_dq where it is loaded (load_scale).
-template <Format kFmt, typename T, int kWarpRowsX, bool kDqAbsmax>
+// kRowScale: int8 with one scale per row, applied to the fp32 sums at the store (the mma takes
+// the exact codes): error against fp64 40% lower, as fast or faster (H100; bench/NOTES.md "CUDA
+// GEMM", v6.3).
+template <Format kFmt, typename T, int kWarpRowsX, bool kDqAbsmax, bool kRowScale>
 __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
                                   GemmTile<kFmt, kWarpRowsX>::kMinBlocksPerSM)
     gemm_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
@@ -149,6 +152,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   const int64_t lane_row = n_block + warp_w * Tile::kWarpRowsW + group;
   float scale[2][2], zero[2][2];
   auto load_scales = [&](int64_t kb, float (&s)[2][2], float (&z)[2][2]) {
+    if constexpr (kRowScale) return;
     const int64_t g = min64((kb * kGemmBlockK + 32 * quad) >> group_shift, groups - 1);
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
@@ -170,7 +174,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
     const uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
     constexpr int kCodeChunks = kFmt == Format::kInt8 ? 2 : 1;  // 16-byte chunks per row and quad
     uint4 codes[2][2][kCodeChunks];
-    T2 s2[2][2];
+    [[maybe_unused]] T2 s2[2][2];  // all but kRowScale
     [[maybe_unused]] T2 magic_zero2[2][2], zs2[2][2];  // int4
 #pragma unroll
     for (int t = 0; t < 2; ++t) {
@@ -182,7 +186,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
           const int slot = w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
           codes[t][r][e] = *reinterpret_cast<const uint4*>(ws + row * Tile::kWRowBytes + slot * 16);
         }
-        s2[t][r] = Pair<T>::make(scale[t][r], scale[t][r]);
+        if constexpr (!kRowScale) s2[t][r] = Pair<T>::make(scale[t][r], scale[t][r]);
         if constexpr (kFmt == Format::kInt4) {
           int4_group_constants<T>(scale[t][r], zero[t][r], magic_zero2[t][r], zs2[t][r]);
         }
@@ -204,7 +208,12 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
 #pragma unroll
             for (int e = 0; e < 2; ++e) {  // words 2 cc + e of the lane's 32 bytes
               uint32_t q[2];
-              dequant_int8<T>(word(codes[t][r][cc / 2], 2 * (cc % 2) + e), s2[t][r], q);
+              const uint32_t w = word(codes[t][r][cc / 2], 2 * (cc % 2) + e);
+              if constexpr (kRowScale) {
+                int8_values<T>(w, q);
+              } else {
+                dequant_int8<T>(w, s2[t][r], q);
+              }
               a[t][r][2 * e] = q[0];
               a[t][r][2 * e + 1] = q[1];
             }
@@ -269,6 +278,17 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   }
   cp_async_wait<0>();
 
+  [[maybe_unused]] float row_scale[2][2];  // kRowScale: the lane's four weight rows
+  if constexpr (kRowScale) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t n = min64(lane_row + 16 * t + 8 * r, p.n - 1);
+        row_scale[t][r] = __ldg(p.scales + n * p.scales_row_stride);
+      }
+    }
+  }
   // --- store: D element e of tile (t, i) is weight row group + 8 (e / 2), x row 2 quad + e % 2.
 #pragma unroll
   for (int t = 0; t < 2; ++t) {
@@ -279,10 +299,11 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
         const int64_t n = n_block + warp_w * Tile::kWarpRowsW + 16 * t + group + 8 * (e / 2);
         const int64_t m = m_block + warp_x * kWarpRowsX + 8 * i + 2 * quad + e % 2;
         if (n >= p.n || m >= p.m) continue;
+        float v = acc[t][i][e];
+        if constexpr (kRowScale) v *= row_scale[t][e / 2];
         if (workspace) {
-          atomicAdd(workspace + m * p.n + n, acc[t][i][e]);
+          atomicAdd(workspace + m * p.n + n, v);
         } else {
-          float v = acc[t][i][e];
           if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
           static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
         }
@@ -295,7 +316,10 @@ template <Format kFmt, typename T, bool kDqAbsmax, int kWarpRowsX>
 cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspace,
                              cudaStream_t stream) {
   using Tile = GemmTile<kFmt, kWarpRowsX>;
-  const auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax>;
+  auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, false>;
+  if constexpr (kFmt == Format::kInt8) {
+    if (p.group_size >= p.k) kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>;
+  }
   // Above 48 KiB of dynamic shared memory a kernel must opt in (once per process is enough, but
   // the call is cheap and not a stream operation, so CUDA-graph capture is unaffected).
   cudaError_t error =

@@ -171,8 +171,8 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t 
 #undef QK_WGMMA_N32
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// x_perm: x permuted by permute_x_kernel, rows of gemm_x_perm_row(p.k).
-template <Format kFmt, typename T, int kBlockX, bool kDqAbsmax>
+// x_perm: x permuted by permute_x_kernel (rows of gemm_x_perm_row(p.k)); kRowScale: gemm_mma.cuh.
+template <Format kFmt, typename T, int kBlockX, bool kDqAbsmax, bool kRowScale>
 __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
                                   WgmmaTile<kFmt, kBlockX>::kBlocksPerSM)
     gemm_wgmma_kernel(const QMatmulParams p, const T* x_perm, int group_shift,
@@ -253,6 +253,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   const int64_t groups = num_groups(p.k, p.group_size);
   const int64_t lane_row = n_block + 16 * warp + group;
   auto load_scales = [&](int64_t kb, Scales& out) {
+    if constexpr (kRowScale) return;
     const int64_t g = min64((kb * kGemmBlockK + 32 * quad) >> group_shift, groups - 1);
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -273,7 +274,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     const uint8_t* ws = w_smem + stage * Tile::kWStageBytes;
     constexpr int kCodeChunks = kFmt == Format::kInt8 ? 2 : 1;  // 16-byte chunks per row and quad
     uint4 codes[2][kCodeChunks];
-    T2 s2[2];
+    [[maybe_unused]] T2 s2[2];  // all but kRowScale
     [[maybe_unused]] T2 magic_zero2[2], zs2[2];  // int4
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -283,7 +284,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
         const int slot = w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
         codes[r][e] = *reinterpret_cast<const uint4*>(ws + row * Tile::kWRowBytes + slot * 16);
       }
-      s2[r] = Pair<T>::make(sc.scale[r], sc.scale[r]);
+      if constexpr (!kRowScale) s2[r] = Pair<T>::make(sc.scale[r], sc.scale[r]);
       if constexpr (kFmt == Format::kInt4) {
         int4_group_constants<T>(sc.scale[r], sc.zero[r], magic_zero2[r], zs2[r]);
       }
@@ -301,7 +302,12 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             uint32_t q[2];
-            dequant_int8<T>(word(codes[r][cc / 2], 2 * (cc % 2) + e), s2[r], q);
+            const uint32_t w = word(codes[r][cc / 2], 2 * (cc % 2) + e);
+            if constexpr (kRowScale) {
+              int8_values<T>(w, q);
+            } else {
+              dequant_int8<T>(w, s2[r], q);
+            }
             unpacked[r][2 * e] = q[0];
             unpacked[r][2 * e + 1] = q[1];
           }
@@ -374,6 +380,13 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   cp_async_wait<0>();
   wgmma_wait<0>();
 
+  [[maybe_unused]] float row_scale[2];  // kRowScale: the lane's two weight rows
+  if constexpr (kRowScale) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      row_scale[r] = __ldg(p.scales + min64(lane_row + 8 * r, p.n - 1) * p.scales_row_stride);
+    }
+  }
   // --- store: accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
   // kN i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
 #pragma unroll
@@ -384,10 +397,11 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       const int64_t n = lane_row + 8 * (e / 2);
       const int64_t m = m_block + Tile::kN * i + 8 * j + 2 * quad + e % 2;
       if (n >= p.n || m >= p.m) continue;
+      float v = acc[i][c];
+      if constexpr (kRowScale) v *= row_scale[e / 2];
       if (workspace) {
-        atomicAdd(workspace + m * p.n + n, acc[i][c]);
+        atomicAdd(workspace + m * p.n + n, v);
       } else {
-        float v = acc[i][c];
         if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
         static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
       }
@@ -414,7 +428,10 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
 
-  const auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax>;
+  auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>;
+  if constexpr (kFmt == Format::kInt8) {  // one scale per row: on the fp32 sums (gemm_mma.cuh)
+    if (p.group_size >= p.k) kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>;
+  }
   error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                Tile::kSmemBytes);
   if (error != cudaSuccess) return error;
