@@ -55,6 +55,18 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// The 128-k blocks of this block's split-K slice (blockIdx.z; gemm_k_slices): the first and
+// how many, none for a slice past the end of K.
+struct KSlice {
+  int64_t first;
+  int count;
+};
+__device__ __forceinline__ KSlice this_k_slice(int64_t k, int k_blocks_per_split) {
+  const int64_t k_blocks = (k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t first = int64_t(blockIdx.z) * k_blocks_per_split;
+  return {first, int(min64(k_blocks - first, k_blocks_per_split))};
+}
+
 // Where 16-byte chunk c of row r of a stage lives. x: lanes (group, quad) read chunk 4 quad + cc
 // of rows 8 i + group, so the 8 lanes of one shared-memory phase (groups 2p, 2p+1) would hit the
 // same 4 bank groups; flipping bit 1 by bit 3 and bit 0 by the row's parity spreads them over all
@@ -93,10 +105,8 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   const int warp_w = warp % Tile::kWarpsW, warp_x = warp / Tile::kWarpsW;
   const int64_t m_block = int64_t(blockIdx.x) * Tile::kBlockX;
   const int64_t n_block = int64_t(blockIdx.y) * Tile::kBlockW;
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
-  const int64_t kb_begin = int64_t(blockIdx.z) * k_blocks_per_split;
-  const int num_kb = int(min64(k_blocks - kb_begin, k_blocks_per_split));
-  if (num_kb <= 0) return;
+  const KSlice slice = this_k_slice(p.k, k_blocks_per_split);
+  if (slice.count <= 0) return;
 
   if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
 
@@ -252,20 +262,20 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
   // --- main loop: kStages - 1 stages in flight while one is computed.
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < num_kb) fetch(s, kb_begin + s);
+    if (s < slice.count) fetch(s, slice.first + s);
     cp_async_commit();
   }
-  load_scales(kb_begin, scale, zero);
-  for (int it = 0; it < num_kb; ++it) {
+  load_scales(slice.first, scale, zero);
+  for (int it = 0; it < slice.count; ++it) {
     cp_async_wait<kStages - 2>();
     __syncthreads();  // stage `it` visible to all; stage it - 1 free to refill
     const int next = it + kStages - 1;
-    if (next < num_kb) fetch(next % kStages, kb_begin + next);
+    if (next < slice.count) fetch(next % kStages, slice.first + next);
     cp_async_commit();
     float next_scale[2][2], next_zero[2][2];
-    if (it + 1 < num_kb) load_scales(kb_begin + it + 1, next_scale, next_zero);
+    if (it + 1 < slice.count) load_scales(slice.first + it + 1, next_scale, next_zero);
     compute(it % kStages);
-    if (it + 1 < num_kb) {
+    if (it + 1 < slice.count) {
 #pragma unroll
       for (int t = 0; t < 2; ++t) {
 #pragma unroll

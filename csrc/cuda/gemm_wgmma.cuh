@@ -193,10 +193,8 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   const int group = lane / 4, quad = lane % 4;
   const int64_t m_block = int64_t(blockIdx.x) * kBlockX;
   const int64_t n_block = int64_t(blockIdx.y) * Tile::kBlockW;
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
-  const int64_t kb_begin = int64_t(blockIdx.z) * k_blocks_per_split;
-  const int num_kb = int(min64(k_blocks - kb_begin, k_blocks_per_split));
-  if (num_kb <= 0) return;
+  const KSlice slice = this_k_slice(p.k, k_blocks_per_split);
+  if (slice.count <= 0) return;
 
   if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
 
@@ -218,12 +216,12 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   const int w_dst = w_row0 * Tile::kWRowBytes + w_chunk_slot<kFmt>(w_col, w_row0) * 16;
   const int64_t w_rows = p.n - n_block - w_row0;
   const int64_t x_pass = kXRowsPerPass * x_stride, w_pass = kWRowsPerPass * p.qweight_row_stride;
-  const T* x_next = x_perm + (m_block + x_row0) * x_stride + x_col * 8 + kb_begin * kGemmBlockK;
+  const T* x_next = x_perm + (m_block + x_row0) * x_stride + x_col * 8 + slice.first * kGemmBlockK;
   const uint8_t* w_next =
       qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0) +
-      kb_begin * Tile::kWRowBytes;
+      slice.first * Tile::kWRowBytes;
   // Bytes of this thread's weight chunk column left in the row, from the next fetch's block on.
-  int64_t w_bytes_left = packed_row_bytes(kFmt, p.k) - w_col * 16 - kb_begin * Tile::kWRowBytes;
+  int64_t w_bytes_left = packed_row_bytes(kFmt, p.k) - w_col * 16 - slice.first * Tile::kWRowBytes;
   auto fetch_x = [&](int stage) {
     uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
 #pragma unroll
@@ -347,16 +345,16 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   // stage's group, which the first wait retires anyway.
 #pragma unroll
   for (int s = 0; s < kStages - 2; ++s) {
-    if (s < num_kb) fetch_w(s);
+    if (s < slice.count) fetch_w(s);
   }
   Scales sc[2];  // [stage parity]
-  load_scales(kb_begin, sc[0]);
-  load_scales(kb_begin + 1, sc[1]);
+  load_scales(slice.first, sc[0]);
+  load_scales(slice.first + 1, sc[1]);
   wait_for_previous_kernel();  // x_perm and the zeroed workspace
   allow_next_kernel_to_start();  // split-K: the finalize kernel
 #pragma unroll
   for (int s = 0; s < kStages - 2; ++s) {
-    if (s < num_kb) fetch_x(s);
+    if (s < slice.count) fetch_x(s);
     cp_async_commit();
   }
   auto iteration = [&](int it, Scales& sc_now, uint32_t(&a_now)[8][4],
@@ -364,18 +362,18 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     cp_async_wait<kStages - 3>();
     fence_proxy_async_shared();  // this thread's cp.async writes, visible to the wgmmas' reads
     __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 2 are done
-    if (it + kStages - 2 < num_kb) {
+    if (it + kStages - 2 < slice.count) {
       fetch_x((it + kStages - 2) % kStages);
       fetch_w((it + kStages - 2) % kStages);
     }
     cp_async_commit();
     compute(it % kStages, sc_now, a_now, a_before);
-    load_scales(kb_begin + it + 2, sc_now);
+    load_scales(slice.first + it + 2, sc_now);
   };
   // Two stages per trip, so that each stage's A fragments and scales are fixed registers.
-  for (int it = 0; it < num_kb; it += 2) {
+  for (int it = 0; it < slice.count; it += 2) {
     iteration(it, sc[0], a[0], a[1]);
-    if (it + 1 < num_kb) iteration(it + 1, sc[1], a[1], a[0]);
+    if (it + 1 < slice.count) iteration(it + 1, sc[1], a[1], a[0]);
   }
   cp_async_wait<0>();
   wgmma_wait<0>();
