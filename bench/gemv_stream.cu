@@ -1,0 +1,270 @@
+// How fast HBM delivers the GEMV's weight loads when nothing is done with them: the ceiling of
+// csrc/cuda/gemv_mma.cuh's access pattern, against a plain linear read of the same bytes.
+// 14336x4096 int4 codes (29.4 MB) and their g128 scales and zero points (3.7 MB) in 4 copies
+// (133 MB, more than L2), each launch reading the next copy; a CUDA graph of 40 launches,
+// replayed 15 times, the median printed per variant.
+// bench/NOTES.md ("CUDA GEMV") has the H100 figures and what they say.
+//
+//   nvcc -std=c++17 -O3 -Icsrc -gencode=arch=compute_90a,code=sm_90a \
+//        bench/gemv_stream.cu -o /tmp/gemv_stream && /tmp/gemv_stream
+//
+// Variants (the weight loads are load_weights_16B everywhere, the codes are XOR-folded):
+//   linear      a grid-stride read, 4 loads of 16 bytes in flight per thread, 8 blocks per SM;
+//   deep, wide  the GEMV's blocks (16 weight rows, 8 warps splitting K), lanes and addresses,
+//               4 or 2 steps (2 rows x 16 bytes each) per batch, 2 or 3 blocks per SM (forced
+//               by shared memory, as the GEMV's registers do), the partials reduced in shared
+//               memory at the end;
+//   deep+, wide+  as deep and wide, plus the GEMV's other loads: the g128 scale and zero point
+//               of each row and step, and x (one row, fp16) through L1;
+//   +s, +x      only the scales and zero points, or only x;
+//   +sv         the scales and zero points of a batch's steps as one vector load per row;
+//   +ss, +ssxs  the block's scales and zero points (and x) copied to shared memory first by
+//               coalesced 16-byte loads, then read from there per step;
+//   tiled       deep's blocks and batches, but each warp load reads 512 contiguous bytes (a
+//               layout repacked so the block's 32 KiB are read lane-linearly); tiled3 at 3
+//               blocks per SM.
+// The real kernel takes about deep+'s time, but cheaper scale loads in it did not gain what
+// deep+s against deep+ss promises: the loads alone are not a full model of it (NOTES, v1.13).
+#include <algorithm>
+#include <cstdio>
+#include <vector>
+
+#include "cuda/common.cuh"
+
+namespace {
+
+using namespace qk::cuda;
+
+constexpr int kN = 14336, kK = 4096, kGroup = 128;
+constexpr int64_t kRowBytes = kK / 2, kWeightBytes = int64_t(kN) * kRowBytes;
+constexpr int kCopies = 4, kLaunchesPerGraph = 40, kReplays = 15, kWarps = 8;
+
+__device__ __forceinline__ uint32_t fold(uint4 v) { return v.x ^ v.y ^ v.z ^ v.w; }
+
+__device__ __forceinline__ void keep(uint32_t acc, uint32_t* sink) {
+  if (acc == 0x9e3779b9u) sink[threadIdx.x] = acc;  // never true for these bytes; keeps the loads
+}
+
+__global__ void __launch_bounds__(256) linear_kernel(const uint4* w, int64_t pieces,
+                                                     uint32_t* sink) {
+  constexpr int kInFlight = 4;
+  const uint64_t policy = evict_first_policy();
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  uint32_t acc = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < pieces;
+       i += stride * kInFlight) {
+    uint4 v[kInFlight];
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) {
+      const int64_t j = i + u * stride;
+      v[u] = j < pieces ? load_weights_16B(w + j, policy) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kInFlight; ++u) acc ^= fold(v[u]);
+  }
+  keep(acc, sink);
+}
+
+enum class Scales { kNone, kPerStep, kVector, kShared };
+enum class X { kNone, kGlobal, kShared };
+// Shared rows padded to 4 mod 32 words: the 8 rows one load reads fall in distinct banks.
+constexpr int kGroupsPerRow = kK / kGroup, kSharedRowStride = kGroupsPerRow + 4;
+
+// kScales, kX: how the scales and zero points, and x, are loaded (none: only the codes). kTiled:
+// the batch's bytes read lane-linearly (lane l of warp w takes piece l of each 512-byte run).
+template <int kUnroll, Scales kScales, X kX, bool kTiled>
+__global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, const float* scales,
+                                                           const float* zeros, const uint4* x,
+                                                           uint32_t* sink) {
+  extern __shared__ uint32_t partial[];  // sized to force the blocks per SM
+  float* scales_s = reinterpret_cast<float*>(partial + 256);  // [16][kSharedRowStride]
+  float* zeros_s = scales_s + 16 * kSharedRowStride;
+  uint4* x_s = reinterpret_cast<uint4*>(zeros_s + 16 * kSharedRowStride);  // [kK / 8]
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int group = lane / 4, quad = lane % 4;
+  const int64_t n_base = int64_t(blockIdx.x) * 16;
+  const uint8_t* block_w = w + n_base * kRowBytes;
+  const uint64_t policy = evict_first_policy();
+  constexpr int64_t kChunks = kRowBytes / 16, kSteps = kChunks / 4;
+  if constexpr (kScales == Scales::kShared) {  // the block's 16 rows of scales are contiguous
+    for (int i = threadIdx.x; i < 2 * 16 * kGroupsPerRow / 4; i += blockDim.x) {
+      const int half = i / (16 * kGroupsPerRow / 4), j = i % (16 * kGroupsPerRow / 4);
+      const float4 v = __ldg(reinterpret_cast<const float4*>((half ? zeros : scales) +
+                                                             n_base * kGroupsPerRow) + j);
+      const int row = 4 * j / kGroupsPerRow, g = 4 * j % kGroupsPerRow;
+      *reinterpret_cast<float4*>((half ? zeros_s : scales_s) + row * kSharedRowStride + g) = v;
+    }
+  }
+  if constexpr (kX == X::kShared) {
+    for (int i = threadIdx.x; i < kK / 8; i += blockDim.x) x_s[i] = load_cached_16B(x + i);
+  }
+  if constexpr (kScales == Scales::kShared || kX == X::kShared) __syncthreads();
+  uint32_t acc = 0;
+  float facc = 0.0f;
+  for (int64_t step0 = warp * kUnroll; step0 < kSteps; step0 += kWarps * kUnroll) {
+    uint4 codes[kUnroll][2];
+    float scale[kUnroll][2], zero[kUnroll][2];
+    uint4 xv[kUnroll][4];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t c = (step0 + u) * 4 + quad;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = group + 8 * r;
+        const uint8_t* ptr =
+            kTiled ? block_w + ((step0 + u) * 2 + r) * 512 + lane * 16  // 16 rows x 64 B a step
+                   : block_w + row * kRowBytes + c * 16;
+        codes[u][r] = load_weights_16B(ptr, policy);
+        const int g = c * 32 / kGroup;
+        if constexpr (kScales == Scales::kPerStep) {
+          scale[u][r] = __ldg(scales + (n_base + row) * kGroupsPerRow + g);
+          zero[u][r] = __ldg(zeros + (n_base + row) * kGroupsPerRow + g);
+        } else if constexpr (kScales == Scales::kShared) {
+          scale[u][r] = scales_s[row * kSharedRowStride + g];
+          zero[u][r] = zeros_s[row * kSharedRowStride + g];
+        } else if constexpr (kScales == Scales::kVector) {
+          static_assert(kUnroll == 4 || kUnroll == 2, "g128: a batch's groups in one vector");
+          if (u == 0) {  // groups step0 .. step0 + kUnroll - 1, aligned
+            const int64_t s = (n_base + row) * kGroupsPerRow + g;
+            if constexpr (kUnroll == 4) {
+              const float4 sv = __ldg(reinterpret_cast<const float4*>(scales + s));
+              const float4 zv = __ldg(reinterpret_cast<const float4*>(zeros + s));
+              scale[0][r] = sv.x, scale[1][r] = sv.y, scale[2][r] = sv.z, scale[3][r] = sv.w;
+              zero[0][r] = zv.x, zero[1][r] = zv.y, zero[2][r] = zv.z, zero[3][r] = zv.w;
+            } else {
+              const float2 sv = __ldg(reinterpret_cast<const float2*>(scales + s));
+              const float2 zv = __ldg(reinterpret_cast<const float2*>(zeros + s));
+              scale[0][r] = sv.x, scale[1][r] = sv.y;
+              zero[0][r] = zv.x, zero[1][r] = zv.y;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int v = 0; v < 4; ++v) {
+        if constexpr (kX == X::kGlobal) xv[u][v] = load_cached_16B(x + c * 4 + v);
+        if constexpr (kX == X::kShared) xv[u][v] = x_s[c * 4 + v];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        acc ^= fold(codes[u][r]);
+        if constexpr (kScales != Scales::kNone) facc += scale[u][r] * zero[u][r];
+      }
+      if constexpr (kX != X::kNone) {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) acc ^= fold(xv[u][v]);
+      }
+    }
+  }
+  acc ^= __float_as_uint(facc);
+  partial[threadIdx.x] = acc;  // the GEMV's cross-warp reduction
+  __syncthreads();
+  if (warp == 0) {
+    for (int i = 1; i < kWarps; ++i) acc ^= partial[i * 32 + lane];
+    keep(acc, sink);
+  }
+}
+
+struct Buffers {
+  uint8_t* w;
+  float *scales, *zeros;
+  uint4* x;
+  uint32_t* sink;
+};
+
+template <typename Launch>
+float time_us(Launch launch) {
+  cudaStream_t stream;
+  cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking);
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal);
+  for (int i = 0; i < kLaunchesPerGraph; ++i) launch(i % kCopies, stream);
+  cudaStreamEndCapture(stream, &graph);
+  cudaGraphInstantiate(&exec, graph, 0);
+  cudaEvent_t start, stop;
+  cudaEventCreate(&start);
+  cudaEventCreate(&stop);
+  std::vector<float> us;
+  for (int rep = 0; rep < kReplays + 1; ++rep) {
+    cudaEventRecord(start, stream);
+    cudaGraphLaunch(exec, stream);
+    cudaEventRecord(stop, stream);
+    cudaEventSynchronize(stop);
+    float ms = 0.0f;
+    cudaEventElapsedTime(&ms, start, stop);
+    if (rep > 0) us.push_back(1000.0f * ms / kLaunchesPerGraph);  // the first replay warms up
+  }
+  std::sort(us.begin(), us.end());
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(stream);
+  return us[us.size() / 2];
+}
+
+void report(const char* name, float us) {
+  std::printf("%-10s %8.2f us  %6.0f GB/s (codes)\n", name, us, kWeightBytes / us / 1e3);
+}
+
+template <int kUnroll, Scales kScales, X kX, bool kTiled = false>
+void run_pattern(const char* name, const Buffers& b, int blocks_per_sm) {
+  auto kernel = gemv_pattern_kernel<kUnroll, kScales, kX, kTiled>;
+  const int smem = (227 * 1024) / blocks_per_sm - 2048;  // the next block would not fit
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  report(name, time_us([&](int copy, cudaStream_t stream) {
+           const int64_t scales = copy * int64_t(kN) * kGroupsPerRow;
+           kernel<<<kN / 16, 256, smem, stream>>>(b.w + copy * kWeightBytes, b.scales + scales,
+                                                  b.zeros + scales, b.x, b.sink);
+         }));
+}
+
+}  // namespace
+
+int main() {
+  Buffers b;
+  const int64_t n_scales = kCopies * int64_t(kN) * kGroupsPerRow;
+  cudaMalloc(&b.w, kCopies * kWeightBytes);
+  cudaMalloc(&b.scales, n_scales * sizeof(float));
+  cudaMalloc(&b.zeros, n_scales * sizeof(float));
+  cudaMalloc(&b.x, kK * 2);
+  cudaMalloc(&b.sink, 1024 * sizeof(uint32_t));
+  cudaMemset(b.w, 0x5a, kCopies * kWeightBytes);
+  cudaMemset(b.scales, 0x3c, n_scales * sizeof(float));
+  cudaMemset(b.zeros, 0x3c, n_scales * sizeof(float));
+  cudaMemset(b.x, 0x3c, kK * 2);
+  int sms = 0;
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  std::printf("%d x %d int4 codes, %.1f MB per launch, %d SMs\n", kN, kK, kWeightBytes / 1e6, sms);
+
+  report("linear", time_us([&](int copy, cudaStream_t stream) {
+           linear_kernel<<<sms * 8, 256, 0, stream>>>(
+               reinterpret_cast<const uint4*>(b.w + copy * kWeightBytes), kWeightBytes / 16,
+               b.sink);
+         }));
+  using S = Scales;
+  run_pattern<4, S::kNone, X::kNone>("deep", b, 2);
+  run_pattern<2, S::kNone, X::kNone>("wide", b, 3);
+  run_pattern<4, S::kPerStep, X::kGlobal>("deep+", b, 2);
+  run_pattern<2, S::kPerStep, X::kGlobal>("wide+", b, 3);
+  run_pattern<4, S::kPerStep, X::kNone>("deep+s", b, 2);
+  run_pattern<2, S::kPerStep, X::kNone>("wide+s", b, 3);
+  run_pattern<4, S::kNone, X::kGlobal>("deep+x", b, 2);
+  run_pattern<2, S::kNone, X::kGlobal>("wide+x", b, 3);
+  run_pattern<4, S::kVector, X::kGlobal>("deep+sv", b, 2);
+  run_pattern<2, S::kVector, X::kGlobal>("wide+sv", b, 3);
+  run_pattern<4, S::kShared, X::kGlobal>("deep+ss", b, 2);
+  run_pattern<2, S::kShared, X::kGlobal>("wide+ss", b, 3);
+  run_pattern<4, S::kShared, X::kShared>("deep+ssxs", b, 2);
+  run_pattern<2, S::kShared, X::kShared>("wide+ssxs", b, 3);
+  run_pattern<4, S::kNone, X::kNone, true>("tiled", b, 2);
+  run_pattern<2, S::kNone, X::kNone, true>("tiled3", b, 3);
+  const cudaError_t err = cudaDeviceSynchronize();
+  if (err != cudaSuccess) {
+    std::printf("CUDA error: %s\n", cudaGetErrorString(err));
+    return 1;
+  }
+  return 0;
+}
