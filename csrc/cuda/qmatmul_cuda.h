@@ -52,18 +52,26 @@ constexpr int64_t kGemmMaxRows = 128;
 // - M = 64-128: wgmma on every cell (14336x4096 int4 29.4 / 58.3 at 64, 39.3 / 75.8 at 128);
 // - M = 256: wgmma against dequantize + cuBLAS on every cell (14336x4096 int4 74.2 / 110.9,
 //   4096x4096 int4 32.5 / 34.6).
-// - M = 320-512 (calls d8, d9 of 24 Nov, sixth session, after GEMM v6.1-v6.3; us wgmma /
-//   dequantize + cuBLAS): wgmma faster on 39 of 48 (M, shape, format) cells and level on one, by
-//   up to 1.7x (14336x4096 int4 114.3 / 125.2 at 384, 152.2 / 152.2 at 512; 4096x14336 int8
-//   111.7 / 143.5 at 384; 28672x8192 int4 520.6 / 821.7 at 448, where cuBLAS's fp16 kernel is
-//   slow too). It loses 4096x4096 int4 / nf4 at 320-384 (38.1 / 34.7, 43.4 / 37.5 at 320: 96
-//   blocks of 128 rows of x leave 36 SMs idle), nf4 at 512 on 4096x4096 (44.7 / 43.5) and
-//   14336x4096 (165.4 / 156.0), and two cells at 320 by 1%.
+// - M = 320-512 (calls d8-d10 of 24 Nov, sixth session, after GEMM v6.1-v6.3; us wgmma /
+//   dequantize + cuBLAS; M = 320, 384, 448, 512): on the three shapes larger than 4096x4096
+//   wgmma is faster on 33 of 36 (M, shape, format) cells, by up to 1.7x (14336x4096 int4 114.3 /
+//   125.2 at 384; 4096x14336 int8 111.7 / 143.5 at 384; 28672x8192 int4 520.6 / 821.7 at 448,
+//   where cuBLAS's fp16 kernel is slow too), level on int4 14336x4096 at 512 (152.2 / 152.2),
+//   and loses nf4 on 14336x4096 at 512 (165.4 / 156.0) and on 4096x14336 at 320 (1%). On
+//   4096x4096 it loses 4-bit at 320-384 (int4 38.1 / 34.7, nf4 43.4 / 37.5 at 320: 96 blocks of
+//   128 rows of x leave 36 SMs idle, and fixed costs weigh more on a 20 us matmul) and is level
+//   at 512, so weights up to that size keep dequantize + cuBLAS above 256 rows.
 // - From M = 513 a fifth 128-row tile of x makes a second wave on every shape: dequantize +
 //   cuBLAS on 11 of 12 cells at 640 (14336x4096 int4 190.7 / 175.6; 4096x4096 78.0 / 46.2) and on
 //   every cell at 1024.
 constexpr int64_t kGemmWgmmaMinRows = 17;
-constexpr int64_t kGemmWgmmaMaxRows = 512;
+constexpr int64_t kGemmWgmmaMaxRows = 256;
+constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
+constexpr int64_t kGemmWgmmaLargeWeight = int64_t(1) << 25;
+
+inline int64_t gemm_wgmma_max_rows(const QMatmulParams& p) {
+  return p.n * p.k > kGemmWgmmaLargeWeight ? kGemmWgmmaMaxRowsLargeWeight : kGemmWgmmaMaxRows;
+}
 
 // Small weights (SmolLM2's 576x576, Llama's 1024x4096 k/v projections). The GEMM's tiles are
 // 256 weight rows wide (128 from M = 65) and a K slice keeps >= 4 k-blocks of 128, so a small
