@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 #include <utility>
 
@@ -108,6 +109,23 @@ __device__ __forceinline__ uint4 load_weights_16B(const void* ptr, uint64_t poli
 // 16 bytes of activations: read by every block, so through the read-only path and kept in L1.
 __device__ __forceinline__ uint4 load_cached_16B(const void* ptr) {
   return __ldg(static_cast<const uint4*>(ptr));
+}
+
+// Raises kKernel's dynamic shared-memory limit to kBytes (above 48 KiB a kernel must opt in), once
+// per device: the attribute is the device's, set for the process. Not a stream operation, so CUDA
+// graph capture is unaffected; set on every call it cost ~1.5 us of host time a matmul (H100
+// host, torch.profiler, bench/NOTES.md "Runs of the 24 Nov sixth session").
+template <auto kKernel, int kBytes>
+cudaError_t allow_dynamic_smem() {
+  static std::atomic<uint64_t> devices_done{0};  // bit d: set on device d (d < 64)
+  int device = 0;
+  cudaError_t error = cudaGetDevice(&device);
+  if (error != cudaSuccess) return error;
+  const uint64_t bit = device < 64 ? uint64_t(1) << device : 0;
+  if (devices_done.load(std::memory_order_relaxed) & bit) return cudaSuccess;
+  error = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+  if (error == cudaSuccess) devices_done.fetch_or(bit, std::memory_order_relaxed);
+  return error;
 }
 
 // --- programmatic dependent launch (sm_90+; no-ops before) -----------------------------------

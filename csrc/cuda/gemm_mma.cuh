@@ -327,13 +327,16 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
                              cudaStream_t stream) {
   using Tile = GemmTile<kFmt, kWarpRowsX>;
   auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, false>;
+  auto allow_smem =
+      allow_dynamic_smem<gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, false>, Tile::kSmemBytes>;
   if constexpr (kFmt == Format::kInt8) {
-    if (p.group_size >= p.k) kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>;
+    if (p.group_size >= p.k) {
+      kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>;
+      allow_smem = allow_dynamic_smem<gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>,
+                                      Tile::kSmemBytes>;
+    }
   }
-  // Above 48 KiB of dynamic shared memory a kernel must opt in (once per process is enough, but
-  // the call is cheap and not a stream operation, so CUDA-graph capture is unaffected).
-  cudaError_t error =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Tile::kSmemBytes);
+  cudaError_t error = allow_smem();
   if (error != cudaSuccess) return error;
   const int64_t m_tiles = (p.m + Tile::kBlockX - 1) / Tile::kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;

@@ -427,11 +427,16 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   if (error != cudaSuccess) return error;
 
   auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>;
+  auto allow_smem =
+      allow_dynamic_smem<gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>, Tile::kSmemBytes>;
   if constexpr (kFmt == Format::kInt8) {  // one scale per row: on the fp32 sums (gemm_mma.cuh)
-    if (p.group_size >= p.k) kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>;
+    if (p.group_size >= p.k) {
+      kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>;
+      allow_smem = allow_dynamic_smem<gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>,
+                                      Tile::kSmemBytes>;
+    }
   }
-  error = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               Tile::kSmemBytes);
+  error = allow_smem();
   if (error != cudaSuccess) return error;
   const int64_t m_tiles = (p.m + kBlockX - 1) / kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;

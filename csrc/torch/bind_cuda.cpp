@@ -5,6 +5,7 @@
 // QKERNELS_CUDA_KERNEL=gemv|gemm|wgmma|dequant forces one path wherever it applies (the GEMMs need
 // gemm_supported(); gemm is the mma.sync GEMM, wgmma the Hopper one, which needs
 // gemm_wgmma_runs()), so tests and benchmarks can reach every kernel at every M.
+#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -55,20 +56,12 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
   return Path::kDequantCublas;
 }
 
-int sm_count(int device) {
-  int count = 0;
-  check_launch(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
-}
-
 // The Hopper GEMM where it runs from kGemmWgmmaMinRows rows of x on, or where
 // QKERNELS_CUDA_KERNEL=wgmma asks for it; QKERNELS_CUDA_KERNEL=gemm asks for the mma.sync one.
-cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
-  int smem_per_block = 0, major = 0, minor = 0;
-  check_launch(
-      cudaDeviceGetAttribute(&smem_per_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  check_launch(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  check_launch(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+// gpu: torch's cached properties of x's device (four cudaDeviceGetAttribute calls per matmul
+// cost ~1.5 us of host time).
+cuda::GemmPlan plan_gemm(const QMatmulParams& p, const cudaDeviceProp& gpu) {
+  const int major = gpu.major, minor = gpu.minor;
   const bool wgmma_runs = cuda::gemm_wgmma_runs(major, minor);
   const char* forced = forced_kernel();
   TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "wgmma") != 0 || wgmma_runs,
@@ -77,28 +70,35 @@ cuda::GemmPlan plan_gemm(const QMatmulParams& p, int device, int sms) {
                     "(TORCH_CUDA_ARCH_LIST with 9.0a)");
   const bool wgmma =
       wgmma_runs && (forced ? std::strcmp(forced, "wgmma") == 0 : p.m >= cuda::kGemmWgmmaMinRows);
-  return cuda::plan_gemm(p, sms, smem_per_block, wgmma);
+  return cuda::plan_gemm(p, gpu.multiProcessorCount, int(gpu.sharedMemPerBlockOptin), wgmma);
 }
 
 void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
               cudaStream_t stream) {
-  at::Tensor workspace;  // split-K partial sums, added atomically (launch_gemm zeroes it)
-  if (plan.split_k > 1) workspace = at::empty({p.m, p.n}, x2d.options().dtype(at::kFloat));
-  at::Tensor x_perm;  // the Hopper GEMM's permuted copy of x
-  if (plan.wgmma_x_rows > 0) {
-    x_perm = at::empty({cuda::gemm_x_perm_elements(p, plan)}, x2d.options());
+  // One allocation for both scratch buffers: the split-K partial sums (fp32, added atomically;
+  // launch_gemm zeroes them) and, 256 bytes aligned after them, the Hopper GEMM's permuted copy
+  // of x.
+  const int64_t sums_bytes = plan.split_k > 1 ? p.m * p.n * int64_t(sizeof(float)) : 0;
+  const int64_t x_perm_offset = (sums_bytes + 255) / 256 * 256;
+  const int64_t x_perm_bytes = cuda::gemm_x_perm_elements(p, plan) * x2d.element_size();
+  at::Tensor scratch;
+  if (x_perm_offset + x_perm_bytes > 0) {
+    scratch = at::empty({x_perm_offset + x_perm_bytes}, x2d.options().dtype(at::kByte));
   }
-  check_launch(cuda::launch_gemm(p, plan, plan.split_k > 1 ? workspace.data_ptr<float>() : nullptr,
-                                 plan.wgmma_x_rows > 0 ? x_perm.data_ptr() : nullptr, stream));
+  uint8_t* base = scratch.defined() ? scratch.data_ptr<uint8_t>() : nullptr;
+  check_launch(cuda::launch_gemm(p, plan,
+                                 sums_bytes > 0 ? reinterpret_cast<float*>(base) : nullptr,
+                                 x_perm_bytes > 0 ? base + x_perm_offset : nullptr, stream));
 }
 
 // Launches the path choose_path picks for validated params on the current stream; y is params.y.
 void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
               const std::optional<at::Tensor>& bias, at::Tensor& y) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int device = x2d.get_device(), sms = sm_count(device);
+  const cudaDeviceProp& gpu = *at::cuda::getDeviceProperties(x2d.device().index());
+  const int sms = gpu.multiProcessorCount;
   cuda::GemmPlan plan{0, 1, false};
-  if (cuda::gemm_supported(params)) plan = plan_gemm(params, device, sms);
+  if (cuda::gemm_supported(params)) plan = plan_gemm(params, gpu);
   switch (choose_path(params, plan, sms)) {
     case Path::kGemv: check_launch(cuda::launch_gemv(params, sms, stream)); break;
     case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
