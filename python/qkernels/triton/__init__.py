@@ -6,7 +6,7 @@ way to run the kernels without a GPU). It queries no GPU: device properties are 
 first launch.
 
     gemv.py     M <= GEMV_MAX_M: CUDA-core multiply-adds on weight tiles dequantized in registers
-    gemm.py     M <= FUSED_GEMM_MAX_M: tl.dot on weight tiles dequantized in registers
+    gemm.py     M <= fused_gemm_max_m(): tl.dot on weight tiles dequantized in registers
     dequant.py  larger M: W dequantized once into a buffer of x's dtype, then torch.matmul
 """
 
@@ -30,11 +30,25 @@ from . import common, dequant, gemm, gemv
 GEMV_MAX_M = 1
 
 # Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
-# multiplies. Not yet measured for Triton: the CUDA backend's crossover (csrc/cuda/qmatmul_cuda.h,
-# between 128 and 256 rows on the H100) and the bytes/FLOPs estimate in bench/NOTES.md ("Triton")
-# both put it near 128. `python bench/triton_dev.py --crossover` times both paths at M = 32..1024;
-# set this to the largest M where the fused GEMM wins.
+# multiplies. H100, fp16, us fused / dequantize + cuBLAS (`python bench/triton_dev.py
+# --crossover` and the same at M = 128-384 on three more shapes, calls d16, d17 of 24 Nov, sixth
+# session; bench/NOTES.md "Triton"):
+# - M = 128: fused on 15 of 16 (shape, format) cells (14336x4096 int4 74.0 / 109.2), level on
+#   4096x4096 int4 (27.4 / 27.3). M = 384 and up: dequantize + cuBLAS on every cell.
+# - M = 192-256 on weights larger than 4096x4096: nf4 and symmetric int4 fused on every cell,
+#   by 8-29% (4096x14336 int4-sym 84.0 / 117.9 at 256, 14336x4096 nf4 105.4 / 114.3 at 192);
+#   int4 with zero points and int8 split by shape (4096x14336 fused by 6-29%, 14336x4096 and
+#   28672x8192 int8 dequantize by 7-13%). On 4096x4096 dequantize + cuBLAS wins every format there
+#   (int4 42.2 / 33.3 at 256).
 FUSED_GEMM_MAX_M = 128
+FUSED_GEMM_MAX_M_LARGE = 256  # nf4 and symmetric int4 with N K > LARGE_WEIGHT
+LARGE_WEIGHT = 1 << 25
+
+
+def fused_gemm_max_m(fmt, zeros, n, k):
+    """The most rows of x the fused GEMM takes for this weight (zeros None: symmetric int4)."""
+    symmetric_4bit = fmt == "nf4" or (fmt == "int4" and zeros is None)
+    return FUSED_GEMM_MAX_M_LARGE if symmetric_4bit and n * k > LARGE_WEIGHT else FUSED_GEMM_MAX_M
 
 
 def _device_guard(device: torch.device):
@@ -63,7 +77,7 @@ def _launch(x, fmt, qweight, scales, zeros, group_size, bias, absmax_dq):
     zeros = None if zeros is None else zeros.contiguous()
     bias = None if bias is None else bias.contiguous()
     with _device_guard(x.device):
-        if m > FUSED_GEMM_MAX_M:
+        if m > fused_gemm_max_m(fmt, zeros, n, k):
             w = dequant.dequantize(fmt, qweight, scales, zeros, group_size, k, x.dtype, absmax_dq)
             y = F.linear(x2, w, bias)
         else:

@@ -1,4 +1,4 @@
-"""Triton dequantize for many rows of x (prefill above FUSED_GEMM_MAX_M, in __init__.py):
+"""Triton dequantize for many rows of x (prefill above fused_gemm_max_m(), in __init__.py):
 W[N, K] = dequant(packed W) written once in x's dtype, then one torch.matmul (cuBLAS).
 
 Why: the fused GEMM (gemm.py) dequantizes every weight tile once per row tile of x, so its

@@ -1,5 +1,5 @@
 """Triton GEMM for a moderate number of rows of x (the op runs it for GEMV_MAX_M < M <=
-FUSED_GEMM_MAX_M, dequant.py above): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
+fused_gemm_max_m(), dequant.py above): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
 
 Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps: it loads the x
 tile and the packed weight tile, dequantizes the weights in registers (fp32, then rounded to x's
@@ -110,8 +110,8 @@ def _config(block_m, block_n, block_k, num_warps, num_stages):
 # M <= 64: one row tile of BLOCK_M = the M bucket; weights dominate, so wide K tiles.
 SMALL_M_TILES = [(64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 4, 3),
                  (256, 64, 8, 3)]
-# M = 65 ... 128 (above FUSED_GEMM_MAX_M the op dequantizes and calls cuBLAS instead): the usual
-# tensor-core tile shapes, none taller than 128 rows.
+# M = 65 ... 256 (above fused_gemm_max_m() the op dequantizes and calls cuBLAS instead): the
+# usual tensor-core tile shapes, none taller than 128 rows.
 LARGE_M_CONFIGS = [_config(*c) for c in [
     (64, 128, 64, 4, 4), (128, 64, 64, 4, 4), (128, 128, 32, 4, 4), (128, 128, 64, 8, 3),
     (128, 256, 64, 8, 3), (64, 256, 64, 8, 3), (128, 128, 128, 8, 3),
