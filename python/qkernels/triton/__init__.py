@@ -36,10 +36,10 @@ GEMV_MAX_M = 1
 # - M = 128: fused on 15 of 16 (shape, format) cells (14336x4096 int4 74.0 / 109.2), level on
 #   4096x4096 int4 (27.4 / 27.3). M = 384 and up: dequantize + cuBLAS on every cell.
 # - M = 192-256 on weights larger than 4096x4096: nf4 and symmetric int4 fused on every cell,
-#   by 8-29% (4096x14336 int4-sym 84.0 / 117.9 at 256, 14336x4096 nf4 105.4 / 114.3 at 192);
-#   int4 with zero points and int8 split by shape (4096x14336 fused by 6-29%, 14336x4096 and
-#   28672x8192 int8 dequantize by 7-13%). On 4096x4096 dequantize + cuBLAS wins every format there
-#   (int4 42.2 / 33.3 at 256).
+#   1.08-1.40x faster (4096x14336 int4-sym 84.0 / 117.9 at 256, 14336x4096 nf4 105.4 / 114.3 at
+#   192); int4 with zero points and int8 split by shape (fused 1.07x and 1.40x on 4096x14336;
+#   dequantize 1.05x and 1.07x on 14336x4096, int8 1.13x on 28672x8192). On 4096x4096 dequantize
+#   + cuBLAS wins every format there, 1.02-1.27x (int4 42.2 / 33.3 at 256).
 FUSED_GEMM_MAX_M = 128
 FUSED_GEMM_MAX_M_LARGE = 256  # nf4 and symmetric int4 with N K > LARGE_WEIGHT
 LARGE_WEIGHT = 1 << 25
