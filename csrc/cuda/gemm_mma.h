@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../core/qmatmul.h"
+#include "qmatmul_cuda.h"
 #include "unpack.cuh"
 
 namespace qk::cuda {
@@ -85,36 +86,38 @@ __host__ __device__ constexpr int64_t gemm_x_perm_row(int64_t k) {
   return (k + kGemmBlockK - 1) / kGemmBlockK * kGemmBlockK;
 }
 
-// The Hopper GEMM's block: 64 weight rows per warpgroup (each warp 16) x kBlockX rows of x (64
-// or 128), 4 stages. Per k-step, two wgmmas of kN rows of x each (m64n32k16 or m64n64k16): with
+// The Hopper GEMM's block: 64 weight rows per consumer warpgroup (each warp 16) x kBlockX rows of
+// x (64 or 128), and one producer warpgroup whose single thread copies each stage by TMA into a
+// ring of 4 stages. Per k-step, two wgmmas of kN rows of x each (m64n32k16 or m64n64k16): with
 // one wgmma per fragment (m64n64k16 for 64 rows), ptxas unpacked each fragment right before its
 // wgmma, into the registers of the one still running, and serialised them all (C7513).
-// 64 rows of x: one warpgroup per block and two blocks per SM, so that the two warpgroups of an
-// SM do not wait on each other's copies every stage; 128 rows: two warpgroups (two such blocks
-// would not fit the shared memory).
-constexpr int wgmma_warpgroups(int x_rows_per_block) { return x_rows_per_block == 64 ? 1 : 2; }
-constexpr int wgmma_block_w(int x_rows_per_block) {
-  return 64 * wgmma_warpgroups(x_rows_per_block);
-}
-constexpr int wgmma_blocks_per_sm(int x_rows_per_block) {
-  return 2 / wgmma_warpgroups(x_rows_per_block);
-}
+// 64 rows of x: one consumer warpgroup per block and two blocks per SM, so that the SM's two
+// consumer warpgroups do not wait on each other's stages; 128 rows: two consumer warpgroups
+// (two such blocks would not fit the shared memory).
+// (wgmma_warpgroups, wgmma_block_w, wgmma_blocks_per_sm: qmatmul_cuda.h, for the dispatch.)
 template <Format kFmt, int kBlockX>
 struct WgmmaTile {
-  static constexpr int kThreads = 128 * wgmma_warpgroups(kBlockX), kStages = 4;
+  static constexpr int kConsumers = 128 * wgmma_warpgroups(kBlockX);  // threads
+  static constexpr int kThreads = kConsumers + 128, kStages = 4;
   static constexpr int kBlockW = wgmma_block_w(kBlockX);
   static constexpr int kBlocksPerSM = wgmma_blocks_per_sm(kBlockX);
+  // Registers per thread after setmaxnreg: the producer's few, and the consumers' share of what
+  // the block was given at launch (65536 / (kThreads x kBlocksPerSM), rounded down to 8).
+  static constexpr int kProducerRegisters = 40;
+  static constexpr int kConsumerRegisters =
+      (65536 / (kThreads * kBlocksPerSM) / 8 * 8 * kThreads - 128 * kProducerRegisters) /
+      kConsumers / 8 * 8;
   static constexpr int kN = kBlockX / 2, kXTiles = 2;
   // x: per stage two 128-byte-swizzled regions of 64 k-slots each ([kBlockX rows][128 B]).
   static constexpr int kXRegionBytes = kBlockX * 128;
   static constexpr int kXStageBytes = 2 * kXRegionBytes;
   static constexpr int kWRowBytes = kFmt == Format::kInt8 ? kGemmBlockK : kGemmBlockK / 2;
-  static constexpr int kWRowChunks = kWRowBytes / 16;
   static constexpr int kWStageBytes = kBlockW * kWRowBytes;
   static constexpr int kTableBytes = kFmt == Format::kNF4 ? kNF4TableWords * 4 : 0;
-  // + 1 KiB to align x to the 1024 bytes the swizzle pattern repeats over.
-  static constexpr int kSmemBytes =
-      1024 + kStages * (kXStageBytes + kWStageBytes) + kTableBytes;
+  // + 1 KiB to align the stages to the 1024 bytes the swizzle pattern repeats over, which also
+  // holds two 8-byte mbarriers per stage (full, empty).
+  static constexpr int kBarrierBytes = 16 * kStages;
+  static constexpr int kSmemBytes = 1024 + kStages * (kXStageBytes + kWStageBytes) + kTableBytes;
 };
 
 // Dynamic shared memory of launch_gemm_wgmma's kernel for this format and rows of x per block.

@@ -14,12 +14,19 @@
 //       wgmma_x_slot_k), into a workspace whose rows are K rounded up to 128 and whose rows
 //       are M rounded up to the block's rows of x (zeros past K and past M), so that the
 //       fetch of x needs no bounds test.
-//   fetch, scales, split-K and store as in gemm_mma.cuh; 4 stages of 128 k, 2 of them in flight
-//       while one is unpacked and the wgmmas of the one before still run.
+//   fetch: warp-specialised. One producer warpgroup (its registers handed to the others by
+//       setmaxnreg) whose one thread copies each stage's x and codes by TMA into a ring of 4
+//       stages of 128 k; mbarriers say when a stage has landed (full) and when every consumer
+//       warp's wgmmas that read it are done (empty). The consumer warpgroups never wait for each
+//       other (H100 microbenchmark, bench/wgmma_structure.cu: 1511 against 1844 cycles a stage
+//       for cp.async by every thread with a __syncthreads a stage; bench/NOTES.md "GEMM v8").
+//   scales, split-K and store as in gemm_mma.cuh.
 //   launch: the GEMM is a programmatic dependent launch after the permutation (which also zeroes
 //       the split-K sums): its launch, nf4 table, scales and first weights overlap that kernel,
 //       and only x waits for it (H100: 1.02-1.20x at M = 17-256, bench/NOTES.md "GEMM v6.1").
 #pragma once
+
+#include <cuda.h>
 
 #include "gemm_mma.cuh"
 
@@ -132,6 +139,56 @@ __device__ __forceinline__ uint64_t wgmma_desc_sw128(uint32_t smem_addr) {
   return (uint64_t(64u | (1u << 30)) << 32) | (1u << 16) | ((smem_addr >> 4) & 0x3fffu);
 }
 
+// mbarriers (PTX ISA, "mbarrier"): the ring's full and empty flags, in shared memory.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, int arrivals) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(arrivals) : "memory");
+}
+// Makes the initialised mbarriers visible to the async proxy (TMA) before a barrier.
+__device__ __forceinline__ void fence_mbarrier_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// The producer's arrival: the phase completes once `bytes` more have landed by TMA.
+__device__ __forceinline__ void mbarrier_expect_tx(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Waits until the phase of parity `parity` has completed.
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
+  uint32_t done = 0;
+  while (!done) {
+    asm volatile(
+        "{\n\t.reg .pred p;\n\t"
+        "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+        "selp.u32 %0, 1, 0, p;\n\t}"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  }
+}
+// One box of a 2D tensor map (coordinates innermost first) into shared memory by TMA, counted
+// on the mbarrier `bar`; parts of the box outside the tensor are zero.
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap* map, int c0, int c1,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%2, %3}], [%4];" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar)
+      : "memory");
+}
+// Hands registers of this warpgroup back to the block's pool, or takes them from it: the producer
+// needs few, the consumers' accumulators and fragments many (PTX ISA, setmaxnreg).
+template <int kRegisters>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kRegisters));
+}
+template <int kRegisters>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegisters));
+}
+
 // d[64 x kN] += A[64 x 16] (registers, this warp's 16 rows) x B[16 x kN] (descriptor), fp32;
 // kN = 64 or 32, T = half or __nv_bfloat16.
 #define QK_WGMMA_N64(TYPE)                                                                      \
@@ -171,23 +228,46 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[kN / 2], const uint32_t 
 #undef QK_WGMMA_N32
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
-// x_perm: x permuted by permute_x_kernel (rows of gemm_x_perm_row(p.k)); kRowScale: gemm_mma.cuh.
+// The weight codes' 16-byte chunk c of a block's row `row` in shared memory: TMA stores int8's
+// 128-byte rows in the 128-byte swizzle (chunk c at c ^ row % 8), so that the 8 rows a load of a
+// warp reads spread over all banks; 4-bit rows (64 bytes) are read whole by 4 lanes and need none.
+template <Format kFmt>
+__device__ __forceinline__ int wgmma_w_chunk_slot(int c, int row) {
+  return kFmt == Format::kInt8 ? c ^ (row % 8) : c;
+}
+
+// x_map: the permuted x (permute_x_kernel), boxes of 64 k x kBlockX rows in the 128-byte swizzle;
+// w_map: the packed codes, boxes of one stage's bytes x kBlockW rows (wgmma_w_chunk_slot), zero
+// past N and past the row's bytes. kRowScale: gemm_mma.cuh.
 template <Format kFmt, typename T, int kBlockX, bool kDqAbsmax, bool kRowScale>
 __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
                                   WgmmaTile<kFmt, kBlockX>::kBlocksPerSM)
-    gemm_wgmma_kernel(const QMatmulParams p, const T* x_perm, int group_shift,
+    gemm_wgmma_kernel(const QMatmulParams p, const __grid_constant__ CUtensorMap x_map,
+                      const __grid_constant__ CUtensorMap w_map, int group_shift,
                       int k_blocks_per_split, float* workspace) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tile = WgmmaTile<kFmt, kBlockX>;
   using T2 = typename Pair<T>::T2;
   constexpr int kStages = Tile::kStages;
-  extern __shared__ uint4 smem_raw[];
+  // The stages start at the next multiple of 1024 bytes past the allocation's start (declared
+  // 1024-byte aligned), and the mbarriers sit just before them, in the kilobyte that the stages'
+  // alignment costs anyway: nf4 with 64 rows of x fills two blocks' 228 KiB to the byte.
+  extern __shared__ __align__(1024) uint4 smem_raw[];
   const uint32_t smem_raw_addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
-  uint8_t* x_smem = reinterpret_cast<uint8_t*>(smem_raw) + ((1024 - smem_raw_addr % 1024) % 1024);
-  const uint32_t x_smem_addr = static_cast<uint32_t>(__cvta_generic_to_shared(x_smem));
+  const uint32_t pad = 1024 - smem_raw_addr % 1024;
+  static_assert(Tile::kBarrierBytes <= 1024, "the mbarriers live in the alignment's kilobyte");
+  if (pad < Tile::kBarrierBytes) __trap();  // an allocation not aligned as declared
+  uint8_t* x_smem = reinterpret_cast<uint8_t*>(smem_raw) + pad;
+  const uint32_t x_smem_addr = smem_raw_addr + pad;
   const uint64_t x_desc = wgmma_desc_sw128(x_smem_addr);
   uint8_t* w_smem = x_smem + kStages * Tile::kXStageBytes;
+  const uint32_t w_smem_addr = x_smem_addr + kStages * Tile::kXStageBytes;
   uint32_t* lut = reinterpret_cast<uint32_t*>(w_smem + kStages * Tile::kWStageBytes);  // nf4
+  // Stage s is full once its copies have landed, and empty once every consumer warp's wgmmas
+  // that read it are done.
+  const uint32_t bars = x_smem_addr - Tile::kBarrierBytes;
+  auto full = [&](int s) { return bars + 8 * s; };
+  auto empty = [&](int s) { return bars + 8 * (kStages + s); };
 
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const int group = lane / 4, quad = lane % 4;
@@ -196,51 +276,53 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   const KSlice slice = this_k_slice(p.k, k_blocks_per_split);
   if (slice.count <= 0) return;
 
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(full(s), 1);
+      mbarrier_init(empty(s), Tile::kConsumers / 32);
+    }
+    fence_mbarrier_init();
+  }
   if constexpr (kFmt == Format::kNF4) fill_nf4_pair_table<T>(lut, tid, Tile::kThreads);
+  __syncthreads();
+  allow_next_kernel_to_start();  // split-K: the finalize kernel
 
-  // --- fetch: x as gemm_mma.cuh's fetch, into the swizzled regions (16-byte chunk c of row r of
-  // a region at chunk c ^ (r % 8)); x_perm is whole blocks of rows and of 128 k, so only the
-  // weights are tested. Each fetch takes the next 128-k block: the sources advance by one block
-  // per call, and copy j of a thread is j passes of rows further.
-  const auto* qweight = static_cast<const uint8_t*>(p.qweight);
-  const int64_t x_stride = gemm_x_perm_row(p.k);
-  constexpr int kXRowsPerPass = Tile::kThreads / 16;
-  constexpr int kXCopies = kBlockX / kXRowsPerPass;
-  constexpr int kWRowsPerPass = Tile::kThreads / Tile::kWRowChunks;
-  constexpr int kWCopies = Tile::kBlockW / kWRowsPerPass;
-  const int x_col = tid % 16, x_row0 = tid / 16;
-  const int w_col = tid % Tile::kWRowChunks, w_row0 = tid / Tile::kWRowChunks;
-  // kXRowsPerPass is a multiple of 8, so every copy of a thread has the same swizzle.
-  const int x_dst =
-      (x_col / 8) * Tile::kXRegionBytes + x_row0 * 128 + ((x_col % 8) ^ (x_row0 % 8)) * 16;
-  const int w_dst = w_row0 * Tile::kWRowBytes + w_chunk_slot<kFmt>(w_col, w_row0) * 16;
-  const int64_t w_rows = p.n - n_block - w_row0;
-  const int64_t x_pass = kXRowsPerPass * x_stride, w_pass = kWRowsPerPass * p.qweight_row_stride;
-  const T* x_next = x_perm + (m_block + x_row0) * x_stride + x_col * 8 + slice.first * kGemmBlockK;
-  const uint8_t* w_next =
-      qweight + (w_rows > 0 ? (n_block + w_row0) * p.qweight_row_stride + w_col * 16 : 0) +
-      slice.first * Tile::kWRowBytes;
-  // Bytes of this thread's weight chunk column left in the row, from the next fetch's block on.
-  int64_t w_bytes_left = packed_row_bytes(kFmt, p.k) - w_col * 16 - slice.first * Tile::kWRowBytes;
-  auto fetch_x = [&](int stage) {
-    uint8_t* xs = x_smem + stage * Tile::kXStageBytes + x_dst;
-#pragma unroll
-    for (int j = 0; j < kXCopies; ++j) {
-      cp_async_16B(xs + j * kXRowsPerPass * 128, x_next + j * x_pass, true);
+  // --- the producer: one thread copies stage after stage as the consumers free the slots. The
+  // first stages' weights do not depend on the permutation kernel before this one
+  // (launch_dependent): they are in flight while it finishes, and x waits for it.
+  if (tid >= Tile::kConsumers) {
+    setmaxnreg_dec<Tile::kProducerRegisters>();
+    if (tid != Tile::kConsumers) return;
+    constexpr int kBytes = Tile::kXStageBytes + Tile::kWStageBytes;
+    auto fetch_w = [&](int it) {
+      const int s = it % kStages;
+      tma_load_2d(w_smem_addr + s * Tile::kWStageBytes, &w_map,
+                  int((slice.first + it) * Tile::kWRowBytes), int(n_block), full(s));
+    };
+    auto fetch_x = [&](int it) {
+      const int s = it % kStages, k0 = int((slice.first + it) * kGemmBlockK);
+      for (int region = 0; region < 2; ++region) {
+        tma_load_2d(x_smem_addr + s * Tile::kXStageBytes + region * Tile::kXRegionBytes, &x_map,
+                    k0 + 64 * region, int(m_block), full(s));
+      }
+    };
+    const int first = slice.count < kStages ? int(slice.count) : kStages;
+    for (int it = 0; it < first; ++it) {
+      mbarrier_expect_tx(full(it), kBytes);
+      fetch_w(it);
     }
-    x_next += kGemmBlockK;
-  };
-  auto fetch_w = [&](int stage) {
-    uint8_t* ws = w_smem + stage * Tile::kWStageBytes + w_dst;
-#pragma unroll
-    for (int j = 0; j < kWCopies; ++j) {
-      const bool valid = w_bytes_left > 0 && j * kWRowsPerPass < w_rows;
-      cp_async_16B(ws + j * kWRowsPerPass * Tile::kWRowBytes, valid ? w_next + j * w_pass : qweight,
-                   valid);
+    wait_for_previous_kernel();  // x_perm
+    for (int it = 0; it < first; ++it) fetch_x(it);
+    for (int it = kStages; it < slice.count; ++it) {
+      const int s = it % kStages;
+      mbarrier_wait(empty(s), (it / kStages - 1) % 2);
+      mbarrier_expect_tx(full(s), kBytes);
+      fetch_w(it);
+      fetch_x(it);
     }
-    w_next += Tile::kWRowBytes;
-    w_bytes_left -= Tile::kWRowBytes;
-  };
+    return;
+  }
+  setmaxnreg_inc<Tile::kConsumerRegisters>();
 
   // Scales (and int4 zero points) of this lane's 2 weight rows for the 32 k its quad owns, loaded
   // two stages ahead: their first use (the int4 zero point's rounding) stalled on them when they
@@ -279,7 +361,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       const int row = 16 * warp + group + 8 * r;
 #pragma unroll
       for (int e = 0; e < kCodeChunks; ++e) {
-        const int slot = w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
+        const int slot = wgmma_w_chunk_slot<kFmt>(kCodeChunks * quad + e, row);
         codes[r][e] = *reinterpret_cast<const uint4*>(ws + row * Tile::kWRowBytes + slot * 16);
       }
       if constexpr (!kRowScale) s2[r] = Pair<T>::make(sc.scale[r], sc.scale[r]);
@@ -338,36 +420,16 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     wgmma_wait_1_holding(a_before);
   };
 
-  // --- main loop: kStages - 2 stages in flight while one is computed and the wgmmas of the one
-  // before still run (gemm_mma.cuh keeps kStages - 1 in flight).
-  // The first stages' weights and scales do not depend on the permutation kernel before this
-  // one (launch_dependent): they are in flight while it finishes. Their copies join the first
-  // stage's group, which the first wait retires anyway.
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < slice.count) fetch_w(s);
-  }
+  // --- main loop: wait for the stage, compute it, and give the slot of the one before back
+  // (its wgmmas are done after compute's wait) to the producer.
   Scales sc[2];  // [stage parity]
   load_scales(slice.first, sc[0]);
   load_scales(slice.first + 1, sc[1]);
-  wait_for_previous_kernel();  // x_perm and the zeroed workspace
-  allow_next_kernel_to_start();  // split-K: the finalize kernel
-#pragma unroll
-  for (int s = 0; s < kStages - 2; ++s) {
-    if (s < slice.count) fetch_x(s);
-    cp_async_commit();
-  }
   auto iteration = [&](int it, Scales& sc_now, uint32_t(&a_now)[8][4],
                        uint32_t(&a_before)[8][4]) {
-    cp_async_wait<kStages - 3>();
-    fence_proxy_async_shared();  // this thread's cp.async writes, visible to the wgmmas' reads
-    __syncthreads();  // stage `it` visible to all; every warp's wgmmas of stage it - 2 are done
-    if (it + kStages - 2 < slice.count) {
-      fetch_x((it + kStages - 2) % kStages);
-      fetch_w((it + kStages - 2) % kStages);
-    }
-    cp_async_commit();
+    mbarrier_wait(full(it % kStages), it / kStages % 2);
     compute(it % kStages, sc_now, a_now, a_before);
+    if (it > 0 && lane == 0) mbarrier_arrive(empty((it - 1) % kStages));
     load_scales(slice.first + it + 2, sc_now);
   };
   // Two stages per trip, so that each stage's A fragments and scales are fixed registers.
@@ -375,8 +437,8 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     iteration(it, sc[0], a[0], a[1]);
     if (it + 1 < slice.count) iteration(it + 1, sc[1], a[1], a[0]);
   }
-  cp_async_wait<0>();
   wgmma_wait<0>();
+  wait_for_previous_kernel();  // the zeroed split-K sums (returns at once: x waited for it)
 
   [[maybe_unused]] float row_scale[2];  // kRowScale: the lane's two weight rows
   if constexpr (kRowScale) {
@@ -406,9 +468,37 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     }
   }
 #else
-  (void)p, (void)x_perm, (void)group_shift, (void)k_blocks_per_split, (void)workspace;
+  (void)p, (void)x_map, (void)w_map, (void)group_shift, (void)k_blocks_per_split, (void)workspace;
   __trap();  // launched only where gemm_wgmma_runs()
 #endif
+}
+
+// A 2D tensor map (the TMA's description of a row-major array: `inner` elements a row, `outer`
+// rows, `row_bytes` apart) read in boxes of box_inner x box_outer. The driver's encoder is
+// reached through the runtime, so the extension does not link libcuda.
+inline cudaError_t encode_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType type,
+                                        const void* data, int64_t inner, int64_t outer,
+                                        int64_t row_bytes, int box_inner, int box_outer,
+                                        CUtensorMapSwizzle swizzle) {
+  using Encode = decltype(&cuTensorMapEncodeTiled);
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t error = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn,
+                                                               12000, cudaEnableDefault, &found);
+    return error == cudaSuccess && found == cudaDriverEntryPointSuccess
+               ? reinterpret_cast<Encode>(fn)
+               : nullptr;
+  }();
+  if (encode == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(inner), cuuint64_t(outer)};
+  const cuuint64_t strides[1] = {cuuint64_t(row_bytes)};
+  const cuuint32_t box[2] = {cuuint32_t(box_inner), cuuint32_t(box_outer)}, unit[2] = {1, 1};
+  const CUresult result =
+      encode(map, type, 2, const_cast<void*>(data), dims, strides, box, unit,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax, int kBlockX>
@@ -424,6 +514,18 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
       static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm),
       split ? workspace : nullptr, split ? p.m * p.n : 0);
   cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) return error;
+
+  CUtensorMap x_map, w_map;
+  error = encode_tensor_map_2d(&x_map, CU_TENSOR_MAP_DATA_TYPE_UINT16, x_perm,
+                               gemm_x_perm_row(p.k), x_perm_rows, gemm_x_perm_row(p.k) * 2, 64,
+                               kBlockX, CU_TENSOR_MAP_SWIZZLE_128B);
+  if (error != cudaSuccess) return error;
+  error = encode_tensor_map_2d(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, p.qweight,
+                               packed_row_bytes(kFmt, p.k), p.n, p.qweight_row_stride,
+                               Tile::kWRowBytes, Tile::kBlockW,
+                               kFmt == Format::kInt8 ? CU_TENSOR_MAP_SWIZZLE_128B
+                                                     : CU_TENSOR_MAP_SWIZZLE_NONE);
   if (error != cudaSuccess) return error;
 
   auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>;
@@ -445,9 +547,8 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles),
                   unsigned(gemm_k_slices(k_blocks, split_k))};
-  return launch_dependent(kernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p,
-                          static_cast<const T*>(x_perm), group_shift,
-                          int(gemm_k_blocks_per_slice(k_blocks, split_k)),
+  return launch_dependent(kernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p, x_map, w_map,
+                          group_shift, int(gemm_k_blocks_per_slice(k_blocks, split_k)),
                           split ? workspace : nullptr);
 }
 

@@ -5,6 +5,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "../core/qmatmul.h"
@@ -33,6 +34,16 @@ constexpr int64_t kGemvMaxRows = 8;
 // At M = 24-32 (two tall tiles) the GEMM wins on every large shape.
 constexpr int64_t kGemvTallMaxRows = 16;
 bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count);
+
+// The Hopper GEMM's block (gemm_mma.h's WgmmaTile): 64 weight rows per consumer warpgroup, one
+// warpgroup for 64 rows of x (two blocks per SM), two for 128.
+constexpr int wgmma_warpgroups(int x_rows_per_block) { return x_rows_per_block == 64 ? 1 : 2; }
+constexpr int wgmma_block_w(int x_rows_per_block) {
+  return 64 * wgmma_warpgroups(x_rows_per_block);
+}
+constexpr int wgmma_blocks_per_sm(int x_rows_per_block) {
+  return 2 / wgmma_warpgroups(x_rows_per_block);
+}
 
 // Rows up to which the GEMM runs (where gemm_supported()); above, dequantize + cuBLAS.
 // M = 128, int4: GEMM 97.4 us against 103.0 (14336x4096), 87.6 / 108.8 (4096x14336), 369 / 389
@@ -64,13 +75,26 @@ constexpr int64_t kGemmMaxRows = 128;
 // - From M = 513 a fifth 128-row tile of x makes a second wave on every shape: dequantize +
 //   cuBLAS on 11 of 12 cells at 640 (14336x4096 int4 190.7 / 175.6; 4096x4096 78.0 / 46.2) and on
 //   every cell at 1024.
+// - After GEMM v8 (the TMA producer warpgroup; calls e2, e3 of 25 Nov): wgmma 1.10-1.33x faster
+//   at M >= 256. 4096x4096 at M = 320 / 384 / 448 / 512, int4: 33.2 / 33.6 / 34.5 / 35.1 against
+//   35.0 / 36.7 / 45.0 / 41.2 (nf4 and int8 alike): its 96-128 blocks are one wave. 6144x4096 at
+//   320-512 runs 144-192 blocks, two waves: int4 61.0 / 63.2 / 61.4 / 64.0 against 59.2 / 55.3 /
+//   60.0 / 60.2 (int8 wins from 448). 2048x4096 and 4096x2048 (half the SMs or fewer): level at
+//   256-320, then mostly dequantize + cuBLAS (2048x4096 int4 at 384: 23.9 / 21.8).
+// So 512 rows on large weights, and on weights from 2^24 whose 128-row tiles of x fit the SMs
+// in one wave; 256 elsewhere.
 constexpr int64_t kGemmWgmmaMinRows = 17;
 constexpr int64_t kGemmWgmmaMaxRows = 256;
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
 constexpr int64_t kGemmWgmmaLargeWeight = int64_t(1) << 25;
+constexpr int64_t kGemmWgmmaOneWaveWeight = int64_t(1) << 24;  // N K >= this: by the grid
 
-inline int64_t gemm_wgmma_max_rows(const QMatmulParams& p) {
-  return p.n * p.k > kGemmWgmmaLargeWeight ? kGemmWgmmaMaxRowsLargeWeight : kGemmWgmmaMaxRows;
+inline int64_t gemm_wgmma_max_rows(const QMatmulParams& p, int sm_count) {
+  if (p.n * p.k > kGemmWgmmaLargeWeight) return kGemmWgmmaMaxRowsLargeWeight;
+  if (p.n * p.k < kGemmWgmmaOneWaveWeight) return kGemmWgmmaMaxRows;
+  const int64_t weight_tiles = (p.n + wgmma_block_w(128) - 1) / wgmma_block_w(128);
+  const int64_t one_wave_rows = sm_count / weight_tiles * 128;
+  return std::clamp(one_wave_rows, kGemmWgmmaMaxRows, kGemmWgmmaMaxRowsLargeWeight);
 }
 
 // Small weights (SmolLM2's 576x576, Llama's 1024x4096 k/v projections). The GEMM's tiles are

@@ -50,7 +50,7 @@ Path choose_path(const QMatmulParams& p, const cuda::GemmPlan& gemm, int sms) {
     return cuda::small_weight_gemv(p) ? Path::kGemv : Path::kDequantCublas;
   }
   const int64_t gemm_max_rows =
-      gemm.wgmma_x_rows > 0 ? cuda::gemm_wgmma_max_rows(p) : cuda::kGemmMaxRows;
+      gemm.wgmma_x_rows > 0 ? cuda::gemm_wgmma_max_rows(p, sms) : cuda::kGemmMaxRows;
   if (gemm_ok && p.m <= gemm_max_rows) return Path::kGemm;
   if (!gemm_ok && p.m <= cuda::kGemvMaxRowsWithoutGemm) return Path::kGemv;
   return Path::kDequantCublas;
