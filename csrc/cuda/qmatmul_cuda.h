@@ -56,7 +56,8 @@ constexpr int64_t kGemmMaxRows = 128;
 // H100, fp16 x, us wgmma / mma.sync GEMM / dequantize + cuBLAS (bench/cuda_gemm.py, call b4 of
 // 24 Nov, fourth session; "GEMM v6" in bench/NOTES.md):
 // - M = 16: 14336x4096 int4 31.1 / 33.9, but 4096x14336 int4 30.8 / 28.6, int8 34.7 / 30.9,
-//   28672x8192 nf4 104.1 / 90.1, 4096x4096 int4 15.0 / 13.5: the mma.sync GEMM stays up to 16;
+//   28672x8192 nf4 104.1 / 90.1, 4096x4096 int4 15.0 / 13.5: the mma.sync GEMM stayed up to 16
+//   (until GEMM v8, below);
 // - M = 32: wgmma wins on 10 of the 12 (shape, format) cells (14336x4096 int4 28.7 / 38.4,
 //   4096x14336 int4 30.3 / 36.3), loses 28672x8192 nf4 106.3 / 103.4 and 4096x4096 nf4 16.6 /
 //   16.4;
@@ -83,7 +84,11 @@ constexpr int64_t kGemmMaxRows = 128;
 //   256-320, then mostly dequantize + cuBLAS (2048x4096 int4 at 384: 23.9 / 21.8).
 // So 512 rows on large weights, and on weights from 2^24 whose 128-row tiles of x fit the SMs
 // in one wave; 256 elsewhere.
-constexpr int64_t kGemmWgmmaMinRows = 17;
+// - M = 9-16 after GEMM v8 (call e5; where the GEMV does not take them, gemv_wins_above_8_rows):
+//   wgmma / mma.sync GEMM at M = 16, 14336x4096 int4 24.3 / 28.3, nf4 25.6 / 28.1; 4096x14336
+//   nf4 24.6 / 26.6; 4096x4096 nf4 12.0 / 13.6; 28672x8192 int4 81.3 / 85.6, but nf4 82.3 /
+//   78.9. So the Hopper GEMM from 9 rows on.
+constexpr int64_t kGemmWgmmaMinRows = 9;
 constexpr int64_t kGemmWgmmaMaxRows = 256;
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
 constexpr int64_t kGemmWgmmaLargeWeight = int64_t(1) << 25;
