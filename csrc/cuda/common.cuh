@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 #include <utility>
 
 #include "../core/formats.h"
@@ -126,6 +127,17 @@ cudaError_t allow_dynamic_smem() {
   error = cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
   if (error == cudaSuccess) devices_done.fetch_or(bit, std::memory_order_relaxed);
   return error;
+}
+
+// launch(std::true_type{}) for int8 weights with one scale per row, whose kernels (kRowScale)
+// take the exact codes and scale the fp32 sums once (bench/NOTES.md "CUDA GEMV" v1.11, "CUDA
+// GEMM" v6.3); launch(std::false_type{}) otherwise. Only int8 instantiates the kRowScale kernels.
+template <Format kFmt, typename Launch>
+cudaError_t with_row_scale(const QMatmulParams& p, Launch&& launch) {
+  if constexpr (kFmt == Format::kInt8) {
+    if (p.group_size >= p.k) return launch(std::true_type{});
+  }
+  return launch(std::false_type{});
 }
 
 // --- programmatic dependent launch (sm_90+; no-ops before) -----------------------------------

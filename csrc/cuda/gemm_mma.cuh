@@ -326,18 +326,6 @@ template <Format kFmt, typename T, bool kDqAbsmax, int kWarpRowsX>
 cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspace,
                              cudaStream_t stream) {
   using Tile = GemmTile<kFmt, kWarpRowsX>;
-  auto kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, false>;
-  auto allow_smem =
-      allow_dynamic_smem<gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, false>, Tile::kSmemBytes>;
-  if constexpr (kFmt == Format::kInt8) {
-    if (p.group_size >= p.k) {
-      kernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>;
-      allow_smem = allow_dynamic_smem<gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, true>,
-                                      Tile::kSmemBytes>;
-    }
-  }
-  cudaError_t error = allow_smem();
-  if (error != cudaSuccess) return error;
   const int64_t m_tiles = (p.m + Tile::kBlockX - 1) / Tile::kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
@@ -346,9 +334,15 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
   const int64_t splits = gemm_k_slices(k_blocks, split_k);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles), unsigned(splits)};
-  kernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(p, group_shift, int(per_split),
-                                                             split_k > 1 ? workspace : nullptr);
-  return cudaGetLastError();
+  return with_row_scale<kFmt>(p, [&](auto row_scale) {
+    constexpr bool kRowScale = decltype(row_scale)::value;
+    constexpr auto kKernel = gemm_mma_kernel<kFmt, T, kWarpRowsX, kDqAbsmax, kRowScale>;
+    const cudaError_t error = allow_dynamic_smem<kKernel, Tile::kSmemBytes>();
+    if (error != cudaSuccess) return error;
+    kKernel<<<grid, Tile::kThreads, Tile::kSmemBytes, stream>>>(
+        p, group_shift, int(per_split), split_k > 1 ? workspace : nullptr);
+    return cudaGetLastError();
+  });
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax>

@@ -528,18 +528,6 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
                                                      : CU_TENSOR_MAP_SWIZZLE_NONE);
   if (error != cudaSuccess) return error;
 
-  auto kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>;
-  auto allow_smem =
-      allow_dynamic_smem<gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, false>, Tile::kSmemBytes>;
-  if constexpr (kFmt == Format::kInt8) {  // one scale per row: on the fp32 sums (gemm_mma.cuh)
-    if (p.group_size >= p.k) {
-      kernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>;
-      allow_smem = allow_dynamic_smem<gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, true>,
-                                      Tile::kSmemBytes>;
-    }
-  }
-  error = allow_smem();
-  if (error != cudaSuccess) return error;
   const int64_t m_tiles = (p.m + kBlockX - 1) / kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
   const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
@@ -547,9 +535,15 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles),
                   unsigned(gemm_k_slices(k_blocks, split_k))};
-  return launch_dependent(kernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p, x_map, w_map,
-                          group_shift, int(gemm_k_blocks_per_slice(k_blocks, split_k)),
-                          split ? workspace : nullptr);
+  return with_row_scale<kFmt>(p, [&](auto row_scale) {
+    constexpr bool kRowScale = decltype(row_scale)::value;
+    constexpr auto kKernel = gemm_wgmma_kernel<kFmt, T, kBlockX, kDqAbsmax, kRowScale>;
+    const cudaError_t smem_error = allow_dynamic_smem<kKernel, Tile::kSmemBytes>();
+    if (smem_error != cudaSuccess) return smem_error;
+    return launch_dependent(kKernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p, x_map,
+                            w_map, group_shift, int(gemm_k_blocks_per_slice(k_blocks, split_k)),
+                            split ? workspace : nullptr);
+  });
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax>

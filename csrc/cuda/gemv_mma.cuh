@@ -263,16 +263,11 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
   const size_t smem = size_t(Shape::kXTiles) * warps * 32 * sizeof(float4) +
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
-  if constexpr (kFmt == Format::kInt8) {
-    if (p.group_size >= p.k) {
-      gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, true>
-          <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
-      return cudaGetLastError();
-    }
-  }
-  gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, false>
-      <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
-  return cudaGetLastError();
+  return with_row_scale<kFmt>(p, [&](auto row_scale) {
+    gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, decltype(row_scale)::value>
+        <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
+    return cudaGetLastError();
+  });
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax>
