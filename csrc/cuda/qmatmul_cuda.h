@@ -82,8 +82,13 @@ constexpr int64_t kGemmMaxRows = 128;
 //   320-512 runs 144-192 blocks, two waves: int4 61.0 / 63.2 / 61.4 / 64.0 against 59.2 / 55.3 /
 //   60.0 / 60.2 (int8 wins from 448). 2048x4096 and 4096x2048 (half the SMs or fewer): level at
 //   256-320, then mostly dequantize + cuBLAS (2048x4096 int4 at 384: 23.9 / 21.8).
-// So 512 rows on large weights, and on weights from 2^24 whose 128-row tiles of x fit the SMs
-// in one wave; 256 elsewhere.
+// - M = 640-2048 on the three large shapes (call e8, v8): int8 wgmma faster on 11 of 12 cells
+//   up to 1536 (14336x4096 at 1024 200.4 / 225.0; 4096x14336 at 1536 292.1 / 324.6; 28672x8192
+//   at 640 531.1 / 719.1), losing 4096x14336 at 640 (177.9 / 172.1: 160 blocks, 1.2 waves), and
+//   level at 2048. 4-bit is mixed past 512: 28672x8192 wins at 640-768 (int4 603.5 / 703.5),
+//   4096x14336 loses there (int4 201.1 / 164.4), 14336x4096 int4 loses from 768.
+// So 512 rows on large weights (1536 for int8), and on weights from 2^24 whose 128-row tiles of
+// x fit the SMs in one wave; 256 elsewhere.
 // - M = 9-16 after GEMM v8 (call e5; where the GEMV does not take them, gemv_wins_above_8_rows):
 //   wgmma / mma.sync GEMM at M = 16, 14336x4096 int4 24.3 / 28.3, nf4 25.6 / 28.1; 4096x14336
 //   nf4 24.6 / 26.6; 4096x4096 nf4 12.0 / 13.6; 28672x8192 int4 81.3 / 85.6, but nf4 82.3 /
@@ -91,11 +96,14 @@ constexpr int64_t kGemmMaxRows = 128;
 constexpr int64_t kGemmWgmmaMinRows = 9;
 constexpr int64_t kGemmWgmmaMaxRows = 256;
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
+constexpr int64_t kGemmWgmmaMaxRowsLargeWeightInt8 = 1536;
 constexpr int64_t kGemmWgmmaLargeWeight = int64_t(1) << 25;
 constexpr int64_t kGemmWgmmaOneWaveWeight = int64_t(1) << 24;  // N K >= this: by the grid
 
 inline int64_t gemm_wgmma_max_rows(const QMatmulParams& p, int sm_count) {
-  if (p.n * p.k > kGemmWgmmaLargeWeight) return kGemmWgmmaMaxRowsLargeWeight;
+  if (p.n * p.k > kGemmWgmmaLargeWeight) {
+    return p.fmt == Format::kInt8 ? kGemmWgmmaMaxRowsLargeWeightInt8 : kGemmWgmmaMaxRowsLargeWeight;
+  }
   if (p.n * p.k < kGemmWgmmaOneWaveWeight) return kGemmWgmmaMaxRows;
   const int64_t weight_tiles = (p.n + wgmma_block_w(128) - 1) / wgmma_block_w(128);
   const int64_t one_wave_rows = sm_count / weight_tiles * 128;
