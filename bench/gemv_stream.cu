@@ -23,13 +23,21 @@
 //   tiled       deep's blocks and batches, but each warp load reads 512 contiguous bytes (a
 //               layout repacked so the block's 32 KiB are read lane-linearly); tiled3 at 3
 //               blocks per SM.
+//   tma, tma+   deep's blocks with the codes copied by TMA instead: one producer warp issues,
+//               per consumer warp, two 2D boxes (128 bytes x 16 rows, 128-byte swizzle) of the
+//               warp's 4 steps into shared memory, counted on the warp's mbarrier; each warp
+//               reads its codes from there (rows mapped so the 8 lanes of a phase hit 8 bank
+//               groups); tma+ adds deep+'s per-step scales, zero points and x. Suffix: blocks
+//               per SM (2-4: the codes no longer live in registers).
 // The real kernel takes about deep+'s time, but cheaper scale loads in it did not gain what
 // deep+s against deep+ss promises: the loads alone are not a full model of it (NOTES, v1.13).
 #include <algorithm>
 #include <cstdio>
 #include <vector>
 
-#include "cuda/common.cuh"
+#include <cuda.h>
+
+#include "cuda/gemm_wgmma.cuh"
 
 namespace {
 
@@ -168,6 +176,91 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
   }
 }
 
+// deep's block with the codes by TMA: warps 0-7 consume, warp 8's first lane produces. Warp w
+// takes steps 4 w .. 4 w + 3 (K = 4096: one batch a warp), 256 bytes of each of the 16 rows.
+template <bool kOtherLoads>
+__global__ void __launch_bounds__(288) gemv_tma_kernel(const __grid_constant__ CUtensorMap codes,
+                                                       int copy, const float* scales,
+                                                       const float* zeros, const uint4* x,
+                                                       uint32_t* sink) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t smem[];  // 8 warps x 4 KiB, then 8 mbarriers
+  static_assert(kRowBytes / 16 / 4 == kWarps * 4, "one batch of 4 steps a warp");
+  constexpr int kWarpBytes = 16 * 256;
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  const uint32_t bars = base + kWarps * kWarpBytes;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t n_base = int64_t(blockIdx.x) * 16;
+  if (threadIdx.x == 0) {
+    for (int w = 0; w < kWarps; ++w) mbarrier_init(bars + 8 * w, 1);
+    fence_mbarrier_init();
+  }
+  __syncthreads();
+  if (warp == kWarps) {
+    if (lane == 0) {
+      const int row0 = int(copy * kN + n_base);
+      for (int w = 0; w < kWarps; ++w) {
+        mbarrier_expect_tx(bars + 8 * w, kWarpBytes);
+        for (int box = 0; box < 2; ++box) {
+          tma_load_2d(base + w * kWarpBytes + box * 2048, &codes, w * 256 + box * 128, row0,
+                      bars + 8 * w);
+        }
+      }
+    }
+    return;
+  }
+  const int group = lane / 4, quad = lane % 4;
+  uint32_t acc = 0;
+  float facc = 0.0f;
+  float scale[4][2], zero[4][2];
+  uint4 xv[4][4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {  // the other loads first, as the GEMV issues them with the codes
+    const int64_t c = (warp * 4 + u) * 4 + quad;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = (group % 2) * 4 + group / 2 + 8 * r;
+      if constexpr (kOtherLoads) {
+        scale[u][r] = __ldg(scales + (n_base + row) * kGroupsPerRow + c * 32 / kGroup);
+        zero[u][r] = __ldg(zeros + (n_base + row) * kGroupsPerRow + c * 32 / kGroup);
+      }
+    }
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      if constexpr (kOtherLoads) xv[u][v] = load_cached_16B(x + c * 4 + v);
+    }
+  }
+  mbarrier_wait(bars + 8 * warp, 0);
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = (group % 2) * 4 + group / 2 + 8 * r;
+      const int local = u * 4 + quad, box = local / 8, j = local % 8;
+      acc ^= fold(*reinterpret_cast<const uint4*>(smem + warp * kWarpBytes + box * 2048 +
+                                                  row * 128 + (j ^ row % 8) * 16));
+      if constexpr (kOtherLoads) facc += scale[u][r] * zero[u][r];
+    }
+    if constexpr (kOtherLoads) {
+#pragma unroll
+      for (int v = 0; v < 4; ++v) acc ^= fold(xv[u][v]);
+    }
+  }
+  acc ^= __float_as_uint(facc);
+  uint32_t* partial = reinterpret_cast<uint32_t*>(smem);  // the codes are read: reuse
+  __syncwarp();
+  asm volatile("bar.sync 1, 256;" ::: "memory");  // the consumer warps only
+  partial[threadIdx.x] = acc;
+  asm volatile("bar.sync 1, 256;" ::: "memory");
+  if (warp == 0) {
+    for (int i = 1; i < kWarps; ++i) acc ^= partial[i * 32 + lane];
+    keep(acc, sink);
+  }
+#else
+  (void)codes, (void)copy, (void)scales, (void)zeros, (void)x, (void)sink;
+#endif
+}
+
 struct Buffers {
   uint8_t* w;
   float *scales, *zeros;
@@ -221,6 +314,21 @@ void run_pattern(const char* name, const Buffers& b, int blocks_per_sm) {
          }));
 }
 
+template <bool kOtherLoads>
+void run_tma(const char* name, const Buffers& b, int blocks_per_sm) {
+  CUtensorMap map;  // the 4 copies' codes as one array of 2048-byte rows
+  encode_tensor_map_2d(&map, CU_TENSOR_MAP_DATA_TYPE_UINT8, b.w, kRowBytes, int64_t(kCopies) * kN,
+                       kRowBytes, 128, 16, CU_TENSOR_MAP_SWIZZLE_128B);
+  auto kernel = gemv_tma_kernel<kOtherLoads>;
+  const int smem = (227 * 1024) / blocks_per_sm - 2048;  // >= 32 KiB + the mbarriers
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  report(name, time_us([&](int copy, cudaStream_t stream) {
+           const int64_t scales = copy * int64_t(kN) * kGroupsPerRow;
+           kernel<<<kN / 16, 288, smem, stream>>>(map, copy, b.scales + scales, b.zeros + scales,
+                                                  b.x, b.sink);
+         }));
+}
+
 }  // namespace
 
 int main() {
@@ -261,6 +369,12 @@ int main() {
   run_pattern<2, S::kShared, X::kShared>("wide+ssxs", b, 3);
   run_pattern<4, S::kNone, X::kNone, true>("tiled", b, 2);
   run_pattern<2, S::kNone, X::kNone, true>("tiled3", b, 3);
+  run_tma<false>("tma2", b, 2);
+  run_tma<false>("tma3", b, 3);
+  run_tma<false>("tma4", b, 4);
+  run_tma<true>("tma+2", b, 2);
+  run_tma<true>("tma+3", b, 3);
+  run_tma<true>("tma+4", b, 4);
   const cudaError_t err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
     std::printf("CUDA error: %s\n", cudaGetErrorString(err));

@@ -300,37 +300,16 @@ __global__ void __launch_bounds__(kTmaThreads, 1)
 #endif
 }
 
-// A 2D tensor map of a row-major global array (inner dimension first), boxes of box0 x box1.
-CUtensorMap tensor_map(void* data, CUtensorMapDataType type, int element_bytes, uint64_t inner,
-                       uint64_t outer, uint32_t box0, uint32_t box1, CUtensorMapSwizzle swizzle) {
-  using Encode = decltype(&cuTensorMapEncodeTiled);
-  static Encode encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult found;
-    cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault,
-                                     &found);
-    return reinterpret_cast<Encode>(fn);
-  }();
-  CUtensorMap map;
-  const cuuint64_t dims[2] = {inner, outer}, strides[1] = {inner * element_bytes};
-  const cuuint32_t box[2] = {box0, box1}, unit[2] = {1, 1};
-  const CUresult result = encode(&map, type, 2, data, dims, strides, box, unit,
-                                 CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                                 CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  if (result != CUDA_SUCCESS) std::printf("cuTensorMapEncodeTiled: error %d\n", int(result));
-  return map;
-}
-
 template <bool kWait>
 void run_ws(const char* name, uint8_t* x_src, uint8_t* w_src, const float* scales, float* sink) {
   constexpr int kSmem = 1024 + kTmaStages * (kXStage + kWStage) + 16 * kTmaStages;
   constexpr int kStagesRun = 2000;
   // x: 1024 rows of 4096 halves, boxes of 64 k x 128 rows; the codes: rows of 64 bytes, 128 a box.
-  const CUtensorMap x_map = tensor_map(x_src, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 2, 4096, 1024, 64,
-                                       128, CU_TENSOR_MAP_SWIZZLE_128B);
-  const CUtensorMap w_map = tensor_map(w_src, CU_TENSOR_MAP_DATA_TYPE_UINT8, 1, 64, kWBytes / 64,
-                                       64, 128, CU_TENSOR_MAP_SWIZZLE_NONE);
+  CUtensorMap x_map, w_map;
+  encode_tensor_map_2d(&x_map, CU_TENSOR_MAP_DATA_TYPE_UINT16, x_src, 4096, 1024, 4096 * 2, 64, 128,
+                       CU_TENSOR_MAP_SWIZZLE_128B);
+  encode_tensor_map_2d(&w_map, CU_TENSOR_MAP_DATA_TYPE_UINT8, w_src, 64, kWBytes / 64, 64, 64, 128,
+                       CU_TENSOR_MAP_SWIZZLE_NONE);
   const auto kernel = ws_kernel<kWait>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   time_stages(name, kStagesRun,
