@@ -76,23 +76,23 @@ constexpr int64_t kGemmMaxRows = 128;
 // - From M = 513 a fifth 128-row tile of x makes a second wave on every shape: dequantize +
 //   cuBLAS on 11 of 12 cells at 640 (14336x4096 int4 190.7 / 175.6; 4096x4096 78.0 / 46.2) and on
 //   every cell at 1024.
-// - After GEMM v8 (the TMA producer warpgroup; calls e2, e3 of 25 Nov): wgmma 1.10-1.33x faster
-//   at M >= 256. 4096x4096 at M = 320 / 384 / 448 / 512, int4: 33.2 / 33.6 / 34.5 / 35.1 against
-//   35.0 / 36.7 / 45.0 / 41.2 (nf4 and int8 alike): its 96-128 blocks are one wave. 6144x4096 at
-//   320-512 runs 144-192 blocks, two waves: int4 61.0 / 63.2 / 61.4 / 64.0 against 59.2 / 55.3 /
-//   60.0 / 60.2 (int8 wins from 448). 2048x4096 and 4096x2048 (half the SMs or fewer): level at
-//   256-320, then mostly dequantize + cuBLAS (2048x4096 int4 at 384: 23.9 / 21.8).
-// - M = 640-2048 on the three large shapes (call e8, v8): int8 wgmma faster on 11 of 12 cells
-//   up to 1536 (14336x4096 at 1024 200.4 / 225.0; 4096x14336 at 1536 292.1 / 324.6; 28672x8192
-//   at 640 531.1 / 719.1), losing 4096x14336 at 640 (177.9 / 172.1: 160 blocks, 1.2 waves), and
-//   level at 2048. 4-bit is mixed past 512: 28672x8192 wins at 640-768 (int4 603.5 / 703.5),
-//   4096x14336 loses there (int4 201.1 / 164.4), 14336x4096 int4 loses from 768.
-// So 512 rows on large weights (1536 for int8), and on weights from 2^24 whose 128-row tiles of
-// x fit the SMs in one wave; 256 elsewhere.
-// - M = 9-16 after GEMM v8 (call e5; where the GEMV does not take them, gemv_wins_above_8_rows):
-//   wgmma / mma.sync GEMM at M = 16, 14336x4096 int4 24.3 / 28.3, nf4 25.6 / 28.1; 4096x14336
-//   nf4 24.6 / 26.6; 4096x4096 nf4 12.0 / 13.6; 28672x8192 int4 81.3 / 85.6, but nf4 82.3 /
-//   78.9. So the Hopper GEMM from 9 rows on.
+// - After GEMM v8 (the TMA producer warpgroup; calls e2-e8 of 24 Nov, seventh session):
+//   - M >= 256: wgmma 1.10-1.33x faster than before. 4096x4096 at M = 320 / 384 / 448 / 512,
+//     int4: 33.2 / 33.6 / 34.5 / 35.1 against 35.0 / 36.7 / 45.0 / 41.2 (nf4 and int8 alike):
+//     its 96-128 blocks are one wave. 6144x4096 at 320-512 runs 144-192 blocks, two waves: int4
+//     61.0 / 63.2 / 61.4 / 64.0 against 59.2 / 55.3 / 60.0 / 60.2 (int8 wins from 448).
+//     2048x4096 and 4096x2048 (half the SMs or fewer): level at 256-320, then mostly dequantize
+//     + cuBLAS (2048x4096 int4 at 384: 23.9 / 21.8).
+//   - M = 640-2048 on the three large shapes: int8 wgmma faster on 11 of 12 cells up to 1536
+//     (14336x4096 at 1024 200.4 / 225.0; 4096x14336 at 1536 292.1 / 324.6; 28672x8192 at 640
+//     531.1 / 719.1), losing 4096x14336 at 640 (177.9 / 172.1: 160 blocks, 1.2 waves), level at
+//     2048. 4-bit is mixed past 512: 28672x8192 wins at 640-768 (int4 603.5 / 703.5), 4096x14336
+//     loses there (int4 201.1 / 164.4), 14336x4096 int4 loses from 768.
+//   - M = 9-16, where the GEMV does not take them (gemv_wins_above_8_rows): wgmma / mma.sync
+//     GEMM at M = 16, 14336x4096 int4 24.3 / 28.3, nf4 25.6 / 28.1; 4096x14336 nf4 24.6 / 26.6;
+//     4096x4096 nf4 12.0 / 13.6; 28672x8192 int4 81.3 / 85.6, but nf4 82.3 / 78.9.
+// So the Hopper GEMM from 9 rows on, up to 512 rows on large weights (1536 for int8) and on
+// weights from 2^24 whose 128-row tiles of x fit the SMs in one wave, 256 elsewhere.
 constexpr int64_t kGemmWgmmaMinRows = 9;
 constexpr int64_t kGemmWgmmaMaxRows = 256;
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
