@@ -49,6 +49,13 @@ __device__ __forceinline__ void load_lane_scales(const float* scales, int it, in
 }
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// cp.async writes shared memory in the generic proxy and wgmma reads it in the async proxy: the
+// writes need this fence (then a barrier) before a wgmma may read them (PTX ISA, memory
+// consistency model: proxies). The kernel's TMA copies write in the async proxy and need none.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
 // The int4 codes of this lane's 2 weight rows of a stage (64 bytes a row in shared memory),
 // unpacked into the A fragments of the stage's 8 k-steps (gemm_wgmma.cuh's compute).
 __device__ __forceinline__ void unpack_stage(const uint8_t* w_stage, int warp, int group,

@@ -102,12 +102,6 @@ __global__ void __launch_bounds__(kPermuteThreads)
 __device__ __forceinline__ void wgmma_fence() {
   asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 }
-// cp.async writes shared memory in the generic proxy and wgmma reads it in the async proxy: the
-// writes need this fence (then a barrier) before a wgmma may read them (PTX ISA, memory
-// consistency model: proxies).
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-}
 __device__ __forceinline__ void wgmma_commit() {
   asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
@@ -484,8 +478,13 @@ inline cudaError_t encode_tensor_map_2d(CUtensorMap* map, CUtensorMapDataType ty
   static const Encode encode = [] {
     void* fn = nullptr;
     cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
     const cudaError_t error = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn,
                                                                12000, cudaEnableDefault, &found);
+#else  // CUDA 12.0-12.4 (deprecated since)
+    const cudaError_t error =
+        cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &fn, cudaEnableDefault, &found);
+#endif
     return error == cudaSuccess && found == cudaDriverEntryPointSuccess
                ? reinterpret_cast<Encode>(fn)
                : nullptr;
