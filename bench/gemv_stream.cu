@@ -37,7 +37,8 @@
 
 #include <cuda.h>
 
-#include "cuda/gemm_wgmma.cuh"
+#include "cuda/common.cuh"
+#include "cuda/tma.cuh"
 
 namespace {
 
