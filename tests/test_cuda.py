@@ -114,6 +114,19 @@ def test_gemv_ragged_steps_and_many_tiles(mode, group, dtype, force_kernel):
               bias=torch.randn(8200, device="cuda", dtype=dtype))
 
 
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+@pytest.mark.parametrize("shape", ((200, 16384), (8200, 16384), (136, 256)))
+def test_gemv_long_and_short_rows(shape, mode, force_kernel):
+    """K = 16384: 4 batches per warp in the deep launch shape (N = 200) and 8 in the wide one
+    (N = 8200; int8 twice as many); K = 256: one batch, so a single warp takes K (but nf4, whose
+    blocks keep 8 warps); M = 16: tall tiles where their grid fills the GPU (N = 8200)."""
+    force_kernel("gemv")
+    qw = quantize(*shape, mode, 128 if mode[0] != "nf4" else 64)
+    for m in (1, 8, 16):
+        check(torch.randn(m, shape[1], device="cuda", dtype=torch.float16), qw,
+              bias=torch.randn(shape[0], device="cuda", dtype=torch.float16))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("n", ODD_SIZES)
