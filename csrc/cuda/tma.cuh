@@ -1,8 +1,7 @@
 // Hopper's tensor memory accelerator (TMA) and the mbarriers that count its copies: the PTX
 // helpers and the host-side tensor-map encoder of the kernels fed this way (the Hopper GEMM,
 // gemm_wgmma.cuh, and the microbenchmarks bench/wgmma_structure.cu and bench/gemv_stream.cu).
-// The device helpers are sm_90 PTX (setmaxnreg sm_90a), to be called only from code compiled
-// for sm_90a (__CUDA_ARCH_FEAT_SM90_ALL).
+// The device helpers are sm_90 PTX (setmaxnreg sm_90a) and compiled only for sm_90a.
 #pragma once
 
 #include <cuda.h>
@@ -12,6 +11,7 @@
 
 namespace qk::cuda {
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // mbarriers (PTX ISA, "mbarrier"): the ring's full and empty flags, in shared memory.
 __device__ __forceinline__ void mbarrier_init(uint32_t bar, int arrivals) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(arrivals) : "memory");
@@ -61,6 +61,7 @@ template <int kRegisters>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegisters));
 }
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // A 2D tensor map (the TMA's description of a row-major array: `inner` elements a row, `outer`
 // rows, `row_bytes` apart) read in boxes of box_inner x box_outer. The driver's encoder is
