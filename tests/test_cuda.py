@@ -251,6 +251,51 @@ def test_cuda_graph_capture(m, mode):
     assert err < REL_TOL[torch.float16]
 
 
+@pytest.mark.parametrize("m", (1, 8))
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
+def test_gemv_reads_what_the_kernel_before_it_wrote(m, mode):
+    """On sm_90 the GEMV may start before the kernel ahead of it in the stream ends, and waits
+    for it before reading x or the weights (programmatic dependent launch, gemv_mma.cuh). A chain
+    of GEMVs, each reading the output of the one before, then one reading weights that copy
+    kernels have just written; replayed as a graph with new inputs, every link must see them."""
+    n = 1024
+
+    def weight():  # rows scaled by 1 / sqrt(K), so values keep their size along the chain
+        fmt, options = mode
+        return qk.quantize(random_weight(n, n) / n**0.5, fmt, group_size=128, **options)
+
+    chain = [weight() for _ in range(4)]
+    source, live = weight(), weight()
+    x = torch.randn(m, n, device="cuda", dtype=torch.float16)
+
+    def layers():
+        ys = [x]
+        for qw in chain:
+            ys.append(qk.matmul(ys[-1], qw, backend="cuda"))
+        for name, t in live.tensors().items():
+            t.copy_(getattr(source, name))
+        ys.append(qk.matmul(ys[-1], live, backend="cuda"))
+        return ys
+
+    def check_links(ys):
+        for y_in, y_out, qw in zip(ys, ys[1:], chain + [source]):
+            err = rel_err(y_out, fp64_reference(y_in, qw), y_in, qk.dequantize(qw))
+            assert err < REL_TOL[torch.float16], f"relative error {err:.2e}"
+
+    check_links(layers())  # eager: launched one after another on the stream
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ys = layers()
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        for name, t in weight().tensors().items():
+            getattr(source, name).copy_(t)
+        graph.replay()
+        torch.cuda.synchronize()
+        check_links(ys)
+
+
 @pytest.mark.parametrize("mode", NF4_MODES, ids=("nf4", "nf4dq"))
 def test_torch_compile_fullgraph(mode):
     qw = quantize(256, 1024, mode, 64)

@@ -159,10 +159,44 @@ __device__ __forceinline__ void allow_next_kernel_to_start() {
 #endif
 }
 
+// Whether kernel, as loaded for the current GPU, was compiled from sm_90+ code, so that its
+// wait_for_previous_kernel really waits. A build without sm_90 runs an H100 from older SASS or
+// PTX, where the wait compiles to nothing: such a kernel must not be launched by launch_dependent.
+template <typename... Params>
+bool waits_for_previous_kernel(void (*kernel)(Params...)) {
+  cudaFuncAttributes attributes{};
+  return cudaFuncGetAttributes(&attributes, kernel) == cudaSuccess &&
+         attributes.ptxVersion >= 90;
+}
+
+// A yes / no fact about one kernel on each GPU, found by `ask` at its first launch there (a
+// cudaFuncGetAttributes on every launch would cost host time; GPUs of one process may differ).
+class PerDeviceFlag {
+ public:
+  template <typename Ask>
+  bool get(Ask&& ask) {
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= kMaxDevices) {
+      return false;
+    }
+    int8_t known = flags_[device].load(std::memory_order_relaxed);
+    if (known == 0) {
+      known = ask() ? 1 : -1;
+      flags_[device].store(known, std::memory_order_relaxed);
+    }
+    return known > 0;
+  }
+
+ private:
+  static constexpr int kMaxDevices = 64;
+  std::atomic<int8_t> flags_[kMaxDevices] = {};  // 0: not asked yet
+};
+
 // kernel<<<grid, block, smem, stream>>>(args...), allowed to start before the previous kernel in
 // the stream has finished (programmatic dependent launch; CUDA graphs keep it as a programmatic
 // edge). Its launch and prologue overlap the previous kernel's tail instead of following it.
-// A Hopper (sm_90) feature: the callers use it only for the kernels of the Hopper GEMM.
+// A Hopper (sm_90) feature: the callers use it for the kernels of the Hopper GEMM, and for the
+// tensor-core GEMV where waits_for_previous_kernel holds.
 template <typename... Params, typename... Args>
 cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
                              cudaStream_t stream, Args&&... args) {

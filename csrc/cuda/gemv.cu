@@ -76,16 +76,19 @@ bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count) {
          (p.fmt == Format::kInt4 && tall_blocks <= int64_t(kGemvTallBlocksPerSM) * sm_count);
 }
 
-cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
+cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, bool dependent,
+                        cudaStream_t stream) {
   if (!gemv_mma_supported(p)) return launch_gemv_generic(p, stream);
   if (p.absmax_dq.codes) {
     return p.x_dtype == DType::kF16
-               ? launch_gemv_mma<Format::kNF4, half, true>(p, sm_count, stream)
-               : launch_gemv_mma<Format::kNF4, __nv_bfloat16, true>(p, sm_count, stream);
+               ? launch_gemv_mma<Format::kNF4, half, true>(p, sm_count, dependent, stream)
+               : launch_gemv_mma<Format::kNF4, __nv_bfloat16, true>(p, sm_count, dependent,
+                                                                   stream);
   }
   return QK_FORMAT_SWITCH(p.fmt, kFmt, [&] {
-    return p.x_dtype == DType::kF16 ? launch_gemv_mma<kFmt, half>(p, sm_count, stream)
-                                    : launch_gemv_mma<kFmt, __nv_bfloat16>(p, sm_count, stream);
+    return p.x_dtype == DType::kF16
+               ? launch_gemv_mma<kFmt, half>(p, sm_count, dependent, stream)
+               : launch_gemv_mma<kFmt, __nv_bfloat16>(p, sm_count, dependent, stream);
   });
 }
 

@@ -79,6 +79,10 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   const int64_t n_base = int64_t(blockIdx.x / m_tiles) * 16;
   const int64_t m_base = int64_t(blockIdx.x % m_tiles) * 8 * kXTiles;
 
+  // Started by launch_dependent (sm_90), the kernel may run while the one before it in the stream
+  // still does, so nothing reads global memory before wait_for_previous_kernel below. The next
+  // kernel, if started the same way, may be scheduled once every block of this one has begun.
+  allow_next_kernel_to_start();
   if constexpr (kFmt == Format::kNF4) {
     fill_nf4_pair_table<T>(lut, threadIdx.x, blockDim.x);
     __syncthreads();
@@ -109,6 +113,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
 
   const int64_t chunks = p.k / kK;
   const uint64_t policy = evict_first_policy();
+  wait_for_previous_kernel();  // x, and the weights too if that kernel wrote them
   const int64_t steps = (chunks + 3) / 4;
   constexpr int kUnroll = Shape::kUnroll;
   float acc[kXTiles][4] = {};
@@ -247,7 +252,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax, typename Shape>
-cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
+cudaError_t launch_gemv_shape(const QMatmulParams& p, bool dependent, cudaStream_t stream) {
   constexpr int kK = kChunkK<kFmt>;
   const int64_t steps = (p.k / kK + 3) / 4;
   // Warps split K by batches, but nf4 blocks take all 8: each fills a 32 KiB table first, and on
@@ -264,14 +269,20 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, cudaStream_t stream) {
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
   return with_row_scale<kFmt>(p, [&](auto row_scale) {
-    gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, decltype(row_scale)::value>
-        <<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
+    const auto kernel = gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, decltype(row_scale)::value>;
+    static PerDeviceFlag kernel_waits;
+    if (dependent && kernel_waits.get([&] { return waits_for_previous_kernel(kernel); })) {
+      return launch_dependent(kernel, unsigned(blocks), warps * 32, smem, stream, p,
+                              int(m_tiles), shift);
+    }
+    kernel<<<unsigned(blocks), warps * 32, smem, stream>>>(p, int(m_tiles), shift);
     return cudaGetLastError();
   });
 }
 
 template <Format kFmt, typename T, bool kDqAbsmax>
-cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t stream) {
+cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent,
+                            cudaStream_t stream) {
   if (p.m > 8) {
     // 16-row tiles of x where they still give every SM a block; on smaller grids the 8-row tiles'
     // extra blocks are worth unpacking twice (H100 fp16 M = 16, us tall / 8-row: 4096x4096 int4
@@ -282,7 +293,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t s
     // GEMV", v1.5.
     const int64_t tall_blocks = (p.n + 15) / 16 * ((p.m + 15) / 16);
     if (tall_blocks >= sm_count || (kFmt == Format::kNF4 && p.k <= 2048)) {
-      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, stream);
+      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, dependent, stream);
     }
   }
   const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
@@ -294,8 +305,8 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t s
   constexpr bool kBf16Int4 = kFmt == Format::kInt4 && std::is_same_v<T, __nv_bfloat16>;
   const bool wide = blocks > int64_t(GemvDeep::kMinBlocksPerSM) * sm_count ||
                     (kBf16Int4 && blocks >= sm_count);
-  return wide ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, stream)
-              : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, stream);
+  return wide ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream)
+              : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
 }
 
 }  // namespace qk::cuda

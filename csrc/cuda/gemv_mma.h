@@ -37,8 +37,10 @@ inline bool gemv_mma_supported(const QMatmulParams& p) {
 constexpr int kGemvTallBlocksPerSM = 2;
 
 // T = half or __nv_bfloat16, the dtype of x and y. kDqAbsmax: nf4 whose absmax is p.absmax_dq.
-// sm_count: the GPU's SMs, for the choice of launch shape.
+// sm_count: the GPU's SMs, for the choice of launch shape. dependent: by launch_dependent
+// (sm_90+; launch_gemv).
 template <Format kFmt, typename T, bool kDqAbsmax = false>
-cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, cudaStream_t stream);
+cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent,
+                            cudaStream_t stream);
 
 }  // namespace qk::cuda

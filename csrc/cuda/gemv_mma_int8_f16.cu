@@ -3,5 +3,6 @@
 #include "gemv_mma.cuh"
 
 namespace qk::cuda {
-template cudaError_t launch_gemv_mma<Format::kInt8, half>(const QMatmulParams&, int, cudaStream_t);
+template cudaError_t launch_gemv_mma<Format::kInt8, half>(const QMatmulParams&, int, bool,
+                                                          cudaStream_t);
 }  // namespace qk::cuda

@@ -4,5 +4,5 @@
 
 namespace qk::cuda {
 template cudaError_t launch_gemv_mma<Format::kNF4, __nv_bfloat16, true>(const QMatmulParams&, int,
-                                                                        cudaStream_t);
+                                                                        bool, cudaStream_t);
 }  // namespace qk::cuda

@@ -3,6 +3,6 @@
 #include "gemv_mma.cuh"
 
 namespace qk::cuda {
-template cudaError_t launch_gemv_mma<Format::kNF4, half, true>(const QMatmulParams&, int,
+template cudaError_t launch_gemv_mma<Format::kNF4, half, true>(const QMatmulParams&, int, bool,
                                                                cudaStream_t);
 }  // namespace qk::cuda

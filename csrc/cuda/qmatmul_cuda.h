@@ -147,7 +147,9 @@ constexpr int64_t kGemvMaxRowsWithoutGemm = 40;
 // y[m, :] for all m < p.m: tensor-core GEMV (mma.sync, fp32 accumulation) when x is fp16/bf16
 // and the shape and pointers meet gemv_mma_supported(); a scalar-load warp-per-row kernel
 // otherwise (any shape, any dtype, fp32 x included). sm_count: the GPU's SMs (launch shape).
-cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, cudaStream_t stream);
+// dependent: launch the tensor-core GEMV by launch_dependent (sm_90+ only), so that its launch
+// and prologue overlap the tail of the kernel before it; it reads nothing before that kernel ends.
+cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, bool dependent, cudaStream_t stream);
 
 // The tensor-core GEMM (gemm_mma.cuh): fp16 / bf16 x, K a multiple of 32 (4-bit) or 16 (int8),
 // groups a power of two >= 32 or one per row, 16-byte-aligned rows of x and W.

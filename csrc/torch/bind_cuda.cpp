@@ -100,7 +100,9 @@ void run_cuda(const QMatmulParams& params, const at::Tensor& x2d,
   cuda::GemmPlan plan{0, 1, false};
   if (cuda::gemm_supported(params)) plan = plan_gemm(params, gpu);
   switch (choose_path(params, plan, sms)) {
-    case Path::kGemv: check_launch(cuda::launch_gemv(params, sms, stream)); break;
+    case Path::kGemv:  // by a dependent launch where the GPU has it (launch_gemv)
+      check_launch(cuda::launch_gemv(params, sms, gpu.major >= 9, stream));
+      break;
     case Path::kGemm: run_gemm(params, plan, x2d, stream); break;
     case Path::kDequantCublas: {
       at::Tensor w = at::empty({params.n, params.k}, x2d.options());
