@@ -251,13 +251,16 @@ def test_cuda_graph_capture(m, mode):
     assert err < REL_TOL[torch.float16]
 
 
-@pytest.mark.parametrize("m", (1, 8))
+@pytest.mark.parametrize("m, kernel", ((1, None), (8, None), (64, "wgmma")), ids=("1", "8", "64"))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-def test_gemv_reads_what_the_kernel_before_it_wrote(m, mode):
-    """On sm_90 the GEMV may start before the kernel ahead of it in the stream ends, and waits
-    for it before reading x or the weights (programmatic dependent launch, gemv_mma.cuh). A chain
-    of GEMVs, each reading the output of the one before, then one reading weights that copy
-    kernels have just written; replayed as a graph with new inputs, every link must see them."""
+def test_each_matmul_reads_what_the_kernel_before_it_wrote(m, kernel, mode, force_kernel):
+    """On sm_90 the GEMV and the Hopper GEMM's first kernel may start before the kernel ahead of
+    them in the stream ends, and wait for it before reading x or the weights (programmatic
+    dependent launch: gemv_mma.cuh, gemm_wgmma.cuh). A chain of matmuls, each reading the output
+    of the one before, then one reading weights that copy kernels have just written; replayed
+    as a graph with new inputs, every link must see them."""
+    if kernel:
+        force_kernel(kernel)
     n = 1024
 
     def weight():  # rows scaled by 1 / sqrt(K), so values keep their size along the chain

@@ -73,6 +73,10 @@ template <Format kFmt, typename T>
 __global__ void __launch_bounds__(kPermuteThreads)
     permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, int64_t out_rows,
                      T* out, float* zero, int64_t zero_floats) {
+  // Started by launch_dependent, so its launch overlaps the tail of the kernel before the op; it
+  // lets the GEMM start only once that kernel has ended: the GEMM's first weight copies, issued
+  // before it waits for this kernel, then follow everything before the op.
+  wait_for_previous_kernel();
   allow_next_kernel_to_start();  // the GEMM waits for this kernel before it reads x or the sums
   const int64_t i = int64_t(blockIdx.x) * kPermuteThreads + threadIdx.x;
   if (zero) {
@@ -425,10 +429,10 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
   const int64_t permute_blocks = (chunks + kPermuteThreads - 1) / kPermuteThreads;
   if (permute_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const bool split = split_k > 1;
-  permute_x_kernel<kFmt, T><<<unsigned(permute_blocks), kPermuteThreads, 0, stream>>>(
+  cudaError_t error = launch_dependent(
+      permute_x_kernel<kFmt, T>, unsigned(permute_blocks), kPermuteThreads, 0, stream,
       static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm),
       split ? workspace : nullptr, split ? p.m * p.n : 0);
-  cudaError_t error = cudaGetLastError();
   if (error != cudaSuccess) return error;
 
   CUtensorMap x_map, w_map;
