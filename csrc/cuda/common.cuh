@@ -95,6 +95,14 @@ __device__ __forceinline__ uint64_t evict_first_policy() {
   return policy;
 }
 
+// Asks L2 to fetch [ptr, ptr + bytes) from memory (16-byte aligned, bytes a multiple of 16): a
+// hint that returns at once and brings nothing into registers or L1. sm_90; nothing before.
+__device__ __forceinline__ void prefetch_l2(const void* ptr, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(ptr), "r"(bytes) : "memory");
+#endif
+}
+
 // 16 bytes of weights, each read exactly once per call: skip L1 and mark the lines evict-first
 // in L2 so that x and the scales, which every block re-reads, stay cached. A miss fills the whole
 // 128-byte line (L2::128B), whose other half the warp's next step reads (H100, M = 1 fp16: int8

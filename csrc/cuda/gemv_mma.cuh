@@ -113,9 +113,23 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
 
   const int64_t chunks = p.k / kK;
   const uint64_t policy = evict_first_policy();
-  wait_for_previous_kernel();  // x, and the weights too if that kernel wrote them
   const int64_t steps = (chunks + 3) / 4;
   constexpr int kUnroll = Shape::kUnroll;
+  if constexpr (kFmt == Format::kInt8 && kXTiles == 1) {
+    // The warp's first batch of codes asked into L2 while the kernel before may still run: a
+    // hint, which reads nothing (the loads after the wait read L2, where that kernel's writes
+    // are). int8 at M <= 8 only: 1.00-1.08x on the goal shapes, where the tall shape lost up to
+    // 5% and int4 and nf4 2-14% (H100; bench/NOTES.md "CUDA GEMV", v1.17).
+    const int64_t first_chunk = int64_t(warp) * kUnroll * 4;
+    if (quad == 0 && first_chunk < chunks) {
+      const int64_t end_chunk = min(chunks, first_chunk + kUnroll * 4);
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        prefetch_l2(w_row[r] + first_chunk * 16, uint32_t(end_chunk - first_chunk) * 16);
+      }
+    }
+  }
+  wait_for_previous_kernel();  // x, and the weights too if that kernel wrote them
   float acc[kXTiles][4] = {};
 
   for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
