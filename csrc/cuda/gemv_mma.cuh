@@ -311,14 +311,11 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
     }
   }
   const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
-  // int4 with bf16 x also on one-wave grids of at least a block per SM: its loop has 6% more
-  // instructions (three shifts per word), which the wide shape's 24 warps per SM hide better
-  // (H100 us deep / wide: 4096x4096 M = 1 7.27 / 6.87, M = 8 8.17 / 7.56; 4096x14336 17.28 /
-  // 16.86, 19.32 / 18.01; 2048x8192, fewer blocks than SMs, 7.92 / 8.59; bench/NOTES.md "CUDA
-  // GEMV", v1.12).
-  constexpr bool kBf16Int4 = kFmt == Format::kInt4 && std::is_same_v<T, __nv_bfloat16>;
-  const bool wide = blocks > int64_t(GemvDeep::kMinBlocksPerSM) * sm_count ||
-                    (kBf16Int4 && blocks >= sm_count);
+  // The wide shape only where deep would need a second wave. v1.12 also gave int4 with bf16 x
+  // the wide shape on one-wave grids of at least a block per SM; by the ninth session of 24 Nov
+  // that cost it 1.21-1.28x (H100 us wide / deep at M = 1: 4096x4096 8.07 / 6.65, 4096x14336
+  // 21.28 / 16.65; bench/NOTES.md "CUDA GEMV", v1.18).
+  const bool wide = blocks > int64_t(GemvDeep::kMinBlocksPerSM) * sm_count;
   return wide ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream)
               : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
 }
