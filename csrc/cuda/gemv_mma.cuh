@@ -119,7 +119,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     // The warp's first batch of codes asked into L2 while the kernel before may still run: a
     // hint, which reads nothing (the loads after the wait read L2, where that kernel's writes
     // are). int8 at M <= 8 only: 1.00-1.08x on the goal shapes, where the tall shape lost up to
-    // 5% and int4 and nf4 2-14% (H100; bench/NOTES.md "CUDA GEMV", v1.17).
+    // 5% and int4 and nf4 up to 24% (H100; bench/NOTES.md "CUDA GEMV", v1.17).
     const int64_t first_chunk = int64_t(warp) * kUnroll * 4;
     if (quad == 0 && first_chunk < chunks) {
       const int64_t end_chunk = min(chunks, first_chunk + kUnroll * 4);
