@@ -394,6 +394,86 @@ def test_gemv_word_path(fmt, symmetric, group_size, dtype):
         assert_close(run_kernel(gemv, x, qw, b, split_k=split_k), x, qw, b)
 
 
+@cuda_only
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k,group_size", [(19, 640, -1), (300, 1024, 128), (64, 896, 256),
+                                            (4096, 4096, 128)])
+@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
+def test_gemv_mma_path(symmetric, n, k, group_size, dtype):
+    # The word path by tensor cores (sm_80+, K a multiple of 128): ragged rows, a ragged last
+    # group (896 = 3.5 groups of 256), groups of 128 and 256 and per channel, split and unsplit,
+    # against fp64 and against the same path on CUDA cores. Its products are exact (q - 8 and x
+    # in x's dtype, fp32 sums): the same bound as every kernel.
+    x, qw, b = sample_inputs(1, n, k, "int4", symmetric, group_size, dtype, bias=True)
+    num_groups = formats.num_groups(k, qw.group_size)
+    config = gemv.default_config(common.capability(x.device), 1, qw.group_size, num_groups,
+                                 True)
+    if not gemv.mma_supported("int4", x, qw.qweight, config, True, qw.group_size, num_groups):
+        pytest.skip(f"no tensor-core GEMV for {config} on this GPU")
+    for split_k in (1, 3):
+        y = run_kernel(gemv, x, qw, b, split_k=split_k)
+        assert_close(y, x, qw, b)
+        y_cuda_cores = torch.empty_like(y)
+        gemv.matmul(x, "int4", qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, b,
+                    y_cuda_cores, split_k=split_k, mma=False)
+        assert rel_err(y, y_cuda_cores.double()) <= REL_TOL[dtype]
+
+
+# Compiles the tensor-core GEMV for sm_90 (Triton's own ptxas, no GPU) in a process without
+# the interpreter and prints the layout of each 8-element asm block.
+MMA_LAYOUT_PROBE = """
+import re, sys, torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from qkernels import formats
+from qkernels.triton import common, gemv
+num_groups = 4096 // 128
+config = gemv.default_config((9, 0), 1, 128, num_groups, True)
+for x_type in ("*fp16", "*bf16"):
+    for has_zeros in (False, True):
+        constexprs = dict(FORMAT=formats.FORMAT_IDS["int4"], HAS_ZEROS=has_zeros,
+                          HAS_BIAS=False, ABSMAX_DQ=False, NF4_FROM_TABLE=True, PTX_DECODE=True,
+                          BLOCK_M=1, SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
+                          **config.kwargs)
+        signature, attrs = {}, {}
+        for index, name in enumerate(gemv.gemv_kernel.arg_names):
+            if name in constexprs:
+                signature[name] = "constexpr"
+                continue
+            signature[name] = {"x_ptr": x_type, "qweight_ptr": "*i32", "bias_ptr": x_type,
+                               "y_ptr": x_type, "tile_counters_ptr": "*i32"}.get(
+                                   name, "*fp32" if name.endswith("_ptr") else "i32")
+            attrs[(index,)] = [["tt.divisibility", 16]]
+        compiled = triton.compile(ASTSource(gemv.gemv_kernel, signature, constexprs, attrs),
+                                  target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": config.num_warps, "num_stages": 2})
+        ttgir = compiled.asm["ttgir"]
+        layouts = dict(re.findall(r"^(#blocked\\d*) = #ttg.blocked<(.*)>$", ttgir, re.M))
+        for encoding in re.findall(r"packed_element = 8 .*-> tensor<\\w+, (#blocked\\d*)>", ttgir):
+            print(config.num_warps, layouts[encoding])
+"""
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="the GPU runs test_gemv_mma_path itself")
+def test_gemv_mma_layout():
+    # _mma_word_asm pairs rows and words by the layout Triton gives the codes' tile: this
+    # Triton must still give it (else the kernel traps at run time, by _check_mma_layout).
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != common.INTERPRET_ENV_VAR}
+    package_root = os.path.dirname(os.path.dirname(qk.__file__))  # the qkernels under test
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-c", MMA_LAYOUT_PROBE], capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.split("\n")[:-1]
+    assert len(lines) == 4 * 2  # each variant: the layout check and the mma
+    for line in lines:
+        warps, layout = line.split(" ", 1)
+        assert layout == ("{sizePerThread = [1, 4], threadsPerWarp = [8, 4], "
+                          f"warpsPerCTA = [{warps}, 1], order = [1, 0]}}"), line
+
+
 def test_gemv_word_path_conditions():
     # Elsewhere the byte path runs: other formats, several rows, K not whole words, a word
     # across two groups, rows that do not start on a 4-byte boundary.

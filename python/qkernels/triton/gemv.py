@@ -8,7 +8,9 @@ shapes (small N, long K) over all SMs; common.store_output reduces the splits in
 Inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the op runs:
 GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: int4 in three instructions per
 weight, nf4 through the permute decode (common.nf4_word_values) where it runs (compiled, fp16 /
-bf16 x), the group scale once per word. nf4 at one row on tiles in one group but not whole
+bf16 x), the group scale once per word. int4 on sm_80+ with K a multiple of 128 takes it to
+tensor cores (_row_dot_mma: mma.sync by inline PTX on the tile as Triton lays it out, x in
+every column of B; 1.3-1.4x faster on an H100, bench/NOTES.md "Triton"). nf4 at one row on tiles in one group but not whole
 words: the byte path with the permute decode (nf4_table_values). The byte path, for the rest:
 each code dequantized to fp32 in the load's layout, then the multiply-adds.
 """
@@ -45,6 +47,170 @@ MIN_BLOCK_K = 32
 NF4_FROM_TABLE = True
 # 4-bit codes per 32-bit word, on the word path.
 WORD_CODES: tl.constexpr = tl.constexpr(8)
+
+
+def _mma_word_asm(dtype: torch.dtype, has_zeros: bool) -> str:
+    """PTX for _row_dot_mma, one asm block per 8 elements of a thread: rows i = 0, 1 (the
+    thread's two rows of the tile) by words j = 0..3 (its four words of the tile), element
+    4 i + j. $0..$7: the fp32 accumulator out, $8..$15 in; $16..$23 the code words; $24..$55
+    the x pairs (x0, x1), (x2, x3), (x4, x5), (x6, x7) of each word (the same for both rows);
+    $56..$63 the rows' scales; with ``has_zeros`` $64..$71 the rows' -s (z - 8).
+
+    Each word's nibbles become exact (q - 8) pairs in x's dtype (one LOP3 under the magic
+    exponent, one fma, as csrc/cuda/unpack.cuh), paired (k, k + 4) as they fall out of the
+    word; prmt pairs x the same way. mma.m16n8k16 takes the thread's two rows as A's rows g and
+    g + 8 and x as every column of B: D[row][any column] is the row's dot over the 16 k its
+    four lanes hold. That holds because lanes 4 g .. 4 g + 3 hold the same rows and lanes with
+    the same lane % 4 the same words (the [8, 4] threads of a 16-word tile; checked at the
+    start by _check_mma_layout). Zero points: a second mma by ones sums x. Lane
+    4 g adds the row's scaled sums into the accumulator; the others leave it."""
+    half = dtype == torch.float16
+    pair, mma_type, one = ("f16x2", "f16", 0x3C003C00) if half else ("bf16x2", "bf16", 0x3F803F80)
+    magic = 0x64006400 if half else 0x43004300
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32"
+    lines = ["{", ".reg .pred first;", ".reg .b32 lane, hi, one, magic, minus, b<4>, r<8>;",
+             ".reg .f32 d<4>, e<4>, t;",
+             "mov.u32 lane, %laneid;", "and.b32 lane, lane, 3;", "setp.eq.u32 first, lane, 0;",
+             f"mov.b32 one, {one:#010x};", f"mov.b32 magic, {magic:#010x};"]
+    # magic + q - (magic + 8) = q - 8, exact in either dtype.
+    lines.append(f"mov.b32 minus, {0xE408E408 if half else 0xC308C308:#010x};")
+    lines += [f"mov.f32 d{c}, 0f00000000;" for c in range(4)]
+    if has_zeros:
+        lines += [f"mov.f32 e{c}, 0f00000000;" for c in range(4)]
+    for j in range(4):
+        x01, x23, x45, x67 = (f"${24 + 8 * t + j}" for t in range(4))
+        lines += [f"prmt.b32 b0, {x01}, {x45}, 0x5410;", f"prmt.b32 b1, {x01}, {x45}, 0x7632;",
+                  f"prmt.b32 b2, {x23}, {x67}, 0x5410;", f"prmt.b32 b3, {x23}, {x67}, 0x7632;"]
+        for i in range(2):
+            word = f"${16 + 4 * i + j}"
+            # r[4 t + i]: nibbles t and t + 4 of the word (k = 8 w + t, 8 w + t + 4).
+            for t in range(4):
+                source = word if t == 0 else "hi"
+                if t:
+                    lines.append(f"shr.u32 hi, {word}, {4 * t};")
+                lines += [f"lop3.b32 r{2 * t + i}, {source}, 0x000f000f, magic, 0xea;",
+                          f"fma.rn.{pair} r{2 * t + i}, r{2 * t + i}, one, minus;"]
+        lines += [f"{mma} {{d0, d1, d2, d3}}, {{r0, r1, r2, r3}}, {{b0, b1}}, {{d0, d1, d2, d3}};",
+                  f"{mma} {{d0, d1, d2, d3}}, {{r4, r5, r6, r7}}, {{b2, b3}}, {{d0, d1, d2, d3}};"]
+        if has_zeros:
+            lines += [f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b0, b1}}, "
+                      "{e0, e1, e2, e3};",
+                      f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b2, b3}}, "
+                      "{e0, e1, e2, e3};"]
+    for i, d in ((0, "d0"), (1, "d2")):
+        out, acc = 4 * i, 8 + 4 * i
+        lines.append(f"fma.rn.f32 t, ${56 + 4 * i}, {d}, ${acc};")
+        if has_zeros:
+            lines.append(f"fma.rn.f32 t, ${64 + 4 * i}, e0, t;")
+        lines.append(f"selp.f32 ${out}, t, ${acc}, first;")
+        lines += [f"mov.f32 ${out + j}, ${acc + j};" for j in range(1, 4)]
+    return "\n".join(lines + ["}"])
+
+
+MMA_ASM_FP16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, False))
+MMA_ASM_FP16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, True))
+MMA_ASM_BF16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, False))
+MMA_ASM_BF16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, True))
+MMA_CONSTRAINTS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
+                                                      + ["f"] * 8))
+MMA_CONSTRAINTS_ZEROS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
+                                                            + ["f"] * 16))
+# Traps unless the layout is the one _mma_word_asm assumes: the four lanes of each group hold
+# the same rows, lanes 4 apart the same words, and a thread's second row the same words as its
+# first. $8..$15: the words (unread: an operand so that the check sees their layout), $16..$23
+# their rows, $24..$31 their word indices (elements 4 i + j as in _mma_word_asm); $0..$7: 0.
+MMA_LAYOUT_CHECK_ASM: tl.constexpr = tl.constexpr("\n".join(
+    ["{", ".reg .pred bad;", ".reg .b32 other;", "setp.ne.u32 bad, $16, $16;"]
+    + [line for e in range(8) for mask, operand in ((1, 16), (2, 16), (4, 24), (8, 24), (16, 24))
+       for line in (f"shfl.sync.bfly.b32 other, ${operand + e}, {mask}, 0x1f, 0xffffffff;",
+                    f"setp.ne.or.u32 bad, other, ${operand + e}, bad;")]
+    + [f"setp.ne.or.u32 bad, ${24 + 4 + j}, ${24 + j}, bad;" for j in range(4)]
+    + [f"setp.ne.or.u32 bad, ${16 + 4 * i + j}, ${16 + 4 * i}, bad;" for i in range(2)
+       for j in range(1, 4)]
+    + ["@bad trap;"] + [f"mov.b32 ${e}, 0;" for e in range(8)] + ["}"]))
+MMA_LAYOUT_CHECK_CONSTRAINTS: tl.constexpr = tl.constexpr(",".join(["=r"] * 8 + ["r"] * 24))
+
+
+@triton.jit
+def _check_mma_layout(words, offs_n, offs_w):
+    """Zeros [BLOCK_N, 16] (to add to the accumulator), after trapping unless ``words`` has the
+    layout _mma_word_asm needs. Triton chooses it: 16-byte vectors and [8, 4] threads per warp
+    for 16-word rows wherever mma_supported holds (and test_gemv_mma_layout checks the one
+    this Triton gives). A version that chose otherwise must not pair the wrong rows and words:
+    the launch fails instead."""
+    rows = tl.zeros_like(words) + offs_n[:, None]
+    cols = tl.zeros_like(words) + offs_w[None, :]
+    return tl.inline_asm_elementwise(MMA_LAYOUT_CHECK_ASM, MMA_LAYOUT_CHECK_CONSTRAINTS,
+                                     [words, rows, cols], dtype=tl.int32, is_pure=False, pack=8)
+
+
+@triton.jit
+def _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS: tl.constexpr,
+              BF16: tl.constexpr):
+    """acc + one tile by _mma_word_asm: words [BLOCK_N, 16], x pairs [16], scale and
+    zero_term (-s (z - 8), with HAS_ZEROS) [BLOCK_N]."""
+    x01, x23, x45, x67 = x01[None, :], x23[None, :], x45[None, :], x67[None, :]
+    if HAS_ZEROS:
+        args = [acc, words, x01, x23, x45, x67, scale[:, None], zero_term[:, None]]
+        if BF16:
+            return tl.inline_asm_elementwise(MMA_ASM_BF16_ZEROS, MMA_CONSTRAINTS_ZEROS, args,
+                                             dtype=tl.float32, is_pure=True, pack=8)
+        return tl.inline_asm_elementwise(MMA_ASM_FP16_ZEROS, MMA_CONSTRAINTS_ZEROS, args,
+                                         dtype=tl.float32, is_pure=True, pack=8)
+    args = [acc, words, x01, x23, x45, x67, scale[:, None]]
+    if BF16:
+        return tl.inline_asm_elementwise(MMA_ASM_BF16, MMA_CONSTRAINTS, args, dtype=tl.float32,
+                                         is_pure=True, pack=8)
+    return tl.inline_asm_elementwise(MMA_ASM_FP16, MMA_CONSTRAINTS, args, dtype=tl.float32,
+                                     is_pure=True, pack=8)
+
+
+@triton.jit
+def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
+                 row_words, group_size, num_groups, stride_qw, HAS_ZEROS: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr):
+    """_row_dot_words by tensor cores (_mma_word_asm): int4 words of 16-word tiles inside one
+    group, x contiguous fp16 / bf16 read as 32-bit pairs."""
+    BLOCK_W: tl.constexpr = BLOCK_K // WORD_CODES
+    row_ok = offs_n < N
+    word_range = tl.arange(0, BLOCK_W)
+    word_end = tl.minimum(last_tile * BLOCK_W, row_words)
+    x_pairs = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+
+    offs_w = first_tile * BLOCK_W + word_range
+    words = tl.load(words_ptr + offs_n[:, None] * stride_qw + offs_w[None, :],
+                    mask=row_ok[:, None] & (offs_w < word_end)[None, :], other=0)
+    acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
+    acc += _check_mma_layout(words, offs_n, offs_w).to(tl.float32)
+    # The tile's group, counted rather than divided for in the loop (a division by
+    # group_size was ~10% of the loop's instructions).
+    tiles_per_group = tl.cdiv(group_size, BLOCK_K)
+    group = first_tile // tiles_per_group
+    tiles_left_in_group = tiles_per_group - first_tile % tiles_per_group
+    for tile in range(first_tile, last_tile):
+        offs_w = tile * BLOCK_W + word_range
+        next_w = offs_w + BLOCK_W
+        next_words = tl.load(words_ptr + offs_n[:, None] * stride_qw + next_w[None, :],
+                             mask=row_ok[:, None] & (next_w < word_end)[None, :], other=0)
+        offsets = offs_n * num_groups + group
+        tiles_left_in_group -= 1
+        if tiles_left_in_group == 0:
+            group += 1
+            tiles_left_in_group = tiles_per_group
+        scale = tl.load(scales_ptr + offsets, mask=row_ok, other=0.0)
+        word_ok = offs_w < row_words
+        x01 = tl.load(x_pairs + 4 * offs_w, mask=word_ok, other=0)
+        x23 = tl.load(x_pairs + 4 * offs_w + 1, mask=word_ok, other=0)
+        x45 = tl.load(x_pairs + 4 * offs_w + 2, mask=word_ok, other=0)
+        x67 = tl.load(x_pairs + 4 * offs_w + 3, mask=word_ok, other=0)
+        if HAS_ZEROS:
+            zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
+            zero_term = -scale * (zero - INT4_SYMMETRIC_ZERO)
+        else:
+            zero_term = scale  # unused
+        acc = _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS, BF16)
+        words = next_words
+    return tl.sum(acc, axis=1)
 
 
 @triton.jit
@@ -189,6 +355,7 @@ def gemv_kernel(
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
     WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
+    MMA: tl.constexpr = False,     # WORDS by tensor cores (mma_supported)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -201,7 +368,12 @@ def gemv_kernel(
     tiles_per_split = tl.cdiv(k_tiles, SPLIT_K)
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
-    if WORDS:
+    if MMA:
+        out = _row_dot_mma(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
+                           last_tile, N, row_bytes, group_size, num_groups, stride_qn,
+                           HAS_ZEROS, BLOCK_N, BLOCK_K, x_ptr.dtype.element_ty == tl.bfloat16)
+        out = out[None, :]
+    elif WORDS:
         out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
                              last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
                              HAS_ZEROS, BLOCK_N, BLOCK_K, SCALE_PER_TILE, FORMAT == FORMAT_NF4)
@@ -366,11 +538,27 @@ def default_config(cap, block_m: int, group_size: int, num_groups: int, words: b
 
 # --- launcher -----------------------------------------------------------------------------------
 
+def mma_supported(fmt, x, qweight, config, words, group_size, num_groups) -> bool:
+    """The word path by tensor cores (_row_dot_mma): int4 on sm_80+, fp16 / bf16 x contiguous
+    along K in 4-byte pairs, a 16-word tile (BLOCK_K 128) inside one group, two or more rows per
+    thread. The codes' rows 16-word multiples and 16-byte aligned: Triton then loads them as
+    16-byte vectors, the layout _mma_word_asm relies on (elsewhere it loads words one by one)."""
+    kwargs = config.kwargs
+    return (words and fmt == "int4" and common.ptx_decode_enabled(x.dtype)
+            and common.capability(x.device) >= (8, 0) and x.stride(1) == 1
+            and x.data_ptr() % 4 == 0 and kwargs["BLOCK_K"] == 128
+            and kwargs["BLOCK_N"] % (16 * config.num_warps) == 0
+            and common.scale_per_tile(group_size, num_groups, kwargs["BLOCK_K"])
+            and x.shape[1] % 128 == 0 and qweight.stride(0) % 64 == 0
+            and qweight.data_ptr() % 16 == 0)
+
+
 def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
-           split_k=None, absmax_dq=None, words=None):
+           split_k=None, absmax_dq=None, words=None, mma=None):
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
     x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
-    otherwise the autotuned or per-GPU default config and the split-K heuristic decide.
+    otherwise the autotuned or per-GPU default config and the split-K heuristic decide; the
+    untuned launch takes int4 to tensor cores where mma_supported (``mma=False``: not).
     ``absmax_dq``: (absmax_scales, absmax_offsets) of a double-quantized nf4 weight, whose
     ``scales`` are then the absmax codes. ``words=False`` forces the byte path where the word
     path applies (benchmarks)."""
@@ -411,6 +599,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     if tuned:
         _autotuned_kernel[grid](*args, **meta)
     else:
+        meta["MMA"] = mma is not False and mma_supported(fmt, x, qweight, config, words,
+                                                         group_size, num_groups)
         _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
                       num_warps=config.num_warps, num_stages=config.num_stages)
     return y
