@@ -7,7 +7,7 @@ harness: a quick check while tuning the kernels.
     python bench/triton_dev.py --crossover  # fused GEMM vs dequantize + cuBLAS (FUSED_GEMM_MAX_M)
     python bench/triton_dev.py --gemv       # the GEMV at M = 1 (int4): word path against byte path
     python bench/triton_dev.py --gemv-tiles # the GEMV at M = 1 (nf4, int4): tiles against default
-    python bench/triton_dev.py --gemv-mma   # the GEMV at M = 1 (int4): tensor cores or not
+    python bench/triton_dev.py --gemv-mma   # the GEMV at M = 1 (int4, nf4): tensor cores or not
     python bench/triton_dev.py --sass       # no GPU needed: SASS of each kernel's main loop
     python bench/triton_dev.py --baseline DIR   # this tree's kernels against DIR's (an older
                                             # python/qkernels/triton), fp16 and bf16, M <= 64
@@ -227,46 +227,36 @@ def gemv_tiles(nbytes_l2):
 
 
 MMA_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096), (28672, 8192))
-# Tensor-core tiles timed beside the default: (BLOCK_N, num_warps, split-K or None for the
-# heuristic's), BLOCK_K 128.
-MMA_TILES = ((128, 4, None), (32, 2, None), (64, 4, 8), (64, 4, 2))
+MMA_FORMATS = (("int4", 128, False), ("int4", 128, True), ("nf4", 64, False))
 
 
 def gemv_mma(nbytes_l2):
     """The word path at M = 1 by tensor cores (_row_dot_mma) against the same path on CUDA
-    cores, with fp16 F.linear and the CUDA backend; int4 g128 and symmetric, fp16 and bf16 x,
-    interleaved over GEMV_ROUNDS rounds, medians in us."""
-    tiles = [f"{n}x128w{w}" + (f"s{split}" if split else "") for n, w, split in MMA_TILES]
+    cores, with fp16 F.linear and the CUDA backend; int4 g128 and symmetric, nf4 g64; fp16 and
+    bf16 x; interleaved over GEMV_ROUNDS rounds, medians in us."""
     print("GEMV M=1, us: F.linear | cuda | triton words | triton mma | mma vs words, "
-          "vs F.linear, vs cuda | mma at " + ", ".join(tiles))
+          "vs F.linear, vs cuda")
     for n, k in MMA_SHAPES:
         for dtype in (torch.float16, torch.bfloat16):
             x = torch.randn(1, k, device="cuda", dtype=dtype)
-            for f in GEMV_FORMATS:
+            for f in MMA_FORMATS:
                 copies = weight_copies(quantized(*f, n, k), nbytes_l2)
 
-                def calls(mma, config=None, split_k=None):
+                def calls(mma):
                     def call(qw):
                         y = torch.empty(1, n, dtype=x.dtype, device=x.device)
                         return lambda: gemv.matmul(x, qw.fmt, qw.qweight, qw.scale_tensor,
-                                                   qw.zeros, qw.group_size, None, y, mma=mma,
-                                                   config=config, split_k=split_k)
+                                                   qw.zeros, qw.group_size, None, y, mma=mma)
                     return [call(qw) for qw in copies]
 
-                variants = {
+                t = interleaved_medians({
                     "linear": linear_calls(x, n, k, nbytes_l2),
                     "cuda": [lambda qw=qw: qk.matmul(x, qw, backend="cuda") for qw in copies],
-                    "words": calls(False), "mma": calls(None)}
-                for tile, (block_n, warps, split) in zip(tiles, MMA_TILES):
-                    variants[tile] = calls(None, triton.Config(
-                        {"BLOCK_N": block_n, "BLOCK_K": 128}, num_warps=warps, num_stages=2),
-                        split)
-                t = interleaved_medians(variants, GEMV_ROUNDS)
+                    "words": calls(False), "mma": calls(None)}, GEMV_ROUNDS)
                 print(f"{n}x{k} {str(dtype)[6:]:>8} {_name(f):>14}: {t['linear']:6.1f} | "
                       f"{t['cuda']:6.1f} | {t['words']:6.1f} | {t['mma']:6.1f} | "
                       f"{t['words'] / t['mma']:.2f}x, {t['linear'] / t['mma']:.2f}x, "
-                      f"{t['cuda'] / t['mma']:.2f}x | "
-                      + ", ".join(f"{t[tile]:6.1f}" for tile in tiles), flush=True)
+                      f"{t['cuda'] / t['mma']:.2f}x", flush=True)
 
 
 VERSION_SHAPES = ((14336, 4096), (4096, 14336), (4096, 4096))
@@ -408,7 +398,7 @@ def sass():
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                PTX_DECODE=True, MMA=False,
+                PTX_DECODE=True, MMA=False, MMA_GROUPS_PER_TILE=1,
                 WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                                   gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
@@ -416,9 +406,10 @@ def sass():
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
         }
-        if fmt == "int4":
+        if fmt in ("int4", "nf4"):
             kernel, config, meta = kernels["gemv M=1"]
-            kernels["gemv M=1, mma"] = (kernel, config, {**meta, "MMA": True})
+            kernels["gemv M=1, mma"] = (kernel, gemv.MMA_CONFIG, {
+                **meta, "MMA": True, "MMA_GROUPS_PER_TILE": max(128 // group_size, 1)})
         if fmt == "nf4":  # the decode the GEMV does not use, for comparison
             kernel, config, meta = kernels["gemv M=1"]
             byte_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size,
@@ -480,7 +471,7 @@ def main():
     parser.add_argument("--gemv-tiles", action="store_true",
                         help="GEMV at M = 1, nf4 and int4: default config against other tiles")
     parser.add_argument("--gemv-mma", action="store_true",
-                        help="the GEMV at M = 1 (int4): tensor cores against CUDA cores")
+                        help="the GEMV at M = 1 (int4, nf4): tensor cores against CUDA cores")
     parser.add_argument("--gemv", action="store_true",
                         help="GEMV at M = 1, int4: word path against the byte path, CUDA, fp16")
     parser.add_argument("--baseline", metavar="DIR",

@@ -45,6 +45,10 @@ REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def capability_at_least(major: int) -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= major
+
+
 @pytest.fixture(autouse=True)
 def _untuned(monkeypatch):
     # Each test shape would be a new autotune key; tests run the default configs (the autotuned
@@ -397,24 +401,27 @@ def test_gemv_word_path(fmt, symmetric, group_size, dtype):
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group_size", [(19, 640, -1), (300, 1024, 128), (64, 896, 256),
-                                            (4096, 4096, 128)])
-@pytest.mark.parametrize("symmetric", [False, True], ids=["int4", "int4-sym"])
-def test_gemv_mma_path(symmetric, n, k, group_size, dtype):
-    # The word path by tensor cores (sm_80+, K a multiple of 128): ragged rows, a ragged last
-    # group (896 = 3.5 groups of 256), groups of 128 and 256 and per channel, split and unsplit,
-    # against fp64 and against the same path on CUDA cores. Its products are exact (q - 8 and x
-    # in x's dtype, fp32 sums): the same bound as every kernel.
-    x, qw, b = sample_inputs(1, n, k, "int4", symmetric, group_size, dtype, bias=True)
+                                            (4096, 4096, 128), (37, 640, 64), (64, 1152, 32)])
+@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+def test_gemv_mma_path(fmt, symmetric, n, k, group_size, dtype):
+    # The word path by tensor cores (sm_90, K a multiple of 128): ragged rows, a ragged last
+    # group (896 = 3.5 groups of 256), groups of 32 to 256 (int4 below 128: CUDA cores) and per
+    # channel, split and unsplit, against fp64 and against the same path on CUDA cores. int4's
+    # products are exact (q - 8 and x in x's dtype, fp32 sums); nf4's weights are the CUDA
+    # backend's (table and absmax rounded to x's dtype): the same bound as every kernel.
+    x, qw, b = sample_inputs(1, n, k, fmt, symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(k, qw.group_size)
-    config = gemv.default_config(common.capability(x.device), 1, qw.group_size, num_groups,
-                                 True)
-    if not gemv.mma_supported("int4", x, qw.qweight, config, True, qw.group_size, num_groups):
-        pytest.skip(f"no tensor-core GEMV for {config} on this GPU")
+    supported = gemv.mma_supported(fmt, x, qw.qweight, gemv.MMA_CONFIG, True, qw.group_size,
+                                   num_groups)
+    if capability_at_least(9):
+        assert supported == (fmt == "nf4" or qw.group_size % 128 == 0)
+    if not supported:
+        pytest.skip(f"no tensor-core GEMV for {fmt} g{qw.group_size} here")
     for split_k in (1, 3):
         y = run_kernel(gemv, x, qw, b, split_k=split_k)
         assert_close(y, x, qw, b)
         y_cuda_cores = torch.empty_like(y)
-        gemv.matmul(x, "int4", qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, b,
+        gemv.matmul(x, fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, b,
                     y_cuda_cores, split_k=split_k, mma=False)
         assert rel_err(y, y_cuda_cores.double()) <= REL_TOL[dtype]
 
@@ -427,11 +434,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from qkernels import formats
 from qkernels.triton import common, gemv
-num_groups = 4096 // 128
-config = gemv.default_config((9, 0), 1, 128, num_groups, True)
+config = gemv.MMA_CONFIG
 for x_type in ("*fp16", "*bf16"):
-    for has_zeros in (False, True):
-        constexprs = dict(FORMAT=formats.FORMAT_IDS["int4"], HAS_ZEROS=has_zeros,
+    for fmt, has_zeros, groups in (("int4", False, 1), ("int4", True, 1), ("nf4", False, 2),
+                                   ("nf4", False, 4)):
+        constexprs = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=has_zeros,
+                          MMA_GROUPS_PER_TILE=groups,
                           HAS_BIAS=False, ABSMAX_DQ=False, NF4_FROM_TABLE=True, PTX_DECODE=True,
                           BLOCK_M=1, SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
                           **config.kwargs)
@@ -467,7 +475,7 @@ def test_gemv_mma_layout():
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split("\n")[:-1]
-    assert len(lines) == 4 * 2  # each variant: the layout check and the mma
+    assert len(lines) == 8 * 2  # each variant: the layout check and the mma
     for line in lines:
         warps, layout = line.split(" ", 1)
         assert layout == ("{sizePerThread = [1, 4], threadsPerWarp = [8, 4], "

@@ -55,7 +55,8 @@ def _nf4_byte_planes(dtype: torch.dtype) -> tuple:
     return plane(0), plane(8)
 
 
-def _nf4_lookup(dtype: torch.dtype, high: bool, codes: str, out0: str, out1: str) -> list:
+def nf4_lookup_lines(dtype: torch.dtype, high: bool, codes: str, out0: str,
+                     out1: str) -> list:
     """PTX lines: ``codes`` holds four bytes b0..b3; ``out0`` / ``out1`` get NF4[nibble] of
     b0..b3 in ``dtype`` as pairs (bytes (0, 1) and (2, 3)), of the low nibbles, or of the high
     ones (``high``). Uses the registers t, s, m, a, b, lo, hi. Each element depends on its own
@@ -84,10 +85,10 @@ def _nf4_lookup(dtype: torch.dtype, high: bool, codes: str, out0: str, out1: str
 
 def _nf4_permute_asm(dtype: torch.dtype, high: bool, pair_type: str = None) -> str:
     """PTX for _nf4_values_by_permute and nf4_table_values: $2 holds four code bytes; $0 / $1
-    get NF4 of their low (or ``high``) nibbles in ``dtype`` as pairs (_nf4_lookup), with
+    get NF4 of their low (or ``high``) nibbles in ``dtype`` as pairs (nf4_lookup_lines), with
     ``pair_type`` multiplied in that type by the absmax pairs in $3 / $4."""
     lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, nz;"]
-    lines += _nf4_lookup(dtype, high, "$2", "$0", "$1")
+    lines += nf4_lookup_lines(dtype, high, "$2", "$0", "$1")
     if pair_type:  # -0 pairs: fma(a, b, -0) is the product a * b, signed zeros kept
         lines += ["mov.b32 nz, 0x80008000;", f"fma.rn.{pair_type} $0, $0, $3, nz;",
                   f"fma.rn.{pair_type} $1, $1, $4, nz;"]
@@ -98,9 +99,9 @@ def _nf4_word_asm() -> str:
     """PTX for nf4_word_values: $8 holds a 32-bit word of 8 nf4 codes (k = 8 w + j: byte j // 2,
     low nibble first); $0..$7 (16-bit registers) get NF4[code j] in fp16."""
     lines = ["{", ".reg .b32 t, s, m, a, b, lo, hi, p, q;"]
-    lines += _nf4_lookup(torch.float16, False, "$8", "p", "q")  # codes 0, 2 | 4, 6
+    lines += nf4_lookup_lines(torch.float16, False, "$8", "p", "q")  # codes 0, 2 | 4, 6
     lines += ["mov.b32 {$0, $2}, p;", "mov.b32 {$4, $6}, q;"]
-    lines += _nf4_lookup(torch.float16, True, "$8", "p", "q")  # codes 1, 3 | 5, 7
+    lines += nf4_lookup_lines(torch.float16, True, "$8", "p", "q")  # codes 1, 3 | 5, 7
     lines += ["mov.b32 {$1, $3}, p;", "mov.b32 {$5, $7}, q;"]
     return "\n".join(lines + ["}"])
 

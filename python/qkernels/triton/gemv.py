@@ -8,11 +8,12 @@ shapes (small N, long K) over all SMs; common.store_output reduces the splits in
 Inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the op runs:
 GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: int4 in three instructions per
 weight, nf4 through the permute decode (common.nf4_word_values) where it runs (compiled, fp16 /
-bf16 x), the group scale once per word. int4 on sm_80+ with K a multiple of 128 takes it to
-tensor cores (_row_dot_mma: mma.sync by inline PTX on the tile as Triton lays it out, x in
-every column of B; 1.3-1.4x faster on an H100, bench/NOTES.md "Triton"). nf4 at one row on tiles in one group but not whole
-words: the byte path with the permute decode (nf4_table_values). The byte path, for the rest:
-each code dequantized to fp32 in the load's layout, then the multiply-adds.
+bf16 x), the group scale once per word. On sm_90 with K a multiple of 128, int4 (groups of
+128 and more) and nf4 take it to tensor cores (_row_dot_mma: mma.sync by inline PTX on the
+tile as Triton lays it out, x in every column of B; bench/NOTES.md, Triton, "GEMV v3"). nf4
+at one row on tiles in one group but not whole words: the byte path with the permute decode
+(nf4_table_values). The byte path, for the rest: each code dequantized to fp32 in the load's
+layout, then the multiply-adds.
 """
 
 from __future__ import annotations
@@ -107,10 +108,45 @@ def _mma_word_asm(dtype: torch.dtype, has_zeros: bool) -> str:
     return "\n".join(lines + ["}"])
 
 
+def _mma_nf4_word_asm(dtype: torch.dtype) -> str:
+    """PTX for _row_dot_mma on nf4, operands as _mma_word_asm's but $56..$63 each word's
+    absmax (fp32). Each word's codes become NF4 values rounded to x's dtype (the permute
+    decode, common.nf4_lookup_lines), paired (k, k + 2), times the absmax in that dtype: the
+    CUDA backend's weights. Every lane carries the rows' running dots in the accumulator's
+    elements 0 and 4 (D[row][any column]: x is every column of B), so the caller divides the
+    sum over a row's four lanes by 4."""
+    half = dtype == torch.float16
+    pair, mma_type, cvt = ("f16x2", "f16", "f16") if half else ("bf16x2", "bf16", "bf16")
+    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32"
+    lines = ["{", ".reg .b16 h;",
+             ".reg .b32 t, s, m, a, b, lo, hi, p, q, nz, absmax, b<4>, r<8>;",
+             ".reg .f32 d<4>;", "mov.b32 nz, 0x80008000;",  # fma(a, b, -0) = a b
+             "mov.f32 d0, $8;", "mov.f32 d1, $8;", "mov.f32 d2, $12;", "mov.f32 d3, $12;"]
+    for j in range(4):
+        x01, x23, x45, x67 = (f"${24 + 8 * t + j}" for t in range(4))
+        # x as the decode pairs them: (0, 2), (4, 6), (1, 3), (5, 7).
+        lines += [f"prmt.b32 b0, {x01}, {x23}, 0x5410;", f"prmt.b32 b1, {x45}, {x67}, 0x5410;",
+                  f"prmt.b32 b2, {x01}, {x23}, 0x7632;", f"prmt.b32 b3, {x45}, {x67}, 0x7632;"]
+        for i in range(2):
+            word, scale = f"${16 + 4 * i + j}", f"${56 + 4 * i + j}"
+            lines += [f"cvt.rn.{cvt}.f32 h, {scale};", "mov.b32 absmax, {h, h};"]
+            for high, first in ((False, 0), (True, 2)):
+                lines += common.nf4_lookup_lines(dtype, high, word, "p", "q")
+                lines += [f"fma.rn.{pair} r{2 * first + i}, p, absmax, nz;",
+                          f"fma.rn.{pair} r{2 * first + 2 + i}, q, absmax, nz;"]
+        lines += [f"{mma} {{d0, d1, d2, d3}}, {{r0, r1, r2, r3}}, {{b0, b1}}, {{d0, d1, d2, d3}};",
+                  f"{mma} {{d0, d1, d2, d3}}, {{r4, r5, r6, r7}}, {{b2, b3}}, {{d0, d1, d2, d3}};"]
+    lines += ["mov.f32 $0, d0;", "mov.f32 $4, d2;"]
+    lines += [f"mov.f32 ${e}, ${8 + e};" for e in (1, 2, 3, 5, 6, 7)]
+    return "\n".join(lines + ["}"])
+
+
 MMA_ASM_FP16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, False))
 MMA_ASM_FP16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, True))
 MMA_ASM_BF16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, False))
 MMA_ASM_BF16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, True))
+MMA_ASM_NF4_FP16: tl.constexpr = tl.constexpr(_mma_nf4_word_asm(torch.float16))
+MMA_ASM_NF4_BF16: tl.constexpr = tl.constexpr(_mma_nf4_word_asm(torch.bfloat16))
 MMA_CONSTRAINTS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
                                                       + ["f"] * 8))
 MMA_CONSTRAINTS_ZEROS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
@@ -166,11 +202,25 @@ def _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS: tl.co
 
 
 @triton.jit
+def _mma_nf4_tile(acc, words, x01, x23, x45, x67, absmax, BF16: tl.constexpr):
+    """acc + one nf4 tile by _mma_nf4_word_asm: words and absmax [BLOCK_N, 16], x pairs [16]."""
+    args = [acc, words, x01[None, :], x23[None, :], x45[None, :], x67[None, :], absmax]
+    if BF16:
+        return tl.inline_asm_elementwise(MMA_ASM_NF4_BF16, MMA_CONSTRAINTS, args,
+                                         dtype=tl.float32, is_pure=True, pack=8)
+    return tl.inline_asm_elementwise(MMA_ASM_NF4_FP16, MMA_CONSTRAINTS, args, dtype=tl.float32,
+                                     is_pure=True, pack=8)
+
+
+@triton.jit
 def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
                  row_words, group_size, num_groups, stride_qw, HAS_ZEROS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr):
-    """_row_dot_words by tensor cores (_mma_word_asm): int4 words of 16-word tiles inside one
-    group, x contiguous fp16 / bf16 read as 32-bit pairs."""
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr,
+                 NF4: tl.constexpr, GROUPS_PER_TILE: tl.constexpr):
+    """_row_dot_words by tensor cores, x contiguous fp16 / bf16 read as 32-bit pairs, 16-word
+    tiles: int4 (_mma_word_asm) with each tile inside one group, the scales applied to its
+    sums; nf4 (_mma_nf4_word_asm) with whole groups of 32 or 64 per tile or tiles inside one
+    group, each word's absmax in its weights."""
     BLOCK_W: tl.constexpr = BLOCK_K // WORD_CODES
     row_ok = offs_n < N
     word_range = tl.arange(0, BLOCK_W)
@@ -182,10 +232,11 @@ def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, la
                     mask=row_ok[:, None] & (offs_w < word_end)[None, :], other=0)
     acc = tl.zeros([BLOCK_N, BLOCK_W], tl.float32)
     acc += _check_mma_layout(words, offs_n, offs_w).to(tl.float32)
-    # The tile's group, counted rather than divided for in the loop (a division by
-    # group_size was ~10% of the loop's instructions).
+    # The tile's (first) group, counted rather than divided for in the loop (a division by
+    # group_size was ~10% of the loop's instructions); nf4's groups of 32 or 64 add each
+    # word's place in the tile.
     tiles_per_group = tl.cdiv(group_size, BLOCK_K)
-    group = first_tile // tiles_per_group
+    group = first_tile // tiles_per_group * GROUPS_PER_TILE
     tiles_left_in_group = tiles_per_group - first_tile % tiles_per_group
     for tile in range(first_tile, last_tile):
         offs_w = tile * BLOCK_W + word_range
@@ -195,21 +246,34 @@ def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, la
         offsets = offs_n * num_groups + group
         tiles_left_in_group -= 1
         if tiles_left_in_group == 0:
-            group += 1
+            group += GROUPS_PER_TILE
             tiles_left_in_group = tiles_per_group
-        scale = tl.load(scales_ptr + offsets, mask=row_ok, other=0.0)
         word_ok = offs_w < row_words
         x01 = tl.load(x_pairs + 4 * offs_w, mask=word_ok, other=0)
         x23 = tl.load(x_pairs + 4 * offs_w + 1, mask=word_ok, other=0)
         x45 = tl.load(x_pairs + 4 * offs_w + 2, mask=word_ok, other=0)
         x67 = tl.load(x_pairs + 4 * offs_w + 3, mask=word_ok, other=0)
-        if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
-            zero_term = -scale * (zero - INT4_SYMMETRIC_ZERO)
+        if NF4:
+            # Each word's absmax from [BLOCK_N] loads, one per group of the tile: a load of
+            # [BLOCK_N, 16] would give the asm its own layout (Triton 3.6 did).
+            absmax = tl.zeros([BLOCK_N, BLOCK_W], tl.float32) + tl.load(
+                scales_ptr + offsets, mask=row_ok, other=0.0)[:, None]
+            for g in tl.static_range(1, GROUPS_PER_TILE):
+                group_absmax = tl.load(scales_ptr + offsets + g, mask=row_ok, other=0.0)
+                in_group = (word_range // (BLOCK_W // GROUPS_PER_TILE) >= g)[None, :]
+                absmax = tl.where(in_group, group_absmax[:, None], absmax)
+            acc = _mma_nf4_tile(acc, words, x01, x23, x45, x67, absmax, BF16)
         else:
-            zero_term = scale  # unused
-        acc = _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS, BF16)
+            scale = tl.load(scales_ptr + offsets, mask=row_ok, other=0.0)
+            if HAS_ZEROS:
+                zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
+                zero_term = -scale * (zero - INT4_SYMMETRIC_ZERO)
+            else:
+                zero_term = scale  # unused
+            acc = _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS, BF16)
         words = next_words
+    if NF4:
+        return tl.sum(acc, axis=1) * 0.25  # each of a row's four lanes holds its dot
     return tl.sum(acc, axis=1)
 
 
@@ -356,6 +420,7 @@ def gemv_kernel(
     SPLIT_K: tl.constexpr,
     WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
     MMA: tl.constexpr = False,     # WORDS by tensor cores (mma_supported)
+    MMA_GROUPS_PER_TILE: tl.constexpr = 1,  # nf4 on MMA: groups in a BLOCK_K tile (1, 2, 4)
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -371,7 +436,8 @@ def gemv_kernel(
     if MMA:
         out = _row_dot_mma(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
                            last_tile, N, row_bytes, group_size, num_groups, stride_qn,
-                           HAS_ZEROS, BLOCK_N, BLOCK_K, x_ptr.dtype.element_ty == tl.bfloat16)
+                           HAS_ZEROS, BLOCK_N, BLOCK_K, x_ptr.dtype.element_ty == tl.bfloat16,
+                           FORMAT == FORMAT_NF4, MMA_GROUPS_PER_TILE)
         out = out[None, :]
     elif WORDS:
         out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
@@ -465,6 +531,10 @@ DEFAULT_CONFIGS = {
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
 }
 FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
+# The tensor-core word path's tile, whatever the group size (mma_supported): sm_90's default
+# before _adapt. 128 x 128 and 32 x 128 (2 warps) measured level with it, split 8 level but for
+# 28672x8192 (bench/NOTES.md, Triton, "GEMV v3").
+MMA_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2)
 
 
 def _fits_registers(block_m: int, config: triton.Config, words: bool) -> bool:
@@ -539,16 +609,20 @@ def default_config(cap, block_m: int, group_size: int, num_groups: int, words: b
 # --- launcher -----------------------------------------------------------------------------------
 
 def mma_supported(fmt, x, qweight, config, words, group_size, num_groups) -> bool:
-    """The word path by tensor cores (_row_dot_mma): int4 on sm_80+, fp16 / bf16 x contiguous
-    along K in 4-byte pairs, a 16-word tile (BLOCK_K 128) inside one group, two or more rows per
-    thread. The codes' rows 16-word multiples and 16-byte aligned: Triton then loads them as
-    16-byte vectors, the layout _mma_word_asm relies on (elsewhere it loads words one by one)."""
+    """The word path by tensor cores (_row_dot_mma): int4 and nf4 on sm_90 (where it was
+    measured; the PTX needs sm_80), fp16 / bf16 x contiguous along K in 4-byte pairs, a 16-word
+    tile (BLOCK_K 128; MMA_CONFIG) inside one group or, for nf4, holding whole groups of 32 or
+    64, two or more rows per thread. The codes' rows 16-word multiples and 16-byte aligned:
+    Triton then loads them as 16-byte vectors, the layout _mma_word_asm relies on (elsewhere it
+    loads words one by one)."""
     kwargs = config.kwargs
-    return (words and fmt == "int4" and common.ptx_decode_enabled(x.dtype)
-            and common.capability(x.device) >= (8, 0) and x.stride(1) == 1
-            and x.data_ptr() % 4 == 0 and kwargs["BLOCK_K"] == 128
-            and kwargs["BLOCK_N"] % (16 * config.num_warps) == 0
-            and common.scale_per_tile(group_size, num_groups, kwargs["BLOCK_K"])
+    block_k = kwargs["BLOCK_K"]
+    groups_fit = (common.scale_per_tile(group_size, num_groups, block_k)
+                  or (fmt == "nf4" and group_size in (32, 64)))
+    return (words and fmt in ("int4", "nf4") and common.ptx_decode_enabled(x.dtype)
+            and common.capability(x.device) >= (9, 0) and x.stride(1) == 1
+            and x.data_ptr() % 4 == 0 and block_k == 128
+            and kwargs["BLOCK_N"] % (16 * config.num_warps) == 0 and groups_fit
             and x.shape[1] % 128 == 0 and qweight.stride(0) % 64 == 0
             and qweight.data_ptr() % 16 == 0)
 
@@ -571,6 +645,9 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
                                                    nf4_words)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
+        if config is None and mma is not False and mma_supported(
+                fmt, x, qweight, MMA_CONFIG, words, group_size, num_groups):
+            config = MMA_CONFIG
         config = config or default_config(common.capability(x.device), block_m, group_size,
                                          num_groups, words)
         split_k = split_k or common.choose_split_k(
@@ -601,6 +678,8 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     else:
         meta["MMA"] = mma is not False and mma_supported(fmt, x, qweight, config, words,
                                                          group_size, num_groups)
+        if meta["MMA"]:
+            meta["MMA_GROUPS_PER_TILE"] = max(config.kwargs["BLOCK_K"] // group_size, 1)
         _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
                       num_warps=config.num_warps, num_stages=config.num_stages)
     return y
