@@ -231,7 +231,7 @@ MMA_FORMATS = (("int4", 128, False), ("int4", 128, True), ("nf4", 64, False))
 
 
 def gemv_mma(nbytes_l2):
-    """The word path at M = 1 by tensor cores (_row_dot_mma) against the same path on CUDA
+    """The word path at M = 1 by tensor cores (_rows_dot_mma) against the same path on CUDA
     cores, with fp16 F.linear and the CUDA backend; int4 g128 and symmetric, nf4 g64; fp16 and
     bf16 x; interleaved over GEMV_ROUNDS rounds, medians in us."""
     print("GEMV M=1, us: F.linear | cuda | triton words | triton mma | mma vs words, "
@@ -398,7 +398,8 @@ def sass():
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                PTX_DECODE=True, MMA=False, MMA_GROUPS_PER_TILE=1,
+                PTX_DECODE=True, MMA=False, MMA_GROUPS_PER_TILE=1, MMA_ASM="",
+                MMA_CONSTRAINTS="",
                 WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                                   gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
@@ -408,8 +409,10 @@ def sass():
         }
         if fmt in ("int4", "nf4"):
             kernel, config, meta = kernels["gemv M=1"]
+            asm, constraints = gemv.mma_asm(fmt, torch.float16, fmt == "int4", True)
             kernels["gemv M=1, mma"] = (kernel, gemv.MMA_CONFIG, {
-                **meta, "MMA": True, "MMA_GROUPS_PER_TILE": max(128 // group_size, 1)})
+                **meta, "MMA": True, "MMA_GROUPS_PER_TILE": max(128 // group_size, 1),
+                "MMA_ASM": asm, "MMA_CONSTRAINTS": constraints})
         if fmt == "nf4":  # the decode the GEMV does not use, for comparison
             kernel, config, meta = kernels["gemv M=1"]
             byte_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size,

@@ -403,13 +403,14 @@ def test_gemv_word_path(fmt, symmetric, group_size, dtype):
 @pytest.mark.parametrize("n,k,group_size", [(19, 640, -1), (300, 1024, 128), (64, 896, 256),
                                             (4096, 4096, 128), (37, 640, 64), (64, 1152, 32)])
 @pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
-def test_gemv_mma_path(fmt, symmetric, n, k, group_size, dtype):
-    # The word path by tensor cores (sm_90, K a multiple of 128): ragged rows, a ragged last
-    # group (896 = 3.5 groups of 256), groups of 32 to 256 (int4 below 128: CUDA cores) and per
-    # channel, split and unsplit, against fp64 and against the same path on CUDA cores. int4's
-    # products are exact (q - 8 and x in x's dtype, fp32 sums); nf4's weights are the CUDA
-    # backend's (table and absmax rounded to x's dtype): the same bound as every kernel.
-    x, qw, b = sample_inputs(1, n, k, fmt, symmetric, group_size, dtype, bias=True)
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_gemv_mma_path(m, fmt, symmetric, n, k, group_size, dtype):
+    # The GEMV by tensor cores (sm_90, K a multiple of 128, up to 8 rows of x): ragged rows, a
+    # ragged last group (896 = 3.5 groups of 256), groups of 32 to 256 (int4 below 128: CUDA
+    # cores) and per channel, split and unsplit, against fp64 and against the CUDA-core paths.
+    # int4's products are exact (q - 8 and x in x's dtype, fp32 sums); nf4's weights are the
+    # CUDA backend's (table and absmax rounded to x's dtype): the same bound as every kernel.
+    x, qw, b = sample_inputs(m, n, k, fmt, symmetric, group_size, dtype, bias=True)
     num_groups = formats.num_groups(k, qw.group_size)
     supported = gemv.mma_supported(fmt, x, qw.qweight, gemv.MMA_CONFIG, True, qw.group_size,
                                    num_groups)
@@ -417,6 +418,8 @@ def test_gemv_mma_path(fmt, symmetric, n, k, group_size, dtype):
         assert supported == (fmt == "nf4" or qw.group_size % 128 == 0)
     if not supported:
         pytest.skip(f"no tensor-core GEMV for {fmt} g{qw.group_size} here")
+    assert gemv.mma_applies(x, fmt, qw.qweight, qw.group_size)
+    assert_close(triton_op(x, qw, b), x, qw, b)  # the GEMV up to MMA_GEMV_MAX_M rows
     for split_k in (1, 3):
         y = run_kernel(gemv, x, qw, b, split_k=split_k)
         assert_close(y, x, qw, b)
@@ -435,30 +438,34 @@ from triton.compiler import ASTSource
 from qkernels import formats
 from qkernels.triton import common, gemv
 config = gemv.MMA_CONFIG
-for x_type in ("*fp16", "*bf16"):
+for x_type, dtype in (("*fp16", torch.float16), ("*bf16", torch.bfloat16)):
     for fmt, has_zeros, groups in (("int4", False, 1), ("int4", True, 1), ("nf4", False, 2),
                                    ("nf4", False, 4)):
-        constexprs = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=has_zeros,
-                          MMA_GROUPS_PER_TILE=groups,
-                          HAS_BIAS=False, ABSMAX_DQ=False, NF4_FROM_TABLE=True, PTX_DECODE=True,
-                          BLOCK_M=1, SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
-                          **config.kwargs)
-        signature, attrs = {}, {}
-        for index, name in enumerate(gemv.gemv_kernel.arg_names):
-            if name in constexprs:
-                signature[name] = "constexpr"
-                continue
-            signature[name] = {"x_ptr": x_type, "qweight_ptr": "*i32", "bias_ptr": x_type,
-                               "y_ptr": x_type, "tile_counters_ptr": "*i32"}.get(
-                                   name, "*fp32" if name.endswith("_ptr") else "i32")
-            attrs[(index,)] = [["tt.divisibility", 16]]
-        compiled = triton.compile(ASTSource(gemv.gemv_kernel, signature, constexprs, attrs),
-                                  target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": config.num_warps, "num_stages": 2})
-        ttgir = compiled.asm["ttgir"]
-        layouts = dict(re.findall(r"^(#blocked\\d*) = #ttg.blocked<(.*)>$", ttgir, re.M))
-        for encoding in re.findall(r"packed_element = 8 .*-> tensor<\\w+, (#blocked\\d*)>", ttgir):
-            print(config.num_warps, layouts[encoding])
+        for block_m in (1, 8):
+            asm, constraints = gemv.mma_asm(fmt, dtype, has_zeros, block_m == 1)
+            constexprs = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=has_zeros,
+                              MMA_GROUPS_PER_TILE=groups, MMA_ASM=asm,
+                              MMA_CONSTRAINTS=constraints, HAS_BIAS=False, ABSMAX_DQ=False,
+                              NF4_FROM_TABLE=True, PTX_DECODE=True, BLOCK_M=block_m,
+                              SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
+                              **config.kwargs)
+            signature, attrs = {}, {}
+            for index, name in enumerate(gemv.gemv_kernel.arg_names):
+                if name in constexprs:
+                    signature[name] = "constexpr"
+                    continue
+                signature[name] = {"x_ptr": x_type, "qweight_ptr": "*i32", "bias_ptr": x_type,
+                                   "y_ptr": x_type, "tile_counters_ptr": "*i32"}.get(
+                                       name, "*fp32" if name.endswith("_ptr") else "i32")
+                attrs[(index,)] = [["tt.divisibility", 16]]
+            compiled = triton.compile(ASTSource(gemv.gemv_kernel, signature, constexprs, attrs),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": config.num_warps, "num_stages": 2})
+            ttgir = compiled.asm["ttgir"]
+            layouts = dict(re.findall(r"^(#blocked\\d*) = #ttg.blocked<(.*)>$", ttgir, re.M))
+            for encoding in re.findall(r"packed_element = 8 .*-> tensor<\\w+, (#blocked\\d*)>",
+                                       ttgir):
+                print(config.num_warps, layouts[encoding])
 """
 
 
@@ -475,7 +482,7 @@ def test_gemv_mma_layout():
                             text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.split("\n")[:-1]
-    assert len(lines) == 8 * 2  # each variant: the layout check and the mma
+    assert len(lines) == 16 * 2  # each variant: the layout check and the mma
     for line in lines:
         warps, layout = line.split(" ", 1)
         assert layout == ("{sizePerThread = [1, 4], threadsPerWarp = [8, 4], "

@@ -5,7 +5,8 @@ CUDA tensors, and for CPU tensors too when TRITON_INTERPRET=1 (Triton's interpre
 way to run the kernels without a GPU). It queries no GPU: device properties are read at the
 first launch.
 
-    gemv.py     M <= GEMV_MAX_M: CUDA-core multiply-adds on weight tiles dequantized in registers
+    gemv.py     M <= GEMV_MAX_M: CUDA-core multiply-adds on weight tiles dequantized in
+                registers; M <= MMA_GEMV_MAX_M where gemv.mma_applies: tensor cores
     gemm.py     M <= fused_gemm_max_m(): tl.dot on weight tiles dequantized in registers
     dequant.py  larger M: W dequantized once into a buffer of x's dtype, then torch.matmul
 """
@@ -26,8 +27,13 @@ from . import common, dequant, gemm, gemv
 # H100 (llama3-8b and llama3-70b suites, commit c5f1c07): on all 10 shapes the GEMV at M = 2 and
 # 4 took 2-6x the GEMM's time at M = 8 (14336x4096 int4: 99.5 / 178 us against 36.5 us; M = 1
 # 32.8 us); the GEMM pads rows to 16, so M = 2 and 4 cost it about what M = 8 does (not timed
-# separately). Hence GEMV at M = 1 only.
+# separately). Hence GEMV at M = 1 only on CUDA cores.
 GEMV_MAX_M = 1
+# The GEMV by tensor cores (gemv.mma_applies: int4 and nf4 on sm_90) takes up to 8 rows; against
+# the GEMM, on the four gpu-goals shapes (H100, call h14 of 24 Nov, tenth session; bench/NOTES.md
+# "Triton", GEMV v3) it was faster at M = 2-4 on 7 of 8 cells (1.1-1.4x, int4 on 4096x4096 7%
+# slower) but at M = 8 slower on 4 of 8 (its split-K reduction of 8 rows on N = 4096).
+MMA_GEMV_MAX_M = 4
 
 # Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
 # multiplies. H100, fp16, us fused / dequantize + cuBLAS (`python bench/triton_dev.py
@@ -83,7 +89,10 @@ def _launch(x, fmt, qweight, scales, zeros, group_size, bias, absmax_dq):
         else:
             y = torch.empty((m, n), dtype=x.dtype, device=x.device)
             if m > 0:
-                kernel = gemv if m <= GEMV_MAX_M else gemm
+                takes_rows = m <= GEMV_MAX_M or (
+                    m <= MMA_GEMV_MAX_M
+                    and gemv.mma_applies(x2, fmt, qweight, group_size, absmax_dq))
+                kernel = gemv if takes_rows else gemm
                 kernel.matmul(x2, fmt, qweight, scales, zeros, group_size, bias, y,
                               absmax_dq=absmax_dq)
     return y.reshape(*x.shape[:-1], n)

@@ -9,14 +9,17 @@ Inner loops. The word path (_row_dot_words), for one row of x (the only GEMV the
 GEMV_MAX_M in __init__.py) with whole 32-bit words of codes: int4 in three instructions per
 weight, nf4 through the permute decode (common.nf4_word_values) where it runs (compiled, fp16 /
 bf16 x), the group scale once per word. On sm_90 with K a multiple of 128, int4 (groups of
-128 and more) and nf4 take it to tensor cores (_row_dot_mma: mma.sync by inline PTX on the
-tile as Triton lays it out, x in every column of B; bench/NOTES.md, Triton, "GEMV v3"). nf4
+128 and more) and nf4 go to tensor cores instead, for up to 8 rows of x (_rows_dot_mma:
+mma.sync by inline PTX on the tile as Triton lays it out, row m of x in column m of B;
+bench/NOTES.md, Triton, "GEMV v3"). nf4
 at one row on tiles in one group but not whole words: the byte path with the permute decode
 (nf4_table_values). The byte path, for the rest: each code dequantized to fp32 in the load's
 layout, then the multiply-adds.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -50,111 +53,108 @@ NF4_FROM_TABLE = True
 WORD_CODES: tl.constexpr = tl.constexpr(8)
 
 
-def _mma_word_asm(dtype: torch.dtype, has_zeros: bool) -> str:
-    """PTX for _row_dot_mma, one asm block per 8 elements of a thread: rows i = 0, 1 (the
-    thread's two rows of the tile) by words j = 0..3 (its four words of the tile), element
-    4 i + j. $0..$7: the fp32 accumulator out, $8..$15 in; $16..$23 the code words; $24..$55
-    the x pairs (x0, x1), (x2, x3), (x4, x5), (x6, x7) of each word (the same for both rows);
-    $56..$63 the rows' scales; with ``has_zeros`` $64..$71 the rows' -s (z - 8).
+@functools.lru_cache(maxsize=None)
+def mma_asm(fmt: str, dtype: torch.dtype, has_zeros: bool, one_row: bool) -> tuple:
+    """(PTX, constraints) for _rows_dot_mma, one asm block per 8 elements of a thread: rows
+    i = 0, 1 (the thread's two rows of the tile) by words j = 0..3 (its four words of the
+    tile), element 4 i + j. Operands: $0..$7 the fp32 accumulator out, $8..$15 in; $16..$23 the
+    code words; then x: ``one_row``, the pairs (x0, x1), (x2, x3), (x4, x5), (x6, x7) of each
+    word ($24, $32, $40, $48 + j); else the words' indices ($24 + j), x's address ($32), row
+    stride in bytes ($40) and M ($48); $56 / $60 the rows' scales (int4) or, $56..$63, each
+    word's absmax (nf4); $64 / $68 the rows' -s (z - 8) (int4 with ``has_zeros``; else unread).
 
-    Each word's nibbles become exact (q - 8) pairs in x's dtype (one LOP3 under the magic
-    exponent, one fma, as csrc/cuda/unpack.cuh), paired (k, k + 4) as they fall out of the
-    word; prmt pairs x the same way. mma.m16n8k16 takes the thread's two rows as A's rows g and
-    g + 8 and x as every column of B: D[row][any column] is the row's dot over the 16 k its
-    four lanes hold. That holds because lanes 4 g .. 4 g + 3 hold the same rows and lanes with
-    the same lane % 4 the same words (the [8, 4] threads of a 16-word tile; checked at the
-    start by _check_mma_layout). Zero points: a second mma by ones sums x. Lane
-    4 g adds the row's scaled sums into the accumulator; the others leave it."""
+    mma.m16n8k16 takes the thread's two rows as A's rows g and g + 8 (g = lane / 4) and row g
+    of x as B's column g, which lane group g loads itself (16 bytes a word; zeros past M):
+    D[row][m] is the row's dot with x row m over the 16 k its four lanes hold, and lane
+    4 g + q holds columns 2 q and 2 q + 1, kept in its elements 4 i and 4 i + 1. One row of x
+    comes in as operands instead (loaded by Triton early in the loop: 3-6% faster at M = 1
+    than loads in the asm, which wait at once) and fills every column. All this holds because
+    lanes 4 g .. 4 g + 3 hold the same rows and lanes with the same lane % 4 the same words
+    (the [8, 4] threads of a 16-word tile; checked by _check_mma_layout).
+
+    int4: each word's nibbles become exact (q - 8) pairs (k, k + 4) in x's dtype (one LOP3
+    under the magic exponent, one fma); one tile's sums are scaled in fp32, and zero points
+    take a second mma by ones that sums x. nf4: the permute decode (common.nf4_lookup_lines)
+    gives pairs (k, k + 2) of the table rounded to x's dtype, times the word's absmax in that
+    dtype (the CUDA backend's weights), accumulated in the mma across tiles."""
+    nf4 = fmt == "nf4"
     half = dtype == torch.float16
     pair, mma_type, one = ("f16x2", "f16", 0x3C003C00) if half else ("bf16x2", "bf16", 0x3F803F80)
-    magic = 0x64006400 if half else 0x43004300
     mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32"
-    lines = ["{", ".reg .pred first;", ".reg .b32 lane, hi, one, magic, minus, b<4>, r<8>;",
-             ".reg .f32 d<4>, e<4>, t;",
-             "mov.u32 lane, %laneid;", "and.b32 lane, lane, 3;", "setp.eq.u32 first, lane, 0;",
-             f"mov.b32 one, {one:#010x};", f"mov.b32 magic, {magic:#010x};"]
-    # magic + q - (magic + 8) = q - 8, exact in either dtype.
-    lines.append(f"mov.b32 minus, {0xE408E408 if half else 0xC308C308:#010x};")
-    lines += [f"mov.f32 d{c}, 0f00000000;" for c in range(4)]
-    if has_zeros:
-        lines += [f"mov.f32 e{c}, 0f00000000;" for c in range(4)]
+    lines = ["{", ".reg .pred live;", ".reg .b16 h;",
+             ".reg .b32 g, hi, one, magic, minus, t, s, m, a, b, lo, p, q, nz, absmax;",
+             ".reg .b32 x<4>, b<4>, r<8>;", ".reg .b64 row, address;", ".reg .f32 d<4>, e<4>;",
+             f"mov.b32 one, {one:#010x};", "mov.b32 nz, 0x80008000;",  # fma(a, b, -0) = a b
+             f"mov.b32 magic, {0x64006400 if half else 0x43004300:#010x};",
+             # magic + q - (magic + 8) = q - 8, exact in either dtype
+             f"mov.b32 minus, {0xE408E408 if half else 0xC308C308:#010x};"]
+    if not one_row:
+        lines += ["mov.u32 g, %laneid;", "shr.u32 g, g, 2;", "setp.lt.u32 live, g, $48;",
+                  "mul.wide.u32 row, g, $40;", "add.s64 row, row, $32;"]
+    if nf4:
+        lines += ["mov.f32 d0, $8;", "mov.f32 d1, $9;", "mov.f32 d2, $12;", "mov.f32 d3, $13;"]
+    else:
+        lines += [f"mov.f32 d{c}, 0f00000000;" for c in range(4)]
+        if has_zeros:
+            lines += [f"mov.f32 e{c}, 0f00000000;" for c in range(4)]
     for j in range(4):
-        x01, x23, x45, x67 = (f"${24 + 8 * t + j}" for t in range(4))
-        lines += [f"prmt.b32 b0, {x01}, {x45}, 0x5410;", f"prmt.b32 b1, {x01}, {x45}, 0x7632;",
-                  f"prmt.b32 b2, {x23}, {x67}, 0x5410;", f"prmt.b32 b3, {x23}, {x67}, 0x7632;"]
+        if one_row:
+            lines += [f"mov.b32 x{c}, ${24 + 8 * c + j};" for c in range(4)]
+        else:
+            lines += [f"mul.wide.u32 address, ${24 + j}, 16;", "add.s64 address, address, row;",
+                      "mov.b32 x0, 0;", "mov.b32 x1, 0;", "mov.b32 x2, 0;", "mov.b32 x3, 0;",
+                      "@live ld.global.nc.v4.b32 {x0, x1, x2, x3}, [address];"]
+        if nf4:  # x as the decode pairs them: (0, 2), (4, 6), (1, 3), (5, 7)
+            lines += ["prmt.b32 b0, x0, x1, 0x5410;", "prmt.b32 b1, x2, x3, 0x5410;",
+                      "prmt.b32 b2, x0, x1, 0x7632;", "prmt.b32 b3, x2, x3, 0x7632;"]
+        else:  # (0, 4), (1, 5), (2, 6), (3, 7)
+            lines += ["prmt.b32 b0, x0, x2, 0x5410;", "prmt.b32 b1, x0, x2, 0x7632;",
+                      "prmt.b32 b2, x1, x3, 0x5410;", "prmt.b32 b3, x1, x3, 0x7632;"]
         for i in range(2):
             word = f"${16 + 4 * i + j}"
-            # r[4 t + i]: nibbles t and t + 4 of the word (k = 8 w + t, 8 w + t + 4).
-            for t in range(4):
-                source = word if t == 0 else "hi"
-                if t:
-                    lines.append(f"shr.u32 hi, {word}, {4 * t};")
-                lines += [f"lop3.b32 r{2 * t + i}, {source}, 0x000f000f, magic, 0xea;",
-                          f"fma.rn.{pair} r{2 * t + i}, r{2 * t + i}, one, minus;"]
+            if nf4:
+                lines += [f"cvt.rn.{mma_type}.f32 h, ${56 + 4 * i + j};",
+                          "mov.b32 absmax, {h, h};"]
+                for high, first in ((False, 0), (True, 2)):
+                    lines += common.nf4_lookup_lines(dtype, high, word, "p", "q")
+                    lines += [f"fma.rn.{pair} r{2 * first + i}, p, absmax, nz;",
+                              f"fma.rn.{pair} r{2 * first + 2 + i}, q, absmax, nz;"]
+            else:  # r[2 t + i]: nibbles t and t + 4 of the word
+                for t in range(4):
+                    source = word if t == 0 else "hi"
+                    if t:
+                        lines.append(f"shr.u32 hi, {word}, {4 * t};")
+                    lines += [f"lop3.b32 r{2 * t + i}, {source}, 0x000f000f, magic, 0xea;",
+                              f"fma.rn.{pair} r{2 * t + i}, r{2 * t + i}, one, minus;"]
         lines += [f"{mma} {{d0, d1, d2, d3}}, {{r0, r1, r2, r3}}, {{b0, b1}}, {{d0, d1, d2, d3}};",
                   f"{mma} {{d0, d1, d2, d3}}, {{r4, r5, r6, r7}}, {{b2, b3}}, {{d0, d1, d2, d3}};"]
         if has_zeros:
-            lines += [f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b0, b1}}, "
-                      "{e0, e1, e2, e3};",
-                      f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b2, b3}}, "
-                      "{e0, e1, e2, e3};"]
-    for i, d in ((0, "d0"), (1, "d2")):
-        out, acc = 4 * i, 8 + 4 * i
-        lines.append(f"fma.rn.f32 t, ${56 + 4 * i}, {d}, ${acc};")
-        if has_zeros:
-            lines.append(f"fma.rn.f32 t, ${64 + 4 * i}, e0, t;")
-        lines.append(f"selp.f32 ${out}, t, ${acc}, first;")
-        lines += [f"mov.f32 ${out + j}, ${acc + j};" for j in range(1, 4)]
-    return "\n".join(lines + ["}"])
+            lines += [f"{mma} {{e0, e1, e2, e3}}, {{one, one, one, one}}, {{b{c}, b{c + 1}}}, "
+                      "{e0, e1, e2, e3};" for c in (0, 2)]
+    # Outputs: element 4 i + c gets column 2 q + c of row i.
+    for i in range(2):
+        for c in range(2):
+            out, acc, d = 4 * i + c, 8 + 4 * i + c, f"d{2 * i + c}"
+            if nf4:
+                lines.append(f"mov.f32 ${out}, {d};")
+            else:
+                lines.append(f"fma.rn.f32 ${out}, ${56 + 4 * i}, {d}, ${acc};")
+                if has_zeros:
+                    lines.append(f"fma.rn.f32 ${out}, ${64 + 4 * i}, e{c}, ${out};")
+        lines += [f"mov.f32 ${4 * i + c}, ${8 + 4 * i + c};" for c in (2, 3)]
+    x_operands = ["r"] * 32 if one_row else ["r"] * 8 + ["l"] * 8 + ["r"] * 16
+    constraints = ["=f"] * 8 + ["f"] * 8 + ["r"] * 8 + x_operands + ["f"] * 16
+    return "\n".join(lines + ["}"]), ",".join(constraints)
 
 
-def _mma_nf4_word_asm(dtype: torch.dtype) -> str:
-    """PTX for _row_dot_mma on nf4, operands as _mma_word_asm's but $56..$63 each word's
-    absmax (fp32). Each word's codes become NF4 values rounded to x's dtype (the permute
-    decode, common.nf4_lookup_lines), paired (k, k + 2), times the absmax in that dtype: the
-    CUDA backend's weights. Every lane carries the rows' running dots in the accumulator's
-    elements 0 and 4 (D[row][any column]: x is every column of B), so the caller divides the
-    sum over a row's four lanes by 4."""
-    half = dtype == torch.float16
-    pair, mma_type, cvt = ("f16x2", "f16", "f16") if half else ("bf16x2", "bf16", "bf16")
-    mma = f"mma.sync.aligned.m16n8k16.row.col.f32.{mma_type}.{mma_type}.f32"
-    lines = ["{", ".reg .b16 h;",
-             ".reg .b32 t, s, m, a, b, lo, hi, p, q, nz, absmax, b<4>, r<8>;",
-             ".reg .f32 d<4>;", "mov.b32 nz, 0x80008000;",  # fma(a, b, -0) = a b
-             "mov.f32 d0, $8;", "mov.f32 d1, $8;", "mov.f32 d2, $12;", "mov.f32 d3, $12;"]
-    for j in range(4):
-        x01, x23, x45, x67 = (f"${24 + 8 * t + j}" for t in range(4))
-        # x as the decode pairs them: (0, 2), (4, 6), (1, 3), (5, 7).
-        lines += [f"prmt.b32 b0, {x01}, {x23}, 0x5410;", f"prmt.b32 b1, {x45}, {x67}, 0x5410;",
-                  f"prmt.b32 b2, {x01}, {x23}, 0x7632;", f"prmt.b32 b3, {x45}, {x67}, 0x7632;"]
-        for i in range(2):
-            word, scale = f"${16 + 4 * i + j}", f"${56 + 4 * i + j}"
-            lines += [f"cvt.rn.{cvt}.f32 h, {scale};", "mov.b32 absmax, {h, h};"]
-            for high, first in ((False, 0), (True, 2)):
-                lines += common.nf4_lookup_lines(dtype, high, word, "p", "q")
-                lines += [f"fma.rn.{pair} r{2 * first + i}, p, absmax, nz;",
-                          f"fma.rn.{pair} r{2 * first + 2 + i}, q, absmax, nz;"]
-        lines += [f"{mma} {{d0, d1, d2, d3}}, {{r0, r1, r2, r3}}, {{b0, b1}}, {{d0, d1, d2, d3}};",
-                  f"{mma} {{d0, d1, d2, d3}}, {{r4, r5, r6, r7}}, {{b2, b3}}, {{d0, d1, d2, d3}};"]
-    lines += ["mov.f32 $0, d0;", "mov.f32 $4, d2;"]
-    lines += [f"mov.f32 ${e}, ${8 + e};" for e in (1, 2, 3, 5, 6, 7)]
-    return "\n".join(lines + ["}"])
+# Rows of x the tensor-core GEMV takes: B's 8 columns.
+MMA_MAX_M = 8
 
 
-MMA_ASM_FP16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, False))
-MMA_ASM_FP16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.float16, True))
-MMA_ASM_BF16: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, False))
-MMA_ASM_BF16_ZEROS: tl.constexpr = tl.constexpr(_mma_word_asm(torch.bfloat16, True))
-MMA_ASM_NF4_FP16: tl.constexpr = tl.constexpr(_mma_nf4_word_asm(torch.float16))
-MMA_ASM_NF4_BF16: tl.constexpr = tl.constexpr(_mma_nf4_word_asm(torch.bfloat16))
-MMA_CONSTRAINTS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
-                                                      + ["f"] * 8))
-MMA_CONSTRAINTS_ZEROS: tl.constexpr = tl.constexpr(",".join(["=f"] * 8 + ["f"] * 8 + ["r"] * 40
-                                                            + ["f"] * 16))
-# Traps unless the layout is the one _mma_word_asm assumes: the four lanes of each group hold
+# Traps unless the layout is the one mma_asm assumes: the four lanes of each group hold
 # the same rows, lanes 4 apart the same words, and a thread's second row the same words as its
 # first. $8..$15: the words (unread: an operand so that the check sees their layout), $16..$23
-# their rows, $24..$31 their word indices (elements 4 i + j as in _mma_word_asm); $0..$7: 0.
+# their rows, $24..$31 their word indices (elements 4 i + j as in mma_asm); $0..$7: 0.
 MMA_LAYOUT_CHECK_ASM: tl.constexpr = tl.constexpr("\n".join(
     ["{", ".reg .pred bad;", ".reg .b32 other;", "setp.ne.u32 bad, $16, $16;"]
     + [line for e in range(8) for mask, operand in ((1, 16), (2, 16), (4, 24), (8, 24), (16, 24))
@@ -170,7 +170,7 @@ MMA_LAYOUT_CHECK_CONSTRAINTS: tl.constexpr = tl.constexpr(",".join(["=r"] * 8 + 
 @triton.jit
 def _check_mma_layout(words, offs_n, offs_w):
     """Zeros [BLOCK_N, 16] (to add to the accumulator), after trapping unless ``words`` has the
-    layout _mma_word_asm needs. Triton chooses it: 16-byte vectors and [8, 4] threads per warp
+    layout mma_asm needs. Triton chooses it: 16-byte vectors and [8, 4] threads per warp
     for 16-word rows wherever mma_supported holds (and test_gemv_mma_layout checks the one
     this Triton gives). A version that chose otherwise must not pair the wrong rows and words:
     the launch fails instead."""
@@ -181,51 +181,36 @@ def _check_mma_layout(words, offs_n, offs_w):
 
 
 @triton.jit
-def _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS: tl.constexpr,
-              BF16: tl.constexpr):
-    """acc + one tile by _mma_word_asm: words [BLOCK_N, 16], x pairs [16], scale and
-    zero_term (-s (z - 8), with HAS_ZEROS) [BLOCK_N]."""
-    x01, x23, x45, x67 = x01[None, :], x23[None, :], x45[None, :], x67[None, :]
-    if HAS_ZEROS:
-        args = [acc, words, x01, x23, x45, x67, scale[:, None], zero_term[:, None]]
-        if BF16:
-            return tl.inline_asm_elementwise(MMA_ASM_BF16_ZEROS, MMA_CONSTRAINTS_ZEROS, args,
-                                             dtype=tl.float32, is_pure=True, pack=8)
-        return tl.inline_asm_elementwise(MMA_ASM_FP16_ZEROS, MMA_CONSTRAINTS_ZEROS, args,
-                                         dtype=tl.float32, is_pure=True, pack=8)
-    args = [acc, words, x01, x23, x45, x67, scale[:, None]]
-    if BF16:
-        return tl.inline_asm_elementwise(MMA_ASM_BF16, MMA_CONSTRAINTS, args, dtype=tl.float32,
-                                         is_pure=True, pack=8)
-    return tl.inline_asm_elementwise(MMA_ASM_FP16, MMA_CONSTRAINTS, args, dtype=tl.float32,
-                                     is_pure=True, pack=8)
+def _mma_tile(acc, words, x_a, x_b, x_c, x_d, scale, zero_term, MMA_ASM: tl.constexpr,
+              MMA_CONSTRAINTS: tl.constexpr):
+    """acc + one tile by mma_asm's PTX: words [BLOCK_N, 16]; x as mma_asm takes it (four
+    operands, broadcast); scale and zero_term [BLOCK_N, 1] (int4) or [BLOCK_N, 16] (nf4)."""
+    return tl.inline_asm_elementwise(MMA_ASM, MMA_CONSTRAINTS,
+                                     [acc, words, x_a, x_b, x_c, x_d, scale, zero_term],
+                                     dtype=tl.float32, is_pure=True, pack=8)
 
 
 @triton.jit
-def _mma_nf4_tile(acc, words, x01, x23, x45, x67, absmax, BF16: tl.constexpr):
-    """acc + one nf4 tile by _mma_nf4_word_asm: words and absmax [BLOCK_N, 16], x pairs [16]."""
-    args = [acc, words, x01[None, :], x23[None, :], x45[None, :], x67[None, :], absmax]
-    if BF16:
-        return tl.inline_asm_elementwise(MMA_ASM_NF4_BF16, MMA_CONSTRAINTS, args,
-                                         dtype=tl.float32, is_pure=True, pack=8)
-    return tl.inline_asm_elementwise(MMA_ASM_NF4_FP16, MMA_CONSTRAINTS, args, dtype=tl.float32,
-                                     is_pure=True, pack=8)
-
-
-@triton.jit
-def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, last_tile, N,
-                 row_words, group_size, num_groups, stride_qw, HAS_ZEROS: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BF16: tl.constexpr,
-                 NF4: tl.constexpr, GROUPS_PER_TILE: tl.constexpr):
-    """_row_dot_words by tensor cores, x contiguous fp16 / bf16 read as 32-bit pairs, 16-word
-    tiles: int4 (_mma_word_asm) with each tile inside one group, the scales applied to its
-    sums; nf4 (_mma_nf4_word_asm) with whole groups of 32 or 64 per tile or tiles inside one
-    group, each word's absmax in its weights."""
+def _rows_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_m, offs_n, first_tile,
+                  last_tile, M, N, row_words, group_size, num_groups, stride_xm, stride_qw,
+                  HAS_ZEROS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_K: tl.constexpr, NF4: tl.constexpr, GROUPS_PER_TILE: tl.constexpr,
+                  MMA_ASM: tl.constexpr, MMA_CONSTRAINTS: tl.constexpr):
+    """x[offs_m] @ W[offs_n].T over K tiles [first_tile, last_tile), [BLOCK_M, BLOCK_N] fp32,
+    by tensor cores (MMA_ASM: mma_asm's PTX), for up to 8 rows of x, contiguous fp16 / bf16 in
+    16-byte aligned rows; 16-word tiles of int4 codes inside one group (the scales applied to
+    the tile's sums) or of nf4 codes holding whole groups of 32 or 64 or inside one group (each
+    word's absmax in its weights)."""
     BLOCK_W: tl.constexpr = BLOCK_K // WORD_CODES
     row_ok = offs_n < N
     word_range = tl.arange(0, BLOCK_W)
     word_end = tl.minimum(last_tile * BLOCK_W, row_words)
-    x_pairs = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
+    if BLOCK_M > 1:  # the asm loads its rows of x: where they are, as tensors to broadcast
+        x_address = tl.zeros([1, 1], tl.int64) + x_ptr.to(tl.int64, bitcast=True)
+        x_row_bytes = tl.zeros([1, 1], tl.int32) + stride_xm * 2
+        x_rows = tl.zeros([1, 1], tl.int32) + M
+    else:
+        x_pairs = x_ptr.to(tl.pointer_type(tl.int32), bitcast=True)
 
     offs_w = first_tile * BLOCK_W + word_range
     words = tl.load(words_ptr + offs_n[:, None] * stride_qw + offs_w[None, :],
@@ -248,33 +233,40 @@ def _row_dot_mma(x_ptr, words_ptr, scales_ptr, zeros_ptr, offs_n, first_tile, la
         if tiles_left_in_group == 0:
             group += GROUPS_PER_TILE
             tiles_left_in_group = tiles_per_group
-        word_ok = offs_w < row_words
-        x01 = tl.load(x_pairs + 4 * offs_w, mask=word_ok, other=0)
-        x23 = tl.load(x_pairs + 4 * offs_w + 1, mask=word_ok, other=0)
-        x45 = tl.load(x_pairs + 4 * offs_w + 2, mask=word_ok, other=0)
-        x67 = tl.load(x_pairs + 4 * offs_w + 3, mask=word_ok, other=0)
+        if BLOCK_M > 1:
+            x_a, x_b, x_c, x_d = offs_w[None, :], x_address, x_row_bytes, x_rows
+        else:  # (x0, x1), (x2, x3), (x4, x5), (x6, x7) of each word
+            word_ok = offs_w < row_words
+            x_a = tl.load(x_pairs + 4 * offs_w, mask=word_ok, other=0)[None, :]
+            x_b = tl.load(x_pairs + 4 * offs_w + 1, mask=word_ok, other=0)[None, :]
+            x_c = tl.load(x_pairs + 4 * offs_w + 2, mask=word_ok, other=0)[None, :]
+            x_d = tl.load(x_pairs + 4 * offs_w + 3, mask=word_ok, other=0)[None, :]
+        scale = tl.load(scales_ptr + offsets, mask=row_ok, other=0.0)
         if NF4:
             # Each word's absmax from [BLOCK_N] loads, one per group of the tile: a load of
             # [BLOCK_N, 16] would give the asm its own layout (Triton 3.6 did).
-            absmax = tl.zeros([BLOCK_N, BLOCK_W], tl.float32) + tl.load(
-                scales_ptr + offsets, mask=row_ok, other=0.0)[:, None]
+            absmax = tl.zeros([BLOCK_N, BLOCK_W], tl.float32) + scale[:, None]
             for g in tl.static_range(1, GROUPS_PER_TILE):
                 group_absmax = tl.load(scales_ptr + offsets + g, mask=row_ok, other=0.0)
                 in_group = (word_range // (BLOCK_W // GROUPS_PER_TILE) >= g)[None, :]
                 absmax = tl.where(in_group, group_absmax[:, None], absmax)
-            acc = _mma_nf4_tile(acc, words, x01, x23, x45, x67, absmax, BF16)
+            acc = _mma_tile(acc, words, x_a, x_b, x_c, x_d, absmax, absmax, MMA_ASM,
+                            MMA_CONSTRAINTS)
         else:
-            scale = tl.load(scales_ptr + offsets, mask=row_ok, other=0.0)
             if HAS_ZEROS:
                 zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
                 zero_term = -scale * (zero - INT4_SYMMETRIC_ZERO)
             else:
                 zero_term = scale  # unused
-            acc = _mma_tile(acc, words, x01, x23, x45, x67, scale, zero_term, HAS_ZEROS, BF16)
+            acc = _mma_tile(acc, words, x_a, x_b, x_c, x_d, scale[:, None],
+                            zero_term[:, None], MMA_ASM, MMA_CONSTRAINTS)
         words = next_words
-    if NF4:
-        return tl.sum(acc, axis=1) * 0.25  # each of a row's four lanes holds its dot
-    return tl.sum(acc, axis=1)
+    # Row m of x: lane q = m // 2 of each group, its element m % 2 (word column 4 q + m % 2).
+    if BLOCK_M == 1:  # a sum across each group's lanes, by shuffles
+        return tl.sum(tl.where(word_range[None, :] == 0, acc, 0.0), axis=1)[None, :]
+    column = 4 * (offs_m // 2) + offs_m % 2
+    return tl.sum(tl.where(word_range[None, None, :] == column[:, None, None], acc[None, :, :],
+                           0.0), axis=2)
 
 
 @triton.jit
@@ -421,6 +413,8 @@ def gemv_kernel(
     WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
     MMA: tl.constexpr = False,     # WORDS by tensor cores (mma_supported)
     MMA_GROUPS_PER_TILE: tl.constexpr = 1,  # nf4 on MMA: groups in a BLOCK_K tile (1, 2, 4)
+    MMA_ASM: tl.constexpr = "",            # with MMA: mma_asm's PTX and constraints
+    MMA_CONSTRAINTS: tl.constexpr = "",
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
@@ -434,11 +428,11 @@ def gemv_kernel(
     first_tile = pid_k * tiles_per_split
     last_tile = tl.minimum(first_tile + tiles_per_split, k_tiles)
     if MMA:
-        out = _row_dot_mma(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
-                           last_tile, N, row_bytes, group_size, num_groups, stride_qn,
-                           HAS_ZEROS, BLOCK_N, BLOCK_K, x_ptr.dtype.element_ty == tl.bfloat16,
-                           FORMAT == FORMAT_NF4, MMA_GROUPS_PER_TILE)
-        out = out[None, :]
+        out = _rows_dot_mma(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_m, offs_n,
+                            first_tile, last_tile, M, N, row_bytes, group_size, num_groups,
+                            stride_xm, stride_qn, HAS_ZEROS, BLOCK_M, BLOCK_N, BLOCK_K,
+                            FORMAT == FORMAT_NF4, MMA_GROUPS_PER_TILE, MMA_ASM,
+                            MMA_CONSTRAINTS)
     elif WORDS:
         out = _row_dot_words(x_ptr, qweight_ptr, scales_ptr, zeros_ptr, offs_n, first_tile,
                              last_tile, N, row_bytes, group_size, num_groups, stride_xk, stride_qn,
@@ -531,7 +525,7 @@ DEFAULT_CONFIGS = {
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
 }
 FALLBACK_CONFIG = DEFAULT_CONFIGS[8]
-# The tensor-core word path's tile, whatever the group size (mma_supported): sm_90's default
+# The tensor-core GEMV's tile, whatever the group size (mma_supported): sm_90's default
 # before _adapt. 128 x 128 and 32 x 128 (2 warps) measured level with it, split 8 level but for
 # 28672x8192 (bench/NOTES.md, Triton, "GEMV v3").
 MMA_CONFIG = triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2)
@@ -609,22 +603,35 @@ def default_config(cap, block_m: int, group_size: int, num_groups: int, words: b
 # --- launcher -----------------------------------------------------------------------------------
 
 def mma_supported(fmt, x, qweight, config, words, group_size, num_groups) -> bool:
-    """The word path by tensor cores (_row_dot_mma): int4 and nf4 on sm_90 (where it was
-    measured; the PTX needs sm_80), fp16 / bf16 x contiguous along K in 4-byte pairs, a 16-word
-    tile (BLOCK_K 128; MMA_CONFIG) inside one group or, for nf4, holding whole groups of 32 or
-    64, two or more rows per thread. The codes' rows 16-word multiples and 16-byte aligned:
-    Triton then loads them as 16-byte vectors, the layout _mma_word_asm relies on (elsewhere it
-    loads words one by one)."""
+    """The GEMV by tensor cores (_rows_dot_mma) on ``config``: int4 and nf4 on sm_90 (where it
+    was measured; the PTX needs sm_80), 1 to 8 rows of fp16 / bf16 x contiguous along K in
+    16-byte aligned rows, codes read as words (``words``: words_supported for one row), a
+    16-word tile (BLOCK_K 128, MMA_CONFIG) inside one group or, for nf4, holding whole groups
+    of 32 or 64, two or more rows per thread. The codes' rows 16-word multiples and 16-byte
+    aligned: Triton then loads them as 16-byte vectors, the layout mma_asm relies on
+    (elsewhere it loads words one by one)."""
     kwargs = config.kwargs
     block_k = kwargs["BLOCK_K"]
+    m, k = x.shape
     groups_fit = (common.scale_per_tile(group_size, num_groups, block_k)
                   or (fmt == "nf4" and group_size in (32, 64)))
-    return (words and fmt in ("int4", "nf4") and common.ptx_decode_enabled(x.dtype)
-            and common.capability(x.device) >= (9, 0) and x.stride(1) == 1
-            and x.data_ptr() % 4 == 0 and block_k == 128
-            and kwargs["BLOCK_N"] % (16 * config.num_warps) == 0 and groups_fit
-            and x.shape[1] % 128 == 0 and qweight.stride(0) % 64 == 0
+    return (words and fmt in ("int4", "nf4") and m <= MMA_MAX_M
+            and common.ptx_decode_enabled(x.dtype) and common.capability(x.device) >= (9, 0)
+            and x.stride(1) == 1 and x.data_ptr() % 16 == 0 and (m == 1 or x.stride(0) % 8 == 0)
+            and block_k == 128 and kwargs["BLOCK_N"] % (16 * config.num_warps) == 0
+            and groups_fit and k % 128 == 0 and qweight.stride(0) % 64 == 0
             and qweight.data_ptr() % 16 == 0)
+
+
+def mma_applies(x, fmt, qweight, group_size, absmax_dq=None) -> bool:
+    """Whether matmul, untuned and left to choose, runs x on tensor cores (the op then sends it
+    up to MMA_GEMV_MAX_M rows, in __init__.py)."""
+    k = x.shape[1]
+    num_groups = formats.num_groups(k, group_size)
+    nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
+    words = words_supported(fmt, qweight, k, group_size, num_groups, 1, nf4_words)
+    return not common.autotune_enabled() and mma_supported(fmt, x, qweight, MMA_CONFIG, words,
+                                                           group_size, num_groups)
 
 
 def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
@@ -641,18 +648,23 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
     nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
-    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, m,
+    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, 1,
                                                    nf4_words)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         if config is None and mma is not False and mma_supported(
                 fmt, x, qweight, MMA_CONFIG, words, group_size, num_groups):
             config = MMA_CONFIG
+        use_mma = mma is not False and config is not None and mma_supported(
+            fmt, x, qweight, config, words, group_size, num_groups)
+        words = words and (m == 1 or use_mma)  # on CUDA cores the word path takes one row
         config = config or default_config(common.capability(x.device), block_m, group_size,
                                          num_groups, words)
         split_k = split_k or common.choose_split_k(
             triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
             x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+    else:
+        words = words and m == 1
     if split_k == 1:
         partials, tile_counters = y, y  # never touched by an unsplit kernel
     else:  # also when tuning: the split depends on the tile shape being tried
@@ -676,10 +688,11 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     if tuned:
         _autotuned_kernel[grid](*args, **meta)
     else:
-        meta["MMA"] = mma is not False and mma_supported(fmt, x, qweight, config, words,
-                                                         group_size, num_groups)
-        if meta["MMA"]:
+        meta["MMA"] = use_mma
+        if use_mma:
             meta["MMA_GROUPS_PER_TILE"] = max(config.kwargs["BLOCK_K"] // group_size, 1)
+            meta["MMA_ASM"], meta["MMA_CONSTRAINTS"] = mma_asm(fmt, x.dtype, zeros is not None,
+                                                               m == 1)
         _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
                       num_warps=config.num_warps, num_stages=config.num_stages)
     return y
