@@ -410,8 +410,8 @@ def gemv_kernel(
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
-    WORDS: tl.constexpr,           # M = 1, 4-bit codes read as 32-bit words (words_supported)
-    MMA: tl.constexpr = False,     # WORDS by tensor cores (mma_supported)
+    WORDS: tl.constexpr,           # 4-bit codes read as 32-bit words (words_supported), M = 1
+    MMA: tl.constexpr = False,     # WORDS by tensor cores, M <= 8 (mma_supported)
     MMA_GROUPS_PER_TILE: tl.constexpr = 1,  # nf4 on MMA: groups in a BLOCK_K tile (1, 2, 4)
     MMA_ASM: tl.constexpr = "",            # with MMA: mma_asm's PTX and constraints
     MMA_CONSTRAINTS: tl.constexpr = "",
@@ -623,13 +623,17 @@ def mma_supported(fmt, x, qweight, config, words, group_size, num_groups) -> boo
             and qweight.data_ptr() % 16 == 0)
 
 
+def _reads_words(x, fmt, qweight, group_size, num_groups, absmax_dq) -> bool:
+    """words_supported for a row of x, nf4 where its permute decode runs."""
+    nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
+    return words_supported(fmt, qweight, x.shape[1], group_size, num_groups, 1, nf4_words)
+
+
 def mma_applies(x, fmt, qweight, group_size, absmax_dq=None) -> bool:
     """Whether matmul, untuned and left to choose, runs x on tensor cores (the op then sends it
     up to MMA_GEMV_MAX_M rows, in __init__.py)."""
-    k = x.shape[1]
-    num_groups = formats.num_groups(k, group_size)
-    nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
-    words = words_supported(fmt, qweight, k, group_size, num_groups, 1, nf4_words)
+    num_groups = formats.num_groups(x.shape[1], group_size)
+    words = _reads_words(x, fmt, qweight, group_size, num_groups, absmax_dq)
     return not common.autotune_enabled() and mma_supported(fmt, x, qweight, MMA_CONFIG, words,
                                                            group_size, num_groups)
 
@@ -639,7 +643,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     """y[M, N] = x[M, K] @ dequant(W).T (+ bias), x 2-D with 1 <= M <= 16, y preallocated in
     x's dtype. ``config`` / ``split_k`` force a tile shape / split (tests, benchmarks);
     otherwise the autotuned or per-GPU default config and the split-K heuristic decide; the
-    untuned launch takes int4 to tensor cores where mma_supported (``mma=False``: not).
+    untuned launch takes int4 and nf4 to tensor cores where mma_supported (``mma=False``: not).
     ``absmax_dq``: (absmax_scales, absmax_offsets) of a double-quantized nf4 weight, whose
     ``scales`` are then the absmax codes. ``words=False`` forces the byte path where the word
     path applies (benchmarks)."""
@@ -647,16 +651,15 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     n = qweight.shape[0]
     num_groups = formats.num_groups(k, group_size)
     block_m = triton.next_power_of_2(m)
-    nf4_words = common.ptx_decode_enabled(x.dtype) and absmax_dq is None
-    words = words is not False and words_supported(fmt, qweight, k, group_size, num_groups, 1,
-                                                   nf4_words)
+    words = words is not False and _reads_words(x, fmt, qweight, group_size, num_groups,
+                                                absmax_dq)
     tuned = config is None and split_k is None and common.autotune_enabled()
+    use_mma = False
     if not tuned:
-        if config is None and mma is not False and mma_supported(
-                fmt, x, qweight, MMA_CONFIG, words, group_size, num_groups):
-            config = MMA_CONFIG
-        use_mma = mma is not False and config is not None and mma_supported(
-            fmt, x, qweight, config, words, group_size, num_groups)
+        if mma is not False:
+            use_mma = mma_supported(fmt, x, qweight, config or MMA_CONFIG, words, group_size,
+                                    num_groups)
+            config = config or (MMA_CONFIG if use_mma else None)
         words = words and (m == 1 or use_mma)  # on CUDA cores the word path takes one row
         config = config or default_config(common.capability(x.device), block_m, group_size,
                                          num_groups, words)
