@@ -381,6 +381,24 @@ def test_split_k(kernel, split_k, fmt, symmetric):
     assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=split_k), x, qw, b)
 
 
+def assert_workspaces_zeroed():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    for key, buffers in common._WORKSPACES.items():
+        assert all(not buffer.any() for buffer in buffers), key
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_split_k_leaves_its_workspace_zeroed(kernel):
+    # The last program of each output tile sets its partial sums and counter back to zero, so
+    # the next launch, of any shape, takes the same buffer without a memset.
+    m = 2 if kernel == "gemv" else 20
+    for seed, (rows, n, k) in enumerate([(m, 40, 300), (1, 7, 600), (m + 1, 40, 300)]):
+        x, qw, b = sample_inputs(rows, n, k, "int4", bias=True, seed=seed)
+        assert_close(run_kernel(KERNELS[kernel], x, qw, b, split_k=3), x, qw, b)
+        assert_workspaces_zeroed()
+
+
 # The GEMV's word path (int4, and nf4 where its permute decode runs: compiled, fp16 / bf16 x;
 # one row of x, codes read as 32-bit words): K a multiple of 8; K = 584 leaves a ragged last
 # tile and, with g = 32 and 128, a ragged last group in it.
@@ -447,6 +465,7 @@ for x_type, dtype in (("*fp16", torch.float16), ("*bf16", torch.bfloat16)):
                               MMA_GROUPS_PER_TILE=groups, MMA_ASM=asm,
                               MMA_CONSTRAINTS=constraints, HAS_BIAS=False, ABSMAX_DQ=False,
                               NF4_FROM_TABLE=True, PTX_DECODE=True, BLOCK_M=block_m,
+                              DEPENDENT_LAUNCH=True,
                               SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
                               **config.kwargs)
             signature, attrs = {}, {}
@@ -697,18 +716,83 @@ def test_torch_compile_fullgraph(fmt, symmetric):
 
 @pytest.mark.cuda
 @cuda_only
-@pytest.mark.parametrize("m", [2, qk_triton.FUSED_GEMM_MAX_M + 1])
-def test_cuda_graph_capture(m):
-    # Many rows: the dequantized weight's buffer is allocated inside the capture.
+@pytest.mark.parametrize("warm_workspace", [True, False], ids=["warm", "cold"])
+@pytest.mark.parametrize("m", [2, 16, qk_triton.FUSED_GEMM_MAX_M + 1])
+def test_cuda_graph_capture(m, warm_workspace, monkeypatch):
+    # Many rows: the dequantized weight's buffer is allocated inside the capture. Few rows
+    # (split-K): the graph takes the workspace its warm-up left zeroed ("warm"), or ("cold",
+    # none left) a new one that it zeroes itself; replays and eager calls take turns on them.
     x, qw, b = sample_inputs(m, 512, 1024, "nf4", group_size=64, bias=True)
     y = triton_op(x, qw, b)  # warm-up: compiles
+    if not warm_workspace:
+        monkeypatch.setattr(common, "_WORKSPACES", {})
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         y = triton_op(x, qw, b)
-    x.copy_(torch.randn_like(x))
-    graph.replay()
-    torch.cuda.synchronize()
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_close(y, x, qw, b)
+        assert_close(triton_op(x, qw, b), x, qw, b)
+    assert_workspaces_zeroed()
+
+
+@pytest.mark.cuda
+@cuda_only
+@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("fmt,group_size", [("int4", 128), ("nf4", 64), ("int8", None)])
+def test_each_matmul_reads_what_the_kernel_before_it_wrote(fmt, group_size, m):
+    # On sm_90 the GEMV and the GEMM start before the kernel ahead of them ends
+    # (common.dependent_launch) and wait for it before their first load: a chain of matmuls,
+    # each reading the output of the one before, then one reading the weights a copy has just
+    # written; eager, then as a graph.
+    n = k = 2048
+    weights = [qk.quantize(torch.randn(n, k, device=DEVICE) / k ** 0.5, fmt, group_size)
+               for _ in range(4)]
+    new_codes = weights[3].qweight.clone()
+
+    def chain(x):
+        outputs = [x]
+        for qw in weights[:3]:
+            outputs.append(triton_op(outputs[-1], qw))
+        weights[3].qweight.copy_(new_codes)
+        outputs.append(triton_op(outputs[-1], weights[3]))
+        return outputs
+
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+    for graphed in (False, True):
+        weights[3].qweight.zero_()
+        if graphed:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                outputs = chain(x)
+            x.copy_(torch.randn_like(x))
+            weights[3].qweight.zero_()
+            graph.replay()
+        else:
+            outputs = chain(x)
+        torch.cuda.synchronize()
+        for qw, x_in, y in zip(weights, outputs, outputs[1:]):
+            assert_close(y, x_in, qw)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_split_k_workspace_per_stream():
+    # Eager launches on two streams may run at once: each stream has its own workspace.
+    x, qw, b = sample_inputs(1, 512, 1024, "int4", group_size=128, bias=True)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y_side = run_kernel(gemv, x, qw, b, split_k=4)
+    y = run_kernel(gemv, x, qw, b, split_k=4)
+    torch.cuda.current_stream().wait_stream(side)
     assert_close(y, x, qw, b)
+    assert_close(y_side, x, qw, b)
+    streams = {key[1] for key in common._WORKSPACES if key[1] != common.GRAPHS}
+    assert {side.cuda_stream, torch.cuda.current_stream().cuda_stream} <= streams
+    assert_workspaces_zeroed()
 
 
 @pytest.mark.cuda

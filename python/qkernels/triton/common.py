@@ -427,9 +427,11 @@ def store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, tile_id,
     """y[offs_m, offs_n] = acc (+ bias), rounded once to y's dtype.
 
     With SPLIT_K > 1, each of the SPLIT_K programs of an output tile adds its fp32 partial sum
-    into ``partials`` (fp32 [M, N], zeroed) and counts itself in ``tile_counters[tile_id]``
-    (int32, zeroed); the last to arrive reads the total and writes y. One launch, no second
-    pass over y, and the output is rounded once, like the unsplit kernel.
+    into ``partials`` (fp32 [M, N]) and counts itself in ``tile_counters[tile_id]`` (int32);
+    the last to arrive reads the total, writes y, and sets the tile's partials and counter back
+    to zero: split_k_workspace hands the next launch the same, still zeroed, memory without a
+    memset. One launch, no second pass over y, and the output is rounded once, like the
+    unsplit kernel.
     """
     if SPLIT_K == 1:
         _write_output(acc, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
@@ -444,6 +446,8 @@ def store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, tile_id,
             # .cg: read the sums from L2, where the atomics landed, not a stale L1 line.
             total = tl.load(partial_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
             _write_output(total, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
+            tl.store(partial_ptrs, tl.zeros_like(total), mask=mask)
+            tl.atomic_xchg(tile_counters_ptr + tile_id, 0, sem="relaxed")
 
 
 # --- launch-time choices ------------------------------------------------------------------------
@@ -494,6 +498,15 @@ def capability(device: torch.device):
     return _cuda_capability(_index(device))
 
 
+def dependent_launch(device: torch.device) -> bool:
+    """Whether the GEMV and the GEMM are launched programmatically dependent on the kernel
+    before them (launch_pdl; sm_90 and later, compiled): a launch and its set-up overlap the end
+    of that kernel, and each program waits for it to end (gdc_wait) before its first load, so
+    it reads whatever that kernel wrote, x and weights alike (the CUDA GEMV's v1.15)."""
+    cap = capability(device)
+    return cap is not None and cap[0] >= 9
+
+
 def choose_split_k(output_tiles: int, k_tiles: int, device: torch.device, programs_per_sm: int,
                    min_k_tiles_per_split: int) -> int:
     """Smallest power of two that gives every SM ``programs_per_sm`` programs, while each split
@@ -529,11 +542,43 @@ def fit_tile(block_n: int, block_k: int, group_size: int, num_groups: int, min_b
     return min(max_block_n, block_n * block_k // fitted_k), fitted_k
 
 
+# Split-K workspaces that the kernels leave zeroed (store_output), by (device, stream), and by
+# (device, GRAPHS) the one that CUDA-graph captures use. Each list keeps its earlier, smaller
+# buffers: a captured graph may still use them.
+_WORKSPACES: dict = {}
+GRAPHS = "graphs"
+
+
 def split_k_workspace(m: int, n: int, max_tiles: int, device: torch.device):
-    """Zeroed fp32 partial sums [M, N] and int32 tile counters [max_tiles], in one allocation
-    (one memset)."""
-    buffer = torch.zeros(m * n + max_tiles, dtype=torch.float32, device=device)
-    return buffer[: m * n], buffer[m * n:].view(torch.int32)
+    """Zeroed fp32 partial sums [M, N] and int32 tile counters [max_tiles], from one buffer
+    that the kernels set back to zero (store_output), so only its first launch pays a memset.
+    Eager launches take their stream's buffer, so launches on two streams may run at once. A
+    CUDA-graph capture takes the GRAPHS buffer, which an eager launch (the usual warm-up) has
+    zeroed; without one, a fresh buffer whose memset the graph replays."""
+    size = m * n + max_tiles  # zero bits read 0.0 and 0 alike: the two parts may move
+    if device.type != "cuda":
+        buffer = _zeroed_buffer((str(device), None), size, device)
+    elif torch.cuda.is_current_stream_capturing():
+        buffer = _zeroed_buffer((_index(device), GRAPHS), size, device, grow=False)
+        if buffer is None:  # nothing can zero a new buffer before the graph runs but the graph
+            buffer = torch.zeros(size, dtype=torch.float32, device=device)
+    else:
+        _zeroed_buffer((_index(device), GRAPHS), size, device)  # for a capture after this call
+        stream = torch.cuda.current_stream(device).cuda_stream
+        buffer = _zeroed_buffer((_index(device), stream), size, device)
+    return buffer[: m * n], buffer[m * n: size].view(torch.int32)
+
+
+def _zeroed_buffer(key, size: int, device: torch.device, grow: bool = True):
+    """_WORKSPACES[key]'s buffer if it holds ``size`` elements; else a new zeroed one of at
+    least twice the size (so a growing M x N leaves few behind), or None if not ``grow``."""
+    buffers = _WORKSPACES.setdefault(key, [])
+    if not buffers or buffers[-1].numel() < size:
+        if not grow:
+            return None
+        grown = max(size, 2 * buffers[-1].numel()) if buffers else size
+        buffers.append(torch.zeros(grown, dtype=torch.float32, device=device))
+    return buffers[-1]
 
 
 def config_key(config: triton.Config) -> tuple:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .. import formats
 from . import common
@@ -42,8 +43,8 @@ def gemm_kernel(
     absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
-    partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
-    tile_counters_ptr,  # int32 [>= output tiles] zeroed (SPLIT_K > 1; otherwise unused)
+    partials_ptr,       # fp32 [M, N], zeroed and left so (SPLIT_K > 1; otherwise unused)
+    tile_counters_ptr,  # int32 [>= output tiles], the same (SPLIT_K > 1; otherwise unused)
     M, N, K, row_bytes, group_size, num_groups,
     stride_xm, stride_xk, stride_qn, stride_ym,
     M_BUCKET,                      # autotune key only (next power of two >= M, capped)
@@ -59,9 +60,12 @@ def gemm_kernel(
     GROUP_M: tl.constexpr,         # row tiles per band of the L2-friendly program order
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
+    DEPENDENT_LAUNCH: tl.constexpr,  # launched with launch_pdl (common.dependent_launch)
 ):
     """Program (pid, pid_k): output tile pid in band order, over the pid_k-th of SPLIT_K equal
     runs of BLOCK_K tiles of K."""
+    if DEPENDENT_LAUNCH:  # as the GEMV's: nothing is read before the kernel ahead has ended
+        gdc_wait()
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -195,9 +199,6 @@ _autotuned_kernel = triton.autotune(
     configs=CONFIG_SPACE,
     key=["M_BUCKET", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "group_size"],
     prune_configs_by={"early_config_prune": prune_configs},
-    # See gemv.py: each tuning run, and the real one after, starts from a zeroed workspace.
-    reset_to_zero=["partials_ptr", "tile_counters_ptr"],
-    restore_value=["partials_ptr", "tile_counters_ptr"],
 )(_kernel)
 
 
@@ -233,15 +234,17 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     dot_in_fp32 = x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and common.interpreting())
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
-                DOT_IN_FP32=dot_in_fp32, PTX_DECODE=common.ptx_decode_enabled(x.dtype))
+                DOT_IN_FP32=dot_in_fp32, PTX_DECODE=common.ptx_decode_enabled(x.dtype),
+                DEPENDENT_LAUNCH=common.dependent_launch(x.device))
 
     def grid(meta):
         tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
         return (tiles, meta["SPLIT_K"])
 
     if tuned:
-        _autotuned_kernel[grid](*args, **meta)
+        _autotuned_kernel[grid](*args, **meta, launch_pdl=meta["DEPENDENT_LAUNCH"])
     else:
         _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
-                      num_warps=config.num_warps, num_stages=config.num_stages)
+                      num_warps=config.num_warps, num_stages=config.num_stages,
+                      launch_pdl=meta["DEPENDENT_LAUNCH"])
     return y

@@ -24,6 +24,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .. import formats
 from . import common
@@ -395,8 +396,8 @@ def gemv_kernel(
     absmax_offsets_ptr,  # fp32 [ceil(N G / 256)] (ABSMAX_DQ; otherwise unused)
     bias_ptr,           # [N] in x's dtype (HAS_BIAS; otherwise unused)
     y_ptr,              # [M, N] in x's dtype, row stride stride_ym
-    partials_ptr,       # fp32 [M, N] zeroed (SPLIT_K > 1; otherwise unused)
-    tile_counters_ptr,  # int32 [>= cdiv(N, BLOCK_N)] zeroed (SPLIT_K > 1; otherwise unused)
+    partials_ptr,       # fp32 [M, N], zeroed and left so (SPLIT_K > 1; otherwise unused)
+    tile_counters_ptr,  # int32 [>= cdiv(N, BLOCK_N)], the same (SPLIT_K > 1; otherwise unused)
     M, N, K, row_bytes, group_size, num_groups,
     stride_xm, stride_xk, stride_qn, stride_ym,
     FORMAT: tl.constexpr,          # formats.FORMAT_IDS
@@ -411,6 +412,7 @@ def gemv_kernel(
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SPLIT_K: tl.constexpr,
     WORDS: tl.constexpr,           # 4-bit codes read as 32-bit words (words_supported), M = 1
+    DEPENDENT_LAUNCH: tl.constexpr,  # launched with launch_pdl (common.dependent_launch)
     MMA: tl.constexpr = False,     # WORDS by tensor cores, M <= 8 (mma_supported)
     MMA_GROUPS_PER_TILE: tl.constexpr = 1,  # nf4 on MMA: groups in a BLOCK_K tile (1, 2, 4)
     MMA_ASM: tl.constexpr = "",            # with MMA: mma_asm's PTX and constraints
@@ -418,6 +420,11 @@ def gemv_kernel(
 ):
     """Program (pid_n, pid_k) computes y[:, pid_n*BLOCK_N : +BLOCK_N] over the pid_k-th of
     SPLIT_K equal runs of BLOCK_K tiles of K."""
+    if DEPENDENT_LAUNCH:
+        # Launched before the kernel ahead has ended: nothing is read before it has. The next
+        # kernel is not let in early (gdc_launch_dependents): its programs, placed while these
+        # run, made the tensor-core GEMV up to 1.37x slower (bench/NOTES.md, Triton, "GEMV v3.1").
+        gdc_wait()
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
@@ -512,14 +519,14 @@ CONFIG_SPACE = [
     for num_warps in (4, 8)
 ]
 
-# Without autotuning (the default, common.autotune_enabled): per compute-capability major; replace with the
-# winners bench/triton_dev.py prints on each GPU. sm_90: 64 x 128, 4 warps. On the word path it
-# measured level with or faster than 128 x 128 (fewer instructions per weight: 6.3 against 8.3 by
-# bench/triton_dev.py --sass, each thread's 4 rows sharing its x loads) and 128 x 128 with 8
-# warps: 14336x4096 int4 g128 M = 1 27.7 / 27.0 / 26.5 us, 4096x4096 10.9 / 12.2 / 11.2,
-# 576x576 5.3 / 6.7 / 6.1 (bench/results/h100/triton_gemv_dev.md): twice the programs keep more
-# loads in flight. On the byte path it issued 32% fewer instructions per weight than 16 x 256
-# for int4 g128 ("Triton" in bench/NOTES.md); _adapt fits it to nf4 g64 as 128 x 64.
+# Without autotuning (the default, common.autotune_enabled): per compute-capability major; replace
+# with the winners bench/triton_dev.py prints on each GPU. sm_90: 64 x 128, 4 warps. On the word
+# path it measured level with or faster than 128 x 128 (fewer instructions per weight: 6.3 against
+# 8.3 by bench/triton_dev.py --sass, each thread's 4 rows sharing its x loads) and 128 x 128 with
+# 8 warps: 14336x4096 int4 g128 M = 1 27.7 / 27.0 / 26.5 us, 4096x4096 10.9 / 12.2 / 11.2, 576x576
+# 5.3 / 6.7 / 6.1 (bench/results/h100/triton_gemv_dev.md): twice the programs keep more loads in
+# flight. On the byte path it issued 32% fewer instructions per weight than 16 x 256 for int4 g128
+# ("Triton" in bench/NOTES.md); _adapt fits it to nf4 g64 as 128 x 64.
 DEFAULT_CONFIGS = {
     9: triton.Config({"BLOCK_N": 64, "BLOCK_K": 128}, num_warps=4, num_stages=2),
     8: triton.Config({"BLOCK_N": 16, "BLOCK_K": 128}, num_warps=4, num_stages=2),
@@ -586,11 +593,6 @@ _autotuned_kernel = triton.autotune(
     configs=CONFIG_SPACE,
     key=["BLOCK_M", "N", "K", "FORMAT", "HAS_ZEROS", "ABSMAX_DQ", "WORDS", "group_size"],
     prune_configs_by={"early_config_prune": prune_configs},
-    # Tuning runs the kernel repeatedly: hand each run, and the real one after, the zeroed
-    # workspace it expects (restore_value also covers Triton versions that skip the reset
-    # before the final run).
-    reset_to_zero=["partials_ptr", "tile_counters_ptr"],
-    restore_value=["partials_ptr", "tile_counters_ptr"],
 )(_kernel)
 
 
@@ -683,13 +685,14 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     meta = dict(FORMAT=formats.FORMAT_IDS[fmt], HAS_ZEROS=zeros is not None,
                 HAS_BIAS=bias is not None, ABSMAX_DQ=absmax_dq is not None,
                 NF4_FROM_TABLE=NF4_FROM_TABLE,
-                PTX_DECODE=common.ptx_decode_enabled(x.dtype), BLOCK_M=block_m, WORDS=words)
+                PTX_DECODE=common.ptx_decode_enabled(x.dtype), BLOCK_M=block_m, WORDS=words,
+                DEPENDENT_LAUNCH=common.dependent_launch(x.device))
 
     def grid(meta):
         return (triton.cdiv(n, meta["BLOCK_N"]), meta["SPLIT_K"])
 
     if tuned:
-        _autotuned_kernel[grid](*args, **meta)
+        _autotuned_kernel[grid](*args, **meta, launch_pdl=meta["DEPENDENT_LAUNCH"])
     else:
         meta["MMA"] = use_mma
         if use_mma:
@@ -697,5 +700,6 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
             meta["MMA_ASM"], meta["MMA_CONSTRAINTS"] = mma_asm(fmt, x.dtype, zeros is not None,
                                                                m == 1)
         _kernel[grid](*args, **meta, **config.kwargs, SPLIT_K=split_k,
-                      num_warps=config.num_warps, num_stages=config.num_stages)
+                      num_warps=config.num_warps, num_stages=config.num_stages,
+                      launch_pdl=meta["DEPENDENT_LAUNCH"])
     return y
