@@ -399,6 +399,21 @@ def test_split_k_leaves_its_workspace_zeroed(kernel):
         assert_workspaces_zeroed()
 
 
+def test_split_k_workspace_grows_and_keeps_its_old_buffers(monkeypatch):
+    # A larger M x N takes a new, zeroed buffer of at least twice the size; the old ones stay
+    # allocated, since a captured graph may still point at them.
+    monkeypatch.setattr(common, "_WORKSPACES", {})
+    device = torch.device(DEVICE)
+    partials, counters = common.split_k_workspace(2, 40, 5, device)
+    assert partials.shape == (80,) and counters.shape == (5,) and counters.dtype == torch.int32
+    first = partials.data_ptr()
+    assert common.split_k_workspace(1, 40, 5, device)[0].data_ptr() == first  # fits: reused
+    partials, counters = common.split_k_workspace(4, 40, 10, device)
+    assert partials.data_ptr() != first and not partials.any() and not counters.any()
+    for buffers in common._WORKSPACES.values():
+        assert len(buffers) == 2 and buffers[1].numel() >= 2 * buffers[0].numel()
+
+
 # The GEMV's word path (int4, and nf4 where its permute decode runs: compiled, fp16 / bf16 x;
 # one row of x, codes read as 32-bit words): K a multiple of 8; K = 584 leaves a ragged last
 # tile and, with g = 32 and 128, a ragged last group in it.
@@ -775,6 +790,25 @@ def test_each_matmul_reads_what_the_kernel_before_it_wrote(fmt, group_size, m):
         torch.cuda.synchronize()
         for qw, x_in, y in zip(weights, outputs, outputs[1:]):
             assert_close(y, x_in, qw)
+
+
+@pytest.mark.cuda
+@cuda_only
+def test_cuda_graph_survives_the_workspace_growing():
+    # The graph keeps the workspace it was captured with after a larger call grows it.
+    x, qw, b = sample_inputs(1, 512, 1024, "int4", group_size=128, bias=True)
+    triton_op(x, qw, b)  # warm-up: compiles, zeroes the workspaces
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = triton_op(x, qw, b)
+    x_large, qw_large, b_large = sample_inputs(1, 4096, 4096, "int4", group_size=128, bias=True,
+                                               seed=1)
+    assert_close(triton_op(x_large, qw_large, b_large), x_large, qw_large, b_large)
+    x.copy_(torch.randn_like(x))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert_close(y, x, qw, b)
+    assert_workspaces_zeroed()
 
 
 @pytest.mark.cuda
