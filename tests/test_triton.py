@@ -562,6 +562,10 @@ def test_split_k_heuristic_splits_long_thin_shapes():
     assert common.choose_split_k(1, 64, torch.device("cpu"), 4, 4) == 16
     assert common.choose_split_k(1, 8, torch.device("cpu"), 4, 4) == 2
     assert common.choose_split_k(1000, 64, torch.device("cpu"), 4, 4) == 1
+    # While SMs would sit idle (the interpreter counts 4), splits go down to the idle floor.
+    assert common.choose_split_k(1, 6, torch.device("cpu"), 4, 4) == 1
+    assert common.choose_split_k(1, 6, torch.device("cpu"), 4, 4, 1) == 4
+    assert common.choose_split_k(8, 6, torch.device("cpu"), 4, 4, 1) == 1  # no idle SM
 
 
 @pytest.mark.parametrize("m", sorted({1, qk_triton.GEMV_MAX_M, qk_triton.GEMV_MAX_M + 1, 16}))

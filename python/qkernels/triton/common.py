@@ -508,13 +508,18 @@ def dependent_launch(device: torch.device) -> bool:
 
 
 def choose_split_k(output_tiles: int, k_tiles: int, device: torch.device, programs_per_sm: int,
-                   min_k_tiles_per_split: int) -> int:
+                   min_k_tiles_per_split: int, idle_min_k_tiles_per_split: int = None) -> int:
     """Smallest power of two that gives every SM ``programs_per_sm`` programs, while each split
-    keeps at least ``min_k_tiles_per_split`` tiles of K (fewer makes the reduction dominate)."""
+    keeps at least ``min_k_tiles_per_split`` tiles of K (fewer makes the reduction dominate),
+    or ``idle_min_k_tiles_per_split`` while there are fewer programs than SMs (idle SMs cost
+    more than the reduction)."""
     target = programs_per_sm * sm_count(device)
     split = 1
-    while (output_tiles * split < target and split * 2 <= MAX_SPLIT_K
-           and k_tiles >= 2 * split * min_k_tiles_per_split):
+    while output_tiles * split < target and split * 2 <= MAX_SPLIT_K:
+        idle = idle_min_k_tiles_per_split is not None and output_tiles * split < sm_count(device)
+        floor = idle_min_k_tiles_per_split if idle else min_k_tiles_per_split
+        if k_tiles < 2 * split * floor:
+            break
         split *= 2
     return split
 

@@ -39,9 +39,12 @@ MAX_BLOCK_N = 128
 # accumulator spills.
 MAX_ACC_PER_THREAD = 64
 # Split-K targets: enough programs per SM to keep loads in flight, and splits long enough that
-# the atomic reduction stays a small part of the work.
+# the atomic reduction stays a small part of the work, but down to one tile while SMs would
+# sit idle: on the H100 that took SmolLM2-size layers at M = 1 from 4.9-7.7 to 3.8-4.0 us
+# (576x1536 and 1536x576; bench/NOTES.md, Triton, "GEMV v3.1").
 PROGRAMS_PER_SM = 4
 MIN_K_TILES_PER_SPLIT = 4
+IDLE_MIN_K_TILES_PER_SPLIT = 1
 MIN_BLOCK_K = 32
 # nf4 where the permute decode does not run (the interpreter, fp32 x): one load per weight from
 # the 64-byte table (it stays in L1), not common.nf4_value's select tree: the GEMV's time tracks
@@ -580,7 +583,8 @@ def _split_k(args) -> int:
         return args["SPLIT_K"]  # chosen by the launcher (untuned launch, tests, benchmarks)
     return common.choose_split_k(triton.cdiv(args["N"], args["BLOCK_N"]),
                                  triton.cdiv(args["K"], args["BLOCK_K"]), args["y_ptr"].device,
-                                 PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+                                 PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT,
+                                 IDLE_MIN_K_TILES_PER_SPLIT)
 
 
 _kernel = triton.heuristics({
@@ -667,7 +671,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
                                          num_groups, words)
         split_k = split_k or common.choose_split_k(
             triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
-            x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+            x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT, IDLE_MIN_K_TILES_PER_SPLIT)
     else:
         words = words and m == 1
     if split_k == 1:
