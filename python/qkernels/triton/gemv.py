@@ -41,7 +41,7 @@ MAX_ACC_PER_THREAD = 64
 # Split-K targets: enough programs per SM to keep loads in flight, and splits long enough that
 # the atomic reduction stays a small part of the work, but down to one tile while SMs would
 # sit idle: on the H100 that took SmolLM2-size layers at M = 1 from 4.9-7.7 to 3.8-4.0 us
-# (576x1536 and 1536x576; bench/NOTES.md, Triton, "GEMV v3.1").
+# (576x1536 and 1536x576; bench/NOTES.md, Triton, "GEMV v3.2").
 PROGRAMS_PER_SM = 4
 MIN_K_TILES_PER_SPLIT = 4
 IDLE_MIN_K_TILES_PER_SPLIT = 1
