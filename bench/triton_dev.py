@@ -393,7 +393,7 @@ def sass():
         words = fmt != "int8"  # the word path's formats (nf4 through the permute decode)
         gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
                                           words)
-        gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, torch.float16,
+        gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, fmt, torch.float16,
                                           group_size, num_groups)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(

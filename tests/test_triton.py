@@ -371,6 +371,19 @@ def test_every_config_in_the_tuning_space(kernel, m, config):
     assert_close(run_kernel(kernel, x, qw, config=config, split_k=1), x, qw)
 
 
+# Each entry of the GEMM's untuned table, at the most rows it serves, with the formats it is for.
+@pytest.mark.parametrize("bound,for_fmt,config",
+                         [entry for table in gemm.DEFAULT_CONFIGS.values() for entry in table],
+                         ids=lambda v: str(v).replace(" ", ""))
+def test_every_default_gemm_config(bound, for_fmt, config):
+    m = bound or 100
+    for fmt, symmetric in FORMATS:
+        if for_fmt in (None, fmt):
+            x, qw, _ = sample_inputs(m, 150, 300, fmt, symmetric, group_size=64)
+            adapted = gemm._adapt(config, qw.group_size, formats.num_groups(300, qw.group_size))
+            assert_close(run_kernel(gemm, x, qw, config=adapted, split_k=2), x, qw)
+
+
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("split_k", [1, 2, 3, 16])
 @pytest.mark.parametrize("fmt,symmetric", [("int4", False), ("nf4", False)])

@@ -29,8 +29,12 @@ MAX_M_BUCKET = 4096
 # Split-K only pays below this M (above it the output tiles alone fill the GPU), so only here
 # is the workspace allocated.
 SPLIT_K_MAX_M = 256
-PROGRAMS_PER_SM = 1
-MIN_K_TILES_PER_SPLIT = 4
+# The split-K heuristic's target programs per SM and least K tiles per split, by default and by
+# (format, BLOCK_M). nf4's tiles are 64 deep (its groups); with 64 rows of x it ran fastest split
+# to 4 programs per SM while each split keeps 512 of K, the least int4's default keeps (calls j2,
+# j4 of 25 Nov, "GEMM at 64 rows" in bench/NOTES.md): 1.07-1.14x on the four gpu-goals shapes.
+SPLIT_RULE = (1, 4)
+SPLIT_RULES = {(formats.FORMAT_IDS["nf4"], 64): (4, 8)}
 
 
 @triton.jit
@@ -113,7 +117,7 @@ def _config(block_m, block_n, block_k, num_warps, num_stages):
 
 # M <= 64: one row tile of BLOCK_M = the M bucket; weights dominate, so wide K tiles.
 SMALL_M_TILES = [(64, 64, 4, 4), (64, 128, 4, 4), (128, 64, 4, 4), (128, 128, 4, 3),
-                 (256, 64, 8, 3)]
+                 (128, 128, 8, 3), (256, 64, 8, 3)]
 # M = 65 ... 256 (above fused_gemm_max_m() the op dequantizes and calls cuBLAS instead): the
 # usual tensor-core tile shapes, none taller than 128 rows.
 LARGE_M_CONFIGS = [_config(*c) for c in [
@@ -124,17 +128,21 @@ CONFIG_SPACE = [_config(bm, bn, bk, w, s)
                 for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
 CONFIG_SPACE += LARGE_M_CONFIGS
 
-# Without autotuning (the default, common.autotune_enabled): per compute-capability major and M
-# bucket (the first entry whose bound >= M). sm_90, 64 rows: the tuner's choice for int4 and int8
-# on 14336x4096 and 4096x4096, cold L2 and graph replay on an H100 (call a11 of 24 Nov, "Triton"
-# in bench/NOTES.md): int4 14336x4096 68.9 -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096
-# 24.0 -> 18.7; int8 51.5 -> 47.2. The 16-row tile is the one the tuner's picks lost to by up to
-# 1.26x at M = 4-16. The others (and sm_80) are starting points, not measured.
+# Without autotuning (the default, common.autotune_enabled): per compute-capability major, M
+# bucket and format, the first entry whose bound >= M and whose format is the weight's or None.
+# sm_90, 64 rows: the tuner's choice for int4 and int8 on 14336x4096 and 4096x4096, cold L2 and
+# graph replay on an H100 (call a11 of 24 Nov, "Triton" in bench/NOTES.md): int4 14336x4096 68.9
+# -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 128 x 128 x 128
+# with 8 warps there (swept in calls j2, j3 of 25 Nov, "GEMM at 64 rows"; through the op in j4:
+# 28672x8192 172.1 -> 134.5 us, 4096x14336 45.2 -> 38.2). The 16-row tile is the one the tuner's
+# picks lost to by up to 1.26x at M = 4-16. The others (and sm_80) are starting points, not
+# measured.
 DEFAULT_CONFIGS = {
-    9: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 128, 4, 4)),
-        (64, _config(64, 64, 128, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
-    8: [(16, _config(16, 128, 128, 4, 4)), (32, _config(32, 128, 64, 4, 4)),
-        (64, _config(64, 128, 64, 4, 4)), (None, _config(128, 128, 64, 8, 3))],
+    9: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 128, 4, 4)),
+        (64, "int8", _config(64, 128, 128, 8, 3)), (64, None, _config(64, 64, 128, 4, 4)),
+        (None, None, _config(128, 128, 64, 8, 3))],
+    8: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 64, 4, 4)),
+        (64, None, _config(64, 128, 64, 4, 4)), (None, None, _config(128, 128, 64, 8, 3))],
 }
 # fp32 x (rare on GPUs): an exact fp32 dot runs on CUDA cores, not tensor cores, so it is a
 # correctness path with one config, the largest that compiles without register spills on sm_80
@@ -169,13 +177,14 @@ def prune_configs(configs, named_args, **kwargs):
     return common.unique_configs(kept)
 
 
-def default_config(cap, m: int, dtype: torch.dtype, group_size: int,
+def default_config(cap, m: int, fmt: str, dtype: torch.dtype, group_size: int,
                    num_groups: int) -> triton.Config:
     """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
     if dtype == torch.float32:
         return _adapt(FP32_CONFIG, group_size, num_groups)
     table = DEFAULT_CONFIGS.get(cap[0], DEFAULT_CONFIGS[8]) if cap else DEFAULT_CONFIGS[8]
-    config = next(c for bound, c in table if bound is None or m <= bound)
+    config = next(c for bound, for_fmt, c in table
+                  if (bound is None or m <= bound) and for_fmt in (None, fmt))
     return _adapt(config, group_size, num_groups)
 
 
@@ -185,8 +194,9 @@ def _split_k(args) -> int:
     if args["M"] > SPLIT_K_MAX_M:
         return 1
     tiles = triton.cdiv(args["M"], args["BLOCK_M"]) * triton.cdiv(args["N"], args["BLOCK_N"])
+    programs_per_sm, min_k_tiles = SPLIT_RULES.get((args["FORMAT"], args["BLOCK_M"]), SPLIT_RULE)
     return common.choose_split_k(tiles, triton.cdiv(args["K"], args["BLOCK_K"]),
-                                 args["y_ptr"].device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT)
+                                 args["y_ptr"].device, programs_per_sm, min_k_tiles)
 
 
 _kernel = triton.heuristics({
@@ -216,9 +226,10 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     num_groups = formats.num_groups(k, group_size)
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
-        config = config or default_config(common.capability(x.device), m, x.dtype, group_size,
-                                         num_groups)
-        split_k = split_k or _split_k({"M": m, "N": n, "K": k, "y_ptr": y, **config.kwargs})
+        config = config or default_config(common.capability(x.device), m, fmt, x.dtype,
+                                         group_size, num_groups)
+        split_k = split_k or _split_k({"M": m, "N": n, "K": k, "y_ptr": y,
+                                       "FORMAT": formats.FORMAT_IDS[fmt], **config.kwargs})
     if split_k == 1 or (tuned and m > SPLIT_K_MAX_M):
         partials, tile_counters = y, y  # never touched by an unsplit kernel
     else:
