@@ -31,9 +31,9 @@ MAX_M_BUCKET = 4096
 SPLIT_K_MAX_M = 256
 # The split-K heuristic's target programs per SM and least K tiles per split, by default and by
 # (format, BLOCK_M). nf4's tiles are 64 deep (its groups); it ran fastest split to 4 programs per
-# SM while each split keeps 512 of K, the least int4's default keeps (calls j4, j6, j7 of 25 Nov,
+# SM while each split keeps 512 of K, the least int4's default keeps (calls j4, j6-j8 of 25 Nov,
 # "GEMM at 64 rows" in bench/NOTES.md): on the four gpu-goals shapes 1.07-1.14x at M = 64, up to
-# 1.2x at M = 16 (level on 4096x4096); M = 8 and 32 measured on 14336x4096 only.
+# 1.22x at M = 8 and 16, level at worst.
 SPLIT_RULE = (1, 4)
 SPLIT_RULES = {(formats.FORMAT_IDS["nf4"], block_m): (4, 8) for block_m in (16, 32, 64)}
 
