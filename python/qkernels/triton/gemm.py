@@ -133,7 +133,7 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # bucket and format, the first entry whose bound >= M and whose format is the weight's or None.
 # sm_90, 64 rows: the tuner's choice for int4 and int8 on 14336x4096 and 4096x4096, cold L2 and
 # graph replay on an H100 (call a11 of 24 Nov, "Triton" in bench/NOTES.md): int4 14336x4096 68.9
-# -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 128 x 128 x 128
+# -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 64 x 128 x 128
 # with 8 warps there (swept in calls j2, j3 of 25 Nov, "GEMM at 64 rows"; through the op in j4:
 # 28672x8192 172.1 -> 134.5 us, 4096x14336 45.2 -> 38.2). The 16-row tile is the one the tuner's
 # picks lost to by up to 1.26x at M = 4-16. The others (and sm_80) are starting points, not
