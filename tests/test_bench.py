@@ -3,6 +3,8 @@ files, plots, compare and the model-level bench. Fast: tiny shapes, tiny budgets
 
 import importlib.util
 import json
+import shutil
+import subprocess
 
 import pytest
 import torch
@@ -78,6 +80,26 @@ def test_cli_custom_file_implies_the_custom_suite(tmp_path):
     path.write_text("shapes: 17x577\nbatches: 3\n")
     args = cli.parse_args(["--custom-file", str(path)])
     assert args.suite == "custom" and args.shapes == {"17x577": (17, 577)} and args.batch == [3]
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+def test_git_commit_says_when_the_tree_differs_from_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("QKERNELS_GIT_COMMIT", raising=False)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # no repository above
+    monkeypatch.chdir(tmp_path)
+    assert cli.git_commit() is None  # not a repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    (tmp_path / "kernel.py").write_text("a = 1\n")
+    subprocess.run(git + ["add", "kernel.py"], check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "one"], check=True)
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert cli.git_commit() == head
+    (tmp_path / "kernel.py").write_text("a = 2\n")
+    assert cli.git_commit() == head + "-dirty"
+    monkeypatch.setenv("QKERNELS_GIT_COMMIT", "abc1234")
+    assert cli.git_commit() == "abc1234"
 
 
 def test_roofline_probe_reports_both_bandwidths():

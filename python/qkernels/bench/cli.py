@@ -85,16 +85,26 @@ def parse_args(argv=None):
     return args
 
 
+def git_commit() -> str | None:
+    """QKERNELS_GIT_COMMIT, else the commit git sees here, with "-dirty" when tracked files
+    differ from it. A copy of the tree (the GPU machine's) is told its commit: its git may see
+    another, older one, and a report must not name that commit as the code it timed."""
+    commit = os.environ.get("QKERNELS_GIT_COMMIT")
+    if commit:
+        return commit
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=False).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                 capture_output=True, text=True, check=False).stdout.strip()
+    except OSError:
+        return None
+    return (head + ("-dirty" if changed else "")) or None
+
+
 def machine_info(device: torch.device, roofline: dict, x_dtype) -> dict:
     name = measure.device_name(device)
-    # A copy of the tree (the GPU machine's) is told its commit: git there may see another repo.
-    commit = os.environ.get("QKERNELS_GIT_COMMIT")
-    try:
-        commit = commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"],
-                                          capture_output=True, text=True,
-                                          check=False).stdout.strip() or None
-    except OSError:
-        pass
+    commit = git_commit()
     return {"device": device.type, "device_name": name, "threads": torch.get_num_threads(),
             "load_average": measure.load_average(),
             "torch": torch.__version__, "qkernels": qk.__version__, "git_commit": commit,
