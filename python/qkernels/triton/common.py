@@ -513,10 +513,10 @@ def choose_split_k(output_tiles: int, k_tiles: int, device: torch.device, progra
     keeps at least ``min_k_tiles_per_split`` tiles of K (fewer makes the reduction dominate),
     or ``idle_min_k_tiles_per_split`` while there are fewer programs than SMs (idle SMs cost
     more than the reduction)."""
-    target = programs_per_sm * sm_count(device)
+    sms = sm_count(device)
     split = 1
-    while output_tiles * split < target and split * 2 <= MAX_SPLIT_K:
-        idle = idle_min_k_tiles_per_split is not None and output_tiles * split < sm_count(device)
+    while output_tiles * split < programs_per_sm * sms and split * 2 <= MAX_SPLIT_K:
+        idle = idle_min_k_tiles_per_split is not None and output_tiles * split < sms
         floor = idle_min_k_tiles_per_split if idle else min_k_tiles_per_split
         if k_tiles < 2 * split * floor:
             break

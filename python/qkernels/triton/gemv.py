@@ -669,9 +669,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
         words = words and (m == 1 or use_mma)  # on CUDA cores the word path takes one row
         config = config or default_config(common.capability(x.device), block_m, group_size,
                                          num_groups, words)
-        split_k = split_k or common.choose_split_k(
-            triton.cdiv(n, config.kwargs["BLOCK_N"]), triton.cdiv(k, config.kwargs["BLOCK_K"]),
-            x.device, PROGRAMS_PER_SM, MIN_K_TILES_PER_SPLIT, IDLE_MIN_K_TILES_PER_SPLIT)
+        split_k = split_k or _split_k({"N": n, "K": k, "y_ptr": y, **config.kwargs})
     else:
         words = words and m == 1
     if split_k == 1:
