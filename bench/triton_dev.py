@@ -400,8 +400,9 @@ def sass():
                 HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
                 PTX_DECODE=True, DEPENDENT_LAUNCH=True, MMA=False, MMA_GROUPS_PER_TILE=1, MMA_ASM="",
                 MMA_CONSTRAINTS="",
-                WORDS=words, SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
-                                                                  gemv_config.kwargs["BLOCK_K"]))),
+                WORDS=words, ROW_SCALE=num_groups == 1,
+                SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
+                                                     gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
                 HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, PTX_DECODE=True,
                 DEPENDENT_LAUNCH=True,

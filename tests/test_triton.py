@@ -192,16 +192,23 @@ def test_nf4_decode_reproduces_the_table_bit_exactly():
 
 
 def ptx_decode_weights(qw, dtype):
-    """W as the 4-bit PTX decode makes it (common.dequantize_tile, PTX_DECODE), which rounds as
-    the CUDA backend does. nf4: the table value and the absmax each rounded to ``dtype``,
+    """W as the PTX decode makes it (common.dequantize_tile, PTX_DECODE), which rounds as the
+    CUDA backend does. nf4: the table value and the absmax each rounded to ``dtype``,
     multiplied in ``dtype`` (one rounding: the product of two 16-bit values is exact in fp32).
     int4: q - round(z) exact, times the scale rounded to ``dtype``, plus -s (z - round(z))
-    rounded to ``dtype``, rounded once (an fma; exact in fp64 before the last rounding)."""
+    rounded to ``dtype``, rounded once (an fma; exact in fp64 before the last rounding). int8:
+    q times the scale rounded to fp16, rounded once; in bf16, which keeps the fp32 decode, the
+    fp32 product rounded."""
     n, k = qw.shape
     codes = formats.unpack_codes(qw.qweight, qw.fmt, k).long()
 
     def per_weight(t):
         return t.repeat_interleave(qw.group_size, dim=1)[:, :k]
+
+    if qw.fmt == "int8":
+        if dtype == torch.bfloat16:
+            return (codes.float() * per_weight(qw.scales)).to(dtype)
+        return round_once(codes.double() * per_weight(qw.scales.to(dtype).double()), dtype)
 
     if qw.fmt == "nf4":
         table = formats.nf4_table(qw.qweight.device).to(dtype).float()
@@ -245,7 +252,8 @@ def test_round_once_matches_numpy_half_rounding():
 
 
 def ptx_decode_applies(fmt, dtype, group_size, num_groups, block_k) -> bool:
-    return (fmt in ("int4", "nf4") and common.ptx_decode_enabled(dtype)
+    return ((fmt in ("int4", "nf4") or (fmt == "int8" and dtype == torch.float16))
+            and common.ptx_decode_enabled(dtype)
             and common.scale_per_tile(group_size, num_groups, block_k))
 
 
@@ -279,18 +287,22 @@ def test_dequantize_kernel_recovers_the_weights(fmt, symmetric, group_size):
 
 PTX_DECODE_MODES = [("nf4", False), ("int4", False), ("int4", True)]
 PTX_DECODE_IDS = ["nf4", "int4", "int4sym"]
+# The GEMM's and the dequantize kernel's decodes (int8 by PTX in fp16 only).
+DECODE_MODES = PTX_DECODE_MODES + [("int8", False)]
+DECODE_IDS = PTX_DECODE_IDS + ["int8"]
 
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("n,k,group_size", [(17, 577, 64), (3, 1024, 128), (64, 300, -1),
                                             (37, 301, 32)])
-@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+@pytest.mark.parametrize("fmt,symmetric", DECODE_MODES, ids=DECODE_IDS)
 def test_ptx_decode_is_the_cuda_rounding(fmt, symmetric, n, k, group_size, dtype):
     # The inline-PTX decode (nf4: prmt lookups of the table in dtype; int4: the magic-number
-    # fma pair) against torch, bit for bit, through the dequantize kernel (its tile, 64 x 64,
-    # 32 x 128 or 128 x 32 here, sets which elements share an asm block); ragged last tiles
-    # (577, 300, 301) and per channel included.
+    # fma pair; int8 in fp16: the magic-number subtraction, then the scale) against torch, bit
+    # for bit, through the dequantize kernel (its tile, 64 x 64, 32 x 128 or 128 x 32 here, sets
+    # which elements share an asm block); ragged last tiles (577, 300, 301) and per channel
+    # included. int8 in bf16 is its fp32 decode, rounded once.
     qw = random_quantized(n, k, fmt, group_size, symmetric)
     w = dequant.dequantize(fmt, qw.qweight, qw.scale_tensor, qw.zeros, qw.group_size, k, dtype)
     assert torch.equal(w.view(torch.int16), ptx_decode_weights(qw, dtype).view(torch.int16))
@@ -299,7 +311,7 @@ def test_ptx_decode_is_the_cuda_rounding(fmt, symmetric, n, k, group_size, dtype
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [16, 40, 96])
-@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+@pytest.mark.parametrize("fmt,symmetric", DECODE_MODES, ids=DECODE_IDS)
 def test_ptx_decode_gemm_sees_the_rounded_weights(fmt, symmetric, m, dtype):
     # Rows of the identity pick out W's columns, each output one exact product: the GEMM's
     # weights bit for bit, at 16-, 64- and 128-row tiles (the M buckets' default configs).
@@ -312,10 +324,10 @@ def test_ptx_decode_gemm_sees_the_rounded_weights(fmt, symmetric, m, dtype):
 
 @cuda_only
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("fmt,symmetric", PTX_DECODE_MODES, ids=PTX_DECODE_IDS)
+@pytest.mark.parametrize("fmt,symmetric", DECODE_MODES, ids=DECODE_IDS)
 def test_ptx_decode_gemm_error(monkeypatch, fmt, symmetric, dtype):
-    # The PTX decode rounds twice per weight (nf4: table value, product; int4: scale, fma) where
-    # the fp32 decode rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16,
+    # The PTX decode rounds twice per weight (nf4: table value, product; int4: scale, fma; int8:
+    # scale, product) where the fp32 decode rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16,
     # to show the cost of the second rounding stays under the bound (bench/NOTES.md, Triton).
     x, qw, _ = sample_inputs(16, 4096, 4096, fmt, symmetric, group_size=64, dtype=dtype)
     ref = fp64_reference(x, qw)

@@ -128,6 +128,37 @@ def _int4_scaled_asm(dtype: torch.dtype, high: bool) -> str:
     return "\n".join(lines + ["}"])
 
 
+def _int8_values_asm() -> str:
+    """PTX for int8_values: $4 holds four int8 codes; $0..$3 get them as exact fp32 values. The
+    sign bit flipped (u = q + 128 in 0..255), prmt puts each byte under the exponent of 2^23
+    (2^23 + u exactly) and one subtraction takes 2^23 + 128 off: 2.25 instructions per code,
+    where the sign extension, the integer add and the subtraction of _dequantize take 3.25."""
+    lines = ["{", ".reg .b32 u;", "xor.b32 u, $4, 0x80808080;"]
+    for j in range(4):  # byte j of u, then bytes 1-3 of 0x4B000000
+        lines += [f"prmt.b32 ${j}, u, 0x4B000000, {0x7650 + j:#06x};",
+                  f"sub.f32 ${j}, ${j}, 0f4B000080;"]
+    return "\n".join(lines + ["}"])
+
+
+def _int8_scaled_asm() -> str:
+    """PTX for _int8_values_by_magic: $2 holds four int8 codes; $0 / $1 get s q of codes (0, 1)
+    / (2, 3) in fp16 as pairs, with the pairs of s in $3 / $4: q exact, then one rounding of the
+    product, as csrc/cuda/unpack.cuh's dequant_int8. Each byte of u = q + 128 goes under the
+    0x64 exponent byte (1024 + u exactly), an fma by one takes 1152 off: 1.75 instructions per
+    code. (bf16 keeps the fp32 decode: its variant of this, 128 + (q & 0x7f) minus 128 + 128
+    sign, ran the 64-row GEMM 1.23-1.29x slower on the H100; bench/NOTES.md, Triton, "int8 by
+    inline PTX".)"""
+    lines = ["{", ".reg .b32 u, v, n, one, nz;", "mov.b32 nz, 0x80008000;",
+             "xor.b32 u, $2, 0x80808080;", "mov.b32 one, 0x3C003C00;", "mov.b32 n, 0xE480E480;"]
+    for out, selector, scale in (("$0", "0x4140", "$3"), ("$1", "0x4342", "$4")):
+        # bytes 0, 1 (2, 3) of u to the low bytes of the two halves; -1152 added; times s
+        lines += [f"prmt.b32 v, u, 0x64646464, {selector};", "fma.rn.f16x2 v, v, one, n;",
+                  f"fma.rn.f16x2 {out}, v, {scale}, nz;"]
+    return "\n".join(lines + ["}"])
+
+
+INT8_VALUES_ASM: tl.constexpr = tl.constexpr(_int8_values_asm())
+INT8_SCALED_ASM: tl.constexpr = tl.constexpr(_int8_scaled_asm())
 INT4_SCALED_ASM_FP16_LOW: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.float16, False))
 INT4_SCALED_ASM_FP16_HIGH: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.float16, True))
 INT4_SCALED_ASM_BF16_LOW: tl.constexpr = tl.constexpr(_int4_scaled_asm(torch.bfloat16, False))
@@ -311,6 +342,22 @@ def _nf4_values_by_permute(packed, scale, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def int8_values(codes):
+    """The int8 ``codes`` as exact fp32 values, by INT8_VALUES_ASM (compiled kernels only)."""
+    return tl.inline_asm_elementwise(INT8_VALUES_ASM, "=r,=r,=r,=r,r", [codes],
+                                     dtype=tl.float32, is_pure=True, pack=4)
+
+
+@triton.jit
+def _int8_values_by_magic(codes, scale):
+    """s q of int8 ``codes`` [R, C] in fp16 by INT8_SCALED_ASM, q exact and the product rounded
+    once, as the CUDA backend rounds; scale fp32, broadcastable to [R, 1]."""
+    scale = tl.broadcast_to(scale.to(tl.float16), codes.shape)
+    return tl.inline_asm_elementwise(INT8_SCALED_ASM, "=r,=r,r,r,r", [codes, scale],
+                                     dtype=tl.float16, is_pure=True, pack=4)
+
+
+@triton.jit
 def _int4_values_by_magic(packed, scale, zero, DTYPE: tl.constexpr):
     """s (q - z) of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16), [R, 2 C] in
     k order, by INT4_SCALED_ASM, rounded as the CUDA backend rounds: q - round(z) exact, then one
@@ -356,6 +403,13 @@ def nf4_word_values(words):
 
 
 @triton.jit
+def load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes, stride_qn):
+    """int8 W[offs_n, offs_k], [BLOCK_N, len(offs_k)], 0 outside the weight."""
+    return tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
+                   mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
+
+
+@triton.jit
 def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     absmax_offsets_ptr, offs_n, k_start,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
@@ -363,15 +417,19 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     ABSMAX_DQ: tl.constexpr, BLOCK_K: tl.constexpr, DTYPE: tl.constexpr,
                     PTX_DECODE: tl.constexpr):
     """W[offs_n, k_start : k_start + BLOCK_K] in DTYPE, [BLOCK_N, BLOCK_K] (edges as in
-    dequantize_nibble_pairs): computed in fp32 and rounded once, except the 4-bit formats with
-    PTX_DECODE (ptx_decode_enabled) on tiles in one group, decoded by inline PTX and rounded as
-    the CUDA backend rounds: nf4's table value and absmax each rounded to DTYPE and multiplied
-    in DTYPE (_nf4_values_by_permute), int4 by the magic-number fma pair
-    (_int4_values_by_magic). nf4 otherwise by the select tree (nf4_value)."""
+    dequantize_nibble_pairs): computed in fp32 and rounded once, except with PTX_DECODE
+    (ptx_decode_enabled) on tiles in one group, decoded by inline PTX and rounded as the CUDA
+    backend rounds: nf4's table value and absmax each rounded to DTYPE and multiplied in DTYPE
+    (_nf4_values_by_permute), int4 by the magic-number fma pair (_int4_values_by_magic), int8
+    in fp16 exact times the scale rounded to fp16 (_int8_values_by_magic). nf4 otherwise by the
+    select tree (nf4_value)."""
     if FORMAT == FORMAT_INT8:
         offs_k = k_start + tl.arange(0, BLOCK_K)
-        codes = tl.load(qweight_ptr + offs_n[:, None] * stride_qn + offs_k[None, :],
-                        mask=(offs_n < N)[:, None] & (offs_k[None, :] < row_bytes), other=0)
+        codes = load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes, stride_qn)
+        if PTX_DECODE and SCALE_PER_TILE and DTYPE == tl.float16:
+            scale = tl.load(scales_ptr + (offs_n * num_groups + k_start // group_size)[:, None],
+                            mask=(offs_n < N)[:, None], other=0.0)
+            return _int8_values_by_magic(codes, scale)
         w = _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, scales_ptr,
                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
                         group_size, num_groups, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,

@@ -14,7 +14,8 @@ mma.sync by inline PTX on the tile as Triton lays it out, row m of x in column m
 bench/NOTES.md, Triton, "GEMV v3"). nf4
 at one row on tiles in one group but not whole words: the byte path with the permute decode
 (nf4_table_values). The byte path, for the rest: each code dequantized to fp32 in the load's
-layout, then the multiply-adds.
+layout, then the multiply-adds; per-channel int8 with fp16 / bf16 x takes its exact codes by
+inline PTX (common.int8_values) and its scale on the sums.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from triton.language.extra.cuda import gdc_wait
 from .. import formats
 from . import common
 from .common import (FLOAT_ONE_BITS, FORMAT_INT8, FORMAT_NF4, INT4_SYMMETRIC_ZERO,
-                     dequantize_nibble_pairs, dequantize_tile, load_packed, load_scale, load_x,
-                     load_x_row, nf4_table_values, nf4_word_values, store_output)
+                     dequantize_nibble_pairs, dequantize_tile, int8_values, load_int8_codes,
+                     load_packed, load_scale, load_x, load_x_row, nf4_table_values,
+                     nf4_word_values, store_output)
 
 # Output tiles are at least this wide, so cdiv(N, MIN_BLOCK_N) tile counters always suffice.
 MIN_BLOCK_N = 8
@@ -408,11 +410,12 @@ def gemv_kernel(
     HAS_BIAS: tl.constexpr,
     ABSMAX_DQ: tl.constexpr,       # nf4 absmax as 8-bit codes (common.py)
     NF4_FROM_TABLE: tl.constexpr,  # nf4 decoded by a load from nf4_table (see NF4_FROM_TABLE)
-    PTX_DECODE: tl.constexpr,      # nf4 at M = 1 by prmt lookups (common.ptx_decode_enabled)
+    PTX_DECODE: tl.constexpr,      # nf4 at M = 1, int8: inline PTX (common.ptx_decode_enabled)
     BLOCK_M: tl.constexpr,         # next power of two >= M; also the autotune M bucket
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
+    ROW_SCALE: tl.constexpr,       # one group per row (num_groups == 1)
     SPLIT_K: tl.constexpr,
     WORDS: tl.constexpr,           # 4-bit codes read as 32-bit words (words_supported), M = 1
     DEPENDENT_LAUNCH: tl.constexpr,  # launched with launch_pdl (common.dependent_launch)
@@ -462,12 +465,20 @@ def gemv_kernel(
         for tile in range(first_tile, last_tile):
             k_start = tile * BLOCK_K
             if FORMAT == FORMAT_INT8:
-                w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
-                                    absmax_scales_ptr, absmax_offsets_ptr, offs_n,
-                                    k_start, N, K, row_bytes, group_size, num_groups, stride_qn,
-                                    FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ, BLOCK_K,
-                                    tl.float32, False)
                 offs_k = k_start + tl.arange(0, BLOCK_K)
+                if PTX_DECODE and ROW_SCALE:
+                    # The exact codes by inline PTX, the row's scale on the sums after the loop.
+                    # Groups keep the fp32 decode: their scales multiplied into each tile's
+                    # codes ran up to 1.27x slower (bench/NOTES.md, Triton, "int8 by inline
+                    # PTX").
+                    w = int8_values(load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes,
+                                                    stride_qn))
+                else:
+                    w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
+                                        absmax_scales_ptr, absmax_offsets_ptr, offs_n,
+                                        k_start, N, K, row_bytes, group_size, num_groups,
+                                        stride_qn, FORMAT, HAS_ZEROS, SCALE_PER_TILE, ABSMAX_DQ,
+                                        BLOCK_K, tl.float32, False)
                 if BLOCK_M == 1:
                     acc += w * load_x_row(x_ptr, offs_k, K, stride_xk)[None, :]
                 else:
@@ -509,6 +520,8 @@ def gemv_kernel(
             out = tl.sum(acc, axis=1)[None, :]
         else:
             out = acc
+        if FORMAT == FORMAT_INT8 and PTX_DECODE and ROW_SCALE:
+            out *= tl.load(scales_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
     store_output(out, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid_n,
                  offs_m, offs_n, M, N, stride_ym, HAS_BIAS, SPLIT_K)
 
@@ -590,6 +603,7 @@ def _split_k(args) -> int:
 _kernel = triton.heuristics({
     "SCALE_PER_TILE": lambda a: common.scale_per_tile(a["group_size"], a["num_groups"],
                                                       a["BLOCK_K"]),
+    "ROW_SCALE": lambda a: a["num_groups"] == 1,
     "SPLIT_K": _split_k,
 })(gemv_kernel)
 
