@@ -331,7 +331,8 @@ def crossover(nbytes_l2):
 
 def _compile(kernel, pointer_types, constexprs, num_warps, num_stages):
     """The cubin of ``kernel`` for SASS_CAPABILITY, specialized as a launch on 14336 x 4096 would
-    be (16-divisible sizes and strides, unit k stride)."""
+    be: 16-divisible sizes and strides; a unit stride (x's k stride), which Triton compiles as
+    the constant 1, is the caller's to pass in ``constexprs``."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
@@ -397,14 +398,14 @@ def sass():
                                           group_size, num_groups)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
-                HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
+                stride_xk=1, HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
                 PTX_DECODE=True, DEPENDENT_LAUNCH=True, MMA=False, MMA_GROUPS_PER_TILE=1, MMA_ASM="",
                 MMA_CONSTRAINTS="",
                 WORDS=words, ROW_SCALE=num_groups == 1,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
-                HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, PTX_DECODE=True,
+                stride_xk=1, HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, PTX_DECODE=True,
                 DEPENDENT_LAUNCH=True,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
