@@ -507,7 +507,7 @@ for x_type, dtype in (("*fp16", torch.float16), ("*bf16", torch.bfloat16)):
                               NF4_FROM_TABLE=True, PTX_DECODE=True, BLOCK_M=block_m,
                               DEPENDENT_LAUNCH=True,
                               SPLIT_K=1, WORDS=True, MMA=True, SCALE_PER_TILE=True,
-                              **config.kwargs)
+                              ROW_SCALE=False, **config.kwargs)
             signature, attrs = {}, {}
             for index, name in enumerate(gemv.gemv_kernel.arg_names):
                 if name in constexprs:
