@@ -398,9 +398,9 @@ def sass():
                                           group_size, num_groups)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
-                stride_xk=1, HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1, NF4_FROM_TABLE=gemv.NF4_FROM_TABLE,
-                PTX_DECODE=True, DEPENDENT_LAUNCH=True, MMA=False, MMA_GROUPS_PER_TILE=1, MMA_ASM="",
-                MMA_CONSTRAINTS="",
+                stride_xk=1, HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1,
+                NF4_FROM_TABLE=gemv.NF4_FROM_TABLE, PTX_DECODE=True, DEPENDENT_LAUNCH=True,
+                MMA=False, MMA_GROUPS_PER_TILE=1, MMA_ASM="", MMA_CONSTRAINTS="",
                 WORDS=words, ROW_SCALE=num_groups == 1,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemv_config.kwargs["BLOCK_K"]))),

@@ -327,8 +327,9 @@ def test_ptx_decode_gemm_sees_the_rounded_weights(fmt, symmetric, m, dtype):
 @pytest.mark.parametrize("fmt,symmetric", DECODE_MODES, ids=DECODE_IDS)
 def test_ptx_decode_gemm_error(monkeypatch, fmt, symmetric, dtype):
     # The PTX decode rounds twice per weight (nf4: table value, product; int4: scale, fma; int8:
-    # scale, product) where the fp32 decode rounds once: both GEMMs against fp64, on a shape the bench runs at M = 16,
-    # to show the cost of the second rounding stays under the bound (bench/NOTES.md, Triton).
+    # scale, product) where the fp32 decode rounds once: both GEMMs against fp64, on a shape the
+    # bench runs at M = 16, to show the cost of the second rounding stays under the bound
+    # (bench/NOTES.md, Triton).
     x, qw, _ = sample_inputs(16, 4096, 4096, fmt, symmetric, group_size=64, dtype=dtype)
     ref = fp64_reference(x, qw)
     errors = {}

@@ -145,9 +145,9 @@ def _int8_scaled_asm() -> str:
     / (2, 3) in fp16 as pairs, with the pairs of s in $3 / $4: q exact, then one rounding of the
     product, as csrc/cuda/unpack.cuh's dequant_int8. Each byte of u = q + 128 goes under the
     0x64 exponent byte (1024 + u exactly), an fma by one takes 1152 off: 1.75 instructions per
-    code. (bf16 keeps the fp32 decode: its variant of this, 128 + (q & 0x7f) minus 128 + 128
-    sign, ran the 64-row GEMM 1.23-1.29x slower on the H100; bench/NOTES.md, Triton, "int8 by
-    inline PTX".)"""
+    code. (bf16 keeps the fp32 decode: in the 64-row bf16 GEMM on the H100 an int8 decode by
+    inline PTX, this one's bf16 variant or int8_values, ran up to 1.29x slower; bench/NOTES.md,
+    Triton, "int8 by inline PTX".)"""
     lines = ["{", ".reg .b32 u, v, n, one, nz;", "mov.b32 nz, 0x80008000;",
              "xor.b32 u, $2, 0x80808080;", "mov.b32 one, 0x3C003C00;", "mov.b32 n, 0xE480E480;"]
     for out, selector, scale in (("$0", "0x4140", "$3"), ("$1", "0x4342", "$4")):
