@@ -136,10 +136,12 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 64 x 128 x 128
 # with 8 warps there (swept in calls j2, j3 of 25 Nov, "GEMM at 64 rows"; through the op in j4:
 # 28672x8192 172.1 -> 134.5 us, 4096x14336 45.2 -> 38.2). The 16-row tile is the one the tuner's
-# picks lost to by up to 1.26x at M = 4-16. The others (and sm_80) are starting points, not
-# measured.
+# picks lost to by up to 1.26x at M = 4-16; int8, decoded by inline PTX since, runs it faster
+# with 3 stages (call k12 of 25 Nov: 1.03-1.07x at M = 16 on the four gpu-goals shapes, 28672x8192
+# 97.9 -> 91.4 us). The others (and sm_80) are starting points, not measured.
 DEFAULT_CONFIGS = {
-    9: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 128, 4, 4)),
+    9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
+        (32, None, _config(32, 128, 128, 4, 4)),
         (64, "int8", _config(64, 128, 128, 8, 3)), (64, None, _config(64, 64, 128, 4, 4)),
         (None, None, _config(128, 128, 64, 8, 3))],
     8: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 64, 4, 4)),
