@@ -138,10 +138,12 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # 28672x8192 172.1 -> 134.5 us, 4096x14336 45.2 -> 38.2). The 16-row tile is the one the tuner's
 # picks lost to by up to 1.26x at M = 4-16; int8, decoded by inline PTX since, runs it faster
 # with 3 stages (call k12 of 25 Nov: 1.03-1.07x at M = 16 on the four gpu-goals shapes, 28672x8192
-# 97.9 -> 91.4 us). The others (and sm_80) are starting points, not measured.
+# 97.9 -> 91.4 us). The 32-row tile runs 3 stages too (k15, M = 32 against 4 stages: int4
+# 1.09-1.23x, 4096x14336 35.3 -> 28.8 us; nf4 0.99-1.03x; int8 1.00-1.06x). The others (and sm_80)
+# are starting points, not measured.
 DEFAULT_CONFIGS = {
     9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
-        (32, None, _config(32, 128, 128, 4, 4)),
+        (32, None, _config(32, 128, 128, 4, 3)),
         (64, "int8", _config(64, 128, 128, 8, 3)), (64, None, _config(64, 64, 128, 4, 4)),
         (None, None, _config(128, 128, 64, 8, 3))],
     8: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 64, 4, 4)),
