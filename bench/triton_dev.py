@@ -406,7 +406,7 @@ def sass():
                                                      gemv_config.kwargs["BLOCK_K"]))),
             "gemm M=16": (gemm.gemm_kernel, gemm_config, dict(
                 stride_xk=1, HAS_BIAS=False, DOT_IN_FP32=False, SPLIT_K=1, PTX_DECODE=True,
-                DEPENDENT_LAUNCH=True,
+                DEPENDENT_LAUNCH=True, SCALES_AHEAD=False,
                 SCALE_PER_TILE=common.scale_per_tile(group_size, num_groups,
                                                      gemm_config.kwargs["BLOCK_K"]))),
         }

@@ -410,6 +410,31 @@ def load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes, stride_qn):
 
 
 @triton.jit
+def load_group_scales(scales_ptr, zeros_ptr, absmax_scales_ptr, absmax_offsets_ptr, offs_n,
+                      group, N, num_groups, HAS_ZEROS: tl.constexpr, ABSMAX_DQ: tl.constexpr):
+    """(scale, zero point) of rows offs_n in one group, fp32 [BLOCK_N, 1] each, 0 past N; the
+    zero point INT4_SYMMETRIC_ZERO without HAS_ZEROS (symmetric int4; nf4 ignores it)."""
+    offsets = (offs_n * num_groups + group)[:, None]
+    row_ok = (offs_n < N)[:, None]
+    scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, row_ok,
+                       ABSMAX_DQ)
+    if HAS_ZEROS:
+        zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
+    else:
+        zero = tl.full(scale.shape, INT4_SYMMETRIC_ZERO, tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def four_bit_values(packed, scale, zero, FORMAT: tl.constexpr, DTYPE: tl.constexpr):
+    """The 4-bit tile of uint8 ``packed`` [R, C] in one group, decoded by inline PTX:
+    [R, 2 C] in DTYPE and k order (_nf4_values_by_permute, _int4_values_by_magic)."""
+    if FORMAT == FORMAT_NF4:
+        return _nf4_values_by_permute(packed, scale, DTYPE)
+    return _int4_values_by_magic(packed, scale, zero, DTYPE)
+
+
+@triton.jit
 def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
                     absmax_offsets_ptr, offs_n, k_start,
                     N, K, row_bytes, group_size, num_groups, stride_qn,
@@ -438,17 +463,10 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
     if FORMAT != FORMAT_INT8 and PTX_DECODE and SCALE_PER_TILE:
         packed, offs_byte = load_packed(qweight_ptr, offs_n, k_start, N, row_bytes, stride_qn,
                                         BLOCK_K)
-        offsets = (offs_n * num_groups + k_start // group_size)[:, None]
-        row_ok = (offs_n < N)[:, None]
-        scale = load_scale(scales_ptr, absmax_scales_ptr, absmax_offsets_ptr, offsets, row_ok,
-                           ABSMAX_DQ)
-        if FORMAT == FORMAT_NF4:
-            return _nf4_values_by_permute(packed, scale, DTYPE)
-        if HAS_ZEROS:
-            zero = tl.load(zeros_ptr + offsets, mask=row_ok, other=0.0)
-        else:
-            zero = tl.full(scale.shape, INT4_SYMMETRIC_ZERO, tl.float32)
-        return _int4_values_by_magic(packed, scale, zero, DTYPE)
+        scale, zero = load_group_scales(scales_ptr, zeros_ptr, absmax_scales_ptr,
+                                        absmax_offsets_ptr, offs_n, k_start // group_size, N,
+                                        num_groups, HAS_ZEROS, ABSMAX_DQ)
+        return four_bit_values(packed, scale, zero, FORMAT, DTYPE)
     even, odd = dequantize_nibble_pairs(qweight_ptr, scales_ptr, zeros_ptr, scales_ptr,
                                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
                                         N, K, row_bytes, group_size, num_groups, stride_qn,
