@@ -744,6 +744,22 @@ def test_autotuned_launch(monkeypatch, m):
 
 @pytest.mark.cuda
 @cuda_only
+@pytest.mark.parametrize("fmt,group_size,m,n,k", [("int4", 128, 128, 14336, 4096),
+                                                  ("int8", -1, 128, 14336, 4096),
+                                                  ("int4", 128, 96, 4096, 14336),
+                                                  ("int8", -1, 64, 4096, 14336)])
+def test_default_gemm_repeats_on_large_weights(fmt, group_size, m, n, k):
+    # sm_90's former tile for > 64 rows (128 x 128 x 64, 8 warps) returned wrong sums in about
+    # 1 call of 6 on these weights (split-K, inline-PTX decode), never on the small shapes
+    # above: each call here must be right.
+    x, qw, _ = sample_inputs(m, n, k, fmt, group_size=group_size)
+    ref = fp64_reference(x, qw)
+    errors = [rel_err(triton_op(x, qw), ref) for _ in range(20)]
+    assert max(errors) <= REL_TOL[x.dtype], errors
+
+
+@pytest.mark.cuda
+@cuda_only
 @pytest.mark.parametrize("fmt,symmetric", FORMATS, ids=FORMAT_IDS)
 def test_torch_compile_fullgraph(fmt, symmetric):
     qw = random_quantized(64, 256, fmt, 64, symmetric)
