@@ -187,8 +187,8 @@ def scales_ahead(fmt_id: int, ptx_decode: bool, scale_per_tile: bool, block_m: i
     Otherwise Triton's pipeliner copies them to shared memory with the weights: a 4-byte
     cp.async per row from each of the several threads that decode the row, each from its own
     sector of the row-major [N, G] scales. Plain loads hit L1 for the next groups of the
-    sector. Measured (call l3 of 25 Nov, H100, fp16, 48-128 rows): int4 g128 1.09-1.22x, nf4
-    g64 1.01-1.08x. At 16 and 32 rows (mma.sync) the loaded scales went through shared memory
+    sector. Measured (call l4 of 25 Nov, H100, 48-128 rows): int4 g128 1.04-1.25x, nf4 g64
+    1.04-1.07x. At 16 and 32 rows (mma.sync) the loaded scales went through shared memory
     to reach the decode's layout (128 stores a loop in the SASS), so those tiles keep the
     copies."""
     return (ptx_decode and scale_per_tile and fmt_id != formats.FORMAT_IDS["int8"]
