@@ -749,9 +749,10 @@ def test_autotuned_launch(monkeypatch, m):
                                                   ("int4", 128, 96, 4096, 14336),
                                                   ("int8", -1, 64, 4096, 14336)])
 def test_default_gemm_repeats_on_large_weights(fmt, group_size, m, n, k):
-    # sm_90's former tile for > 64 rows (128 x 128 x 64, 8 warps) returned wrong sums in about
-    # 1 call of 6 on these weights (split-K, inline-PTX decode), never on the small shapes
-    # above: each call here must be right.
+    # sm_90's former tile for > 64 rows (128 x 128 x 64, 8 warps) returned wrong sums at times
+    # on such weights (split-K, inline-PTX decode), never on the small shapes above; it failed
+    # the first three cases here (call l10 of 25 Nov). The last is int8's own 64-row tile,
+    # 8 warps too. Every call must be right.
     x, qw, _ = sample_inputs(m, n, k, fmt, group_size=group_size)
     ref = fp64_reference(x, qw)
     errors = [rel_err(triton_op(x, qw), ref) for _ in range(20)]

@@ -102,7 +102,8 @@ def gemm_kernel(
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
                     mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0.0)
         if SCALES_AHEAD:
-            # The next tile's (the last tile's own, on the last) by plain loads.
+            # The next tile's scales (on the last tile, its own again), by plain loads that
+            # the pipeliner leaves alone: see scales_ahead.
             next_tile = tl.minimum(tile + 1, last_tile - 1)
             next_scale, next_zero = load_group_scales(
                 scales_ptr, zeros_ptr, absmax_scales_ptr, absmax_offsets_ptr, offs_n,
@@ -164,8 +165,7 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # relative; nf4 and the fp32 decode never; cause not found). 128 x 64 x 64 was right in 1680 calls
 # over the failing cells. It costs speed (l7, M = 96-256: 0.87-1.30x the old tile's time, the
 # most on 28672x8192 and at M = 256); the right 128 x 128 tile is still to be found (with 4 warps
-# it failed once in 480 calls). The others (and sm_80) are starting points,
-# not measured.
+# it failed once in 480 calls). The others (and sm_80) are starting points, not measured.
 DEFAULT_CONFIGS = {
     9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
         (32, None, _config(32, 128, 128, 4, 3)),
