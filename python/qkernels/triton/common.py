@@ -452,8 +452,9 @@ def dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr, absmax_scales_ptr,
         offs_k = k_start + tl.arange(0, BLOCK_K)
         codes = load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes, stride_qn)
         if PTX_DECODE and SCALE_PER_TILE and DTYPE == tl.float16:
-            scale = tl.load(scales_ptr + (offs_n * num_groups + k_start // group_size)[:, None],
-                            mask=(offs_n < N)[:, None], other=0.0)
+            scale, _ = load_group_scales(scales_ptr, zeros_ptr, absmax_scales_ptr,
+                                         absmax_offsets_ptr, offs_n, k_start // group_size, N,
+                                         num_groups, False, False)
             return _int8_values_by_magic(codes, scale)
         w = _dequantize(codes.to(tl.int32), scales_ptr, zeros_ptr, scales_ptr,
                         absmax_scales_ptr, absmax_offsets_ptr, offs_n, offs_k, k_start, N, K,
