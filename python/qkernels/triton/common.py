@@ -523,6 +523,10 @@ def store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, tile_id,
             # .cg: read the sums from L2, where the atomics landed, not a stale L1 line.
             total = tl.load(partial_ptrs, mask=mask, other=0.0, cache_modifier=".cg")
             _write_output(total, y_ptr, bias_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
+            # The zeros may be stored in another layout than the sums were loaded in (so by
+            # other threads): every thread's loads come before any zero lands. Without this,
+            # rows of y read 0 at times (sm_90, 128 x 128 tiles, 8 warps: bench/NOTES.md).
+            tl.debug_barrier()
             tl.store(partial_ptrs, tl.zeros_like(total), mask=mask)
             tl.atomic_xchg(tile_counters_ptr + tile_id, 0, sem="relaxed")
 
