@@ -354,14 +354,12 @@ def test_many_rows_dequantize_then_matmul(monkeypatch, fmt, symmetric, dtype):
 
 
 def test_fused_gemm_rows_by_weight():
-    """The fused GEMM takes up to 128 rows of x, and up to 256 for nf4 and symmetric int4 on
-    weights larger than 4096x4096 (H100 crossovers in python/qkernels/triton/__init__.py)."""
-    zeros = torch.zeros(1)
-    assert qk_triton.fused_gemm_max_m("nf4", None, 4096, 4096) == 128
-    assert qk_triton.fused_gemm_max_m("nf4", None, 14336, 4096) == 256
-    assert qk_triton.fused_gemm_max_m("int4", None, 4096, 14336) == 256
-    assert qk_triton.fused_gemm_max_m("int4", zeros, 4096, 14336) == 128
-    assert qk_triton.fused_gemm_max_m("int8", None, 28672, 8192) == 128
+    """The fused GEMM takes up to 128 rows of x, and up to 256 on weights larger than
+    4096x4096 (H100 crossovers in python/qkernels/triton/__init__.py)."""
+    assert qk_triton.fused_gemm_max_m(4096, 4096) == 128
+    assert qk_triton.fused_gemm_max_m(14336, 4096) == 256
+    assert qk_triton.fused_gemm_max_m(4096, 14336) == 256
+    assert qk_triton.fused_gemm_max_m(28672, 8192) == 256
 
 
 # --- tile shapes, split-K, the GEMV/GEMM choice ------------------------------------------------

@@ -36,25 +36,22 @@ GEMV_MAX_M = 1
 MMA_GEMV_MAX_M = 4
 
 # Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
-# multiplies. H100, fp16, us fused / dequantize + cuBLAS (`python bench/triton_dev.py
-# --crossover` and the same at M = 128-384 on three more shapes, calls d16, d17 of 24 Nov, sixth
-# session; bench/NOTES.md "Triton"):
-# - M = 128: fused on 15 of 16 (shape, format) cells (14336x4096 int4 74.0 / 109.2), level on
-#   4096x4096 int4 (27.4 / 27.3). M = 384 and up: dequantize + cuBLAS on every cell.
-# - M = 192-256 on weights larger than 4096x4096: nf4 and symmetric int4 fused on every cell,
-#   1.08-1.40x faster (4096x14336 int4-sym 84.0 / 117.9 at 256, 14336x4096 nf4 105.4 / 114.3 at
-#   192); int4 with zero points and int8 split by shape (fused 1.07x and 1.40x on 4096x14336;
-#   dequantize 1.05x and 1.07x on 14336x4096, int8 1.13x on 28672x8192). On 4096x4096 dequantize
-#   + cuBLAS wins every format there, 1.02-1.27x (int4 42.2 / 33.3 at 256).
+# multiplies. H100, fp16, us fused / dequantize + cuBLAS, int4 / symmetric int4 / nf4 / int8, the
+# > 64-row tile 128 x 128 x 64 with 8 warps (calls m2, m3 of 25 Nov, fourth session; bench/NOTES.md
+# "Triton"):
+# - 4096x4096: fused at M = 96 and 128 on every format (int4 26.9 / 28.6 at 128); dequantize +
+#   cuBLAS at 192 and 256 on the 4-bit formats (int4 36.6 / 31.2 at 192); int8 1.03-1.07x fused.
+# - 14336x4096, 4096x14336, 28672x8192: fused on every cell up to M = 256, 1.12-1.45x faster at
+#   256 (14336x4096 int4 97.7 / 113.6, int8 87.4 / 119.3); at 384 dequantize + cuBLAS on 11 of 12
+#   cells (14336x4096 int4 192.3 / 125.3; 28672x8192 int8 fused 494.1 / 513.0, int4-sym level).
 FUSED_GEMM_MAX_M = 128
-FUSED_GEMM_MAX_M_LARGE = 256  # nf4 and symmetric int4 with N K > LARGE_WEIGHT
+FUSED_GEMM_MAX_M_LARGE = 256  # weights with N K > LARGE_WEIGHT
 LARGE_WEIGHT = 1 << 25
 
 
-def fused_gemm_max_m(fmt, zeros, n, k):
-    """The most rows of x the fused GEMM takes for this weight (zeros None: symmetric int4)."""
-    symmetric_4bit = fmt == "nf4" or (fmt == "int4" and zeros is None)
-    return FUSED_GEMM_MAX_M_LARGE if symmetric_4bit and n * k > LARGE_WEIGHT else FUSED_GEMM_MAX_M
+def fused_gemm_max_m(n, k):
+    """The most rows of x the fused GEMM takes for an N x K weight."""
+    return FUSED_GEMM_MAX_M_LARGE if n * k > LARGE_WEIGHT else FUSED_GEMM_MAX_M
 
 
 def _device_guard(device: torch.device):
@@ -83,7 +80,7 @@ def _launch(x, fmt, qweight, scales, zeros, group_size, bias, absmax_dq):
     zeros = None if zeros is None else zeros.contiguous()
     bias = None if bias is None else bias.contiguous()
     with _device_guard(x.device):
-        if m > fused_gemm_max_m(fmt, zeros, n, k):
+        if m > fused_gemm_max_m(n, k):
             w = dequant.dequantize(fmt, qweight, scales, zeros, group_size, k, x.dtype, absmax_dq)
             y = F.linear(x2, w, bias)
         else:

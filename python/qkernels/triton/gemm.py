@@ -159,18 +159,17 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # with 3 stages (call k12 of 25 Nov: 1.03-1.07x at M = 16 on the four gpu-goals shapes, 28672x8192
 # 97.9 -> 91.4 us). The 32-row tile runs 3 stages too (k15, M = 32 against 4 stages: int4
 # 1.09-1.23x, 4096x14336 35.3 -> 28.8 us; nf4 0.99-1.03x; int8 1.00-1.06x).
-# Above 64 rows sm_90 takes 128 x 64 x 64 with 4 warps: the 128 x 128 x 64 tile with 8 warps
-# returned wrong sums at times on large weights with split-K, for int4 and int8 decoded by inline
-# PTX (calls l5-l8 of 25 Nov: 14336x4096 int4 g128 at M = 128, 17 calls of 100 off by up to 4%
-# relative; nf4 and the fp32 decode never; cause not found). 128 x 64 x 64 was right in 1680 calls
-# over the failing cells. It costs speed (l7, M = 96-256: 0.87-1.30x the old tile's time, the
-# most on 28672x8192 and at M = 256); the right 128 x 128 tile is still to be found (with 4 warps
-# it failed once in 480 calls). The others (and sm_80) are starting points, not measured.
+# Above 64 rows, 128 x 128 x 64 with 8 warps. Against 128 x 64 x 64 with 4 warps (calls m2, m3 of
+# 25 Nov, fourth session; M = 96-256, int4 / symmetric int4 / nf4 / int8): 1.04-1.32x faster on
+# the three large gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), but level
+# on 14336x4096 at M = 128; level on 4096x4096 overall (0.87x for int4 at M = 128: 23.3 -> 26.9). 128 x 256 x 64 was slower
+# everywhere. (It was set aside in calls l5-l11 for wrong sums, which were the split-K race
+# that common.store_output's barrier fixes.) The others (and sm_80) are starting points.
 DEFAULT_CONFIGS = {
     9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
         (32, None, _config(32, 128, 128, 4, 3)),
         (64, "int8", _config(64, 128, 128, 8, 3)), (64, None, _config(64, 64, 128, 4, 4)),
-        (None, None, _config(128, 64, 64, 4, 4))],
+        (None, None, _config(128, 128, 64, 8, 3))],
     8: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 64, 4, 4)),
         (64, None, _config(64, 128, 64, 4, 4)), (None, None, _config(128, 128, 64, 8, 3))],
 }
