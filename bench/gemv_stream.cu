@@ -23,6 +23,11 @@
 //   tiled       deep's blocks and batches, but each warp load reads 512 contiguous bytes (a
 //               layout repacked so the block's 32 KiB are read lane-linearly); tiled3 at 3
 //               blocks per SM.
+//   inline      tiled's loads from a layout that stores each step's 16 rows of scale and zero
+//               point (fp16 pairs, 64 bytes) right after the step's 1024 bytes of codes: one
+//               8-byte load per lane gives its two rows' pairs, from the DRAM pages the codes
+//               come from; inline+ adds x; tiled+ is tiled with deep+'s separate scales and x.
+//               Suffix 3: 3 blocks per SM.
 //   tma, tma+   deep's blocks with the codes copied by TMA instead: one producer warp issues,
 //               per consumer warp, two 2D boxes (128 bytes x 16 rows, 128-byte swizzle) of the
 //               warp's 4 steps into shared memory, counted on the warp's mbarrier; each warp
@@ -74,10 +79,13 @@ __global__ void __launch_bounds__(256) linear_kernel(const uint4* w, int64_t pie
   keep(acc, sink);
 }
 
-enum class Scales { kNone, kPerStep, kVector, kShared };
+enum class Scales { kNone, kPerStep, kVector, kShared, kInline };
 enum class X { kNone, kGlobal, kShared };
 // Shared rows padded to 4 mod 32 words: the 8 rows one load reads fall in distinct banks.
 constexpr int kGroupsPerRow = kK / kGroup, kSharedRowStride = kGroupsPerRow + 4;
+// The inline layout: per block of 16 rows, per step (one g128 group), the codes then the pairs.
+constexpr int64_t kInlineStepBytes = 16 * 64 + 16 * 4;
+constexpr int64_t kInlineBytes = int64_t(kN / 16) * (kK / kGroup) * kInlineStepBytes;
 
 // kScales, kX: how the scales and zero points, and x, are loaded (none: only the codes). kTiled:
 // the batch's bytes read lane-linearly (lane l of warp w takes piece l of each 512-byte run).
@@ -92,7 +100,9 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int group = lane / 4, quad = lane % 4;
   const int64_t n_base = int64_t(blockIdx.x) * 16;
-  const uint8_t* block_w = w + n_base * kRowBytes;
+  const uint8_t* block_w =
+      kScales == Scales::kInline ? w + blockIdx.x * (kK / kGroup) * kInlineStepBytes
+                                 : w + n_base * kRowBytes;
   const uint64_t policy = evict_first_policy();
   constexpr int64_t kChunks = kRowBytes / 16, kSteps = kChunks / 4;
   if constexpr (kScales == Scales::kShared) {  // the block's 16 rows of scales are contiguous
@@ -120,12 +130,24 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
         const int64_t row = group + 8 * r;
+        static_assert(kScales != Scales::kInline || kTiled, "the inline layout is tiled");
         const uint8_t* ptr =
-            kTiled ? block_w + ((step0 + u) * 2 + r) * 512 + lane * 16  // 16 rows x 64 B a step
-                   : block_w + row * kRowBytes + c * 16;
+            kScales == Scales::kInline ? block_w + (step0 + u) * kInlineStepBytes + r * 512 +
+                                             lane * 16
+            : kTiled ? block_w + ((step0 + u) * 2 + r) * 512 + lane * 16  // 16 rows x 64 B a step
+                     : block_w + row * kRowBytes + c * 16;
         codes[u][r] = load_weights_16B(ptr, policy);
         const int g = c * 32 / kGroup;
-        if constexpr (kScales == Scales::kPerStep) {
+        if constexpr (kScales == Scales::kInline) {
+          if (r == 0) {  // rows group and group + 8: (scale, zero) fp16 pairs, 8 bytes
+            uint2 pairs;
+            asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];"
+                : "=r"(pairs.x), "=r"(pairs.y)
+                : "l"(block_w + (step0 + u) * kInlineStepBytes + 1024 + group * 8));
+            scale[u][0] = __uint_as_float(pairs.x), zero[u][0] = 1.0f;
+            scale[u][1] = __uint_as_float(pairs.y), zero[u][1] = 1.0f;
+          }
+        } else if constexpr (kScales == Scales::kPerStep) {
           scale[u][r] = __ldg(scales + (n_base + row) * kGroupsPerRow + g);
           zero[u][r] = __ldg(zeros + (n_base + row) * kGroupsPerRow + g);
         } else if constexpr (kScales == Scales::kShared) {
@@ -263,7 +285,7 @@ __global__ void __launch_bounds__(288) gemv_tma_kernel(const __grid_constant__ C
 }
 
 struct Buffers {
-  uint8_t* w;
+  uint8_t *w, *inline_w;
   float *scales, *zeros;
   uint4* x;
   uint32_t* sink;
@@ -310,7 +332,9 @@ void run_pattern(const char* name, const Buffers& b, int blocks_per_sm) {
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   report(name, time_us([&](int copy, cudaStream_t stream) {
            const int64_t scales = copy * int64_t(kN) * kGroupsPerRow;
-           kernel<<<kN / 16, 256, smem, stream>>>(b.w + copy * kWeightBytes, b.scales + scales,
+           const uint8_t* w = kScales == Scales::kInline ? b.inline_w + copy * kInlineBytes
+                                                         : b.w + copy * kWeightBytes;
+           kernel<<<kN / 16, 256, smem, stream>>>(w, b.scales + scales,
                                                   b.zeros + scales, b.x, b.sink);
          }));
 }
@@ -336,6 +360,8 @@ int main() {
   Buffers b;
   const int64_t n_scales = kCopies * int64_t(kN) * kGroupsPerRow;
   cudaMalloc(&b.w, kCopies * kWeightBytes);
+  cudaMalloc(&b.inline_w, kCopies * kInlineBytes);
+  cudaMemset(b.inline_w, 0x5a, kCopies * kInlineBytes);
   cudaMalloc(&b.scales, n_scales * sizeof(float));
   cudaMalloc(&b.zeros, n_scales * sizeof(float));
   cudaMalloc(&b.x, kK * 2);
@@ -370,6 +396,12 @@ int main() {
   run_pattern<2, S::kShared, X::kShared>("wide+ssxs", b, 3);
   run_pattern<4, S::kNone, X::kNone, true>("tiled", b, 2);
   run_pattern<2, S::kNone, X::kNone, true>("tiled3", b, 3);
+  run_pattern<4, S::kPerStep, X::kGlobal, true>("tiled+", b, 2);
+  run_pattern<2, S::kPerStep, X::kGlobal, true>("tiled3+", b, 3);
+  run_pattern<4, S::kInline, X::kNone, true>("inline", b, 2);
+  run_pattern<2, S::kInline, X::kNone, true>("inline3", b, 3);
+  run_pattern<4, S::kInline, X::kGlobal, true>("inline+", b, 2);
+  run_pattern<2, S::kInline, X::kGlobal, true>("inline3+", b, 3);
   run_tma<false>("tma2", b, 2);
   run_tma<false>("tma3", b, 3);
   run_tma<false>("tma4", b, 4);
