@@ -161,10 +161,11 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # 1.09-1.23x, 4096x14336 35.3 -> 28.8 us; nf4 0.99-1.03x; int8 1.00-1.06x).
 # Above 64 rows, 128 x 128 x 64 with 8 warps. Against 128 x 64 x 64 with 4 warps (calls m2, m3 of
 # 25 Nov, fourth session; M = 96-256, int4 / symmetric int4 / nf4 / int8): 1.04-1.32x faster on
-# the three large gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), but level
-# on 14336x4096 at M = 128; level on 4096x4096 overall (0.87x for int4 at M = 128: 23.3 -> 26.9). 128 x 256 x 64 was slower
-# everywhere. (It was set aside in calls l5-l11 for wrong sums, which were the split-K race
-# that common.store_output's barrier fixes.) The others (and sm_80) are starting points.
+# the three large gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), level on
+# 14336x4096 at M = 128, and level on 4096x4096 overall (0.87x for int4 at M = 128: 23.3 -> 26.9
+# us). 128 x 256 x 64 was slower everywhere. (Calls l5-l11 had set it aside for wrong sums: the
+# split-K race that common.store_output's barrier fixes.) The others (and sm_80) are starting
+# points.
 DEFAULT_CONFIGS = {
     9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
         (32, None, _config(32, 128, 128, 4, 3)),
