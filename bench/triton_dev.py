@@ -395,7 +395,7 @@ def sass():
         gemv_config = gemv.default_config((SASS_CAPABILITY // 10, 0), 1, group_size, num_groups,
                                           words)
         gemm_config = gemm.default_config((SASS_CAPABILITY // 10, 0), 16, fmt, torch.float16,
-                                          group_size, num_groups)
+                                          group_size, num_groups, N * K)
         kernels = {
             "gemv M=1": (gemv.gemv_kernel, gemv_config, dict(
                 stride_xk=1, HAS_BIAS=False, BLOCK_M=1, SPLIT_K=1,

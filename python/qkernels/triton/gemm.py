@@ -148,8 +148,9 @@ CONFIG_SPACE = [_config(bm, bn, bk, w, s)
                 for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
 CONFIG_SPACE += LARGE_M_CONFIGS
 
-# Without autotuning (the default, common.autotune_enabled): per compute-capability major, M
-# bucket and format, the first entry whose bound >= M and whose format is the weight's or None.
+# Without autotuning (the default, common.autotune_enabled): per compute-capability major, the
+# first entry whose bound >= M, whose format is the weight's or None and whose least weight size
+# (N K) the weight reaches.
 # sm_90, 64 rows: the tuner's choice for int4 and int8 on 14336x4096 and 4096x4096, cold L2 and
 # graph replay on an H100 (call a11 of 24 Nov, "Triton" in bench/NOTES.md): int4 14336x4096 68.9
 # -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 64 x 128 x 128
@@ -164,15 +165,22 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # the three large gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), level on
 # 14336x4096 at M = 128, and level on 4096x4096 overall (0.87x for int4 at M = 128: 23.3 -> 26.9
 # us). 128 x 256 x 64 was slower everywhere. (Calls l5-l11 had set it aside for wrong sums: the
-# split-K race that common.store_output's barrier fixes.) The others (and sm_80) are starting
-# points.
+# split-K race that common.store_output's barrier fixes.)
+# 4-bit at 33-64 rows on weights of HUGE_WEIGHT and more (Llama-70B's MLP): 64 x 128 x 128 with
+# 4 warps and 3 stages (call m9 of 25 Nov, fourth session, M = 48 and 64, int4 / int4-sym /
+# nf4): 1.01-1.27x faster on 28672x8192, 8192x28672 and 57344x8192 (28672x8192 int4-sym at M =
+# 64: 140.4 -> 110.7 us); on 8192x8192 and smaller 0.72-1.10x, 14336x4096 0.91-0.97x.
+# The others (and sm_80) are starting points.
+HUGE_WEIGHT = 1 << 27
 DEFAULT_CONFIGS = {
-    9: [(16, "int8", _config(16, 128, 128, 4, 3)), (16, None, _config(16, 128, 128, 4, 4)),
-        (32, None, _config(32, 128, 128, 4, 3)),
-        (64, "int8", _config(64, 128, 128, 8, 3)), (64, None, _config(64, 64, 128, 4, 4)),
-        (None, None, _config(128, 128, 64, 8, 3))],
-    8: [(16, None, _config(16, 128, 128, 4, 4)), (32, None, _config(32, 128, 64, 4, 4)),
-        (64, None, _config(64, 128, 64, 4, 4)), (None, None, _config(128, 128, 64, 8, 3))],
+    9: [(16, "int8", 0, _config(16, 128, 128, 4, 3)), (16, None, 0, _config(16, 128, 128, 4, 4)),
+        (32, None, 0, _config(32, 128, 128, 4, 3)),
+        (64, "int8", 0, _config(64, 128, 128, 8, 3)),
+        (64, None, HUGE_WEIGHT, _config(64, 128, 128, 4, 3)),
+        (64, None, 0, _config(64, 64, 128, 4, 4)),
+        (None, None, 0, _config(128, 128, 64, 8, 3))],
+    8: [(16, None, 0, _config(16, 128, 128, 4, 4)), (32, None, 0, _config(32, 128, 64, 4, 4)),
+        (64, None, 0, _config(64, 128, 64, 4, 4)), (None, None, 0, _config(128, 128, 64, 8, 3))],
 }
 # fp32 x (rare on GPUs): an exact fp32 dot runs on CUDA cores, not tensor cores, so it is a
 # correctness path with one config, the largest that compiles without register spills on sm_80
@@ -223,13 +231,15 @@ def prune_configs(configs, named_args, **kwargs):
 
 
 def default_config(cap, m: int, fmt: str, dtype: torch.dtype, group_size: int,
-                   num_groups: int) -> triton.Config:
-    """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)."""
+                   num_groups: int, weight_size: int) -> triton.Config:
+    """The untuned config for compute capability ``cap`` ((major, minor); None: interpreter)
+    and a weight of ``weight_size`` (N K) elements."""
     if dtype == torch.float32:
         return _adapt(FP32_CONFIG, group_size, num_groups)
     table = DEFAULT_CONFIGS.get(cap[0], DEFAULT_CONFIGS[8]) if cap else DEFAULT_CONFIGS[8]
-    config = next(c for bound, for_fmt, c in table
-                  if (bound is None or m <= bound) and for_fmt in (None, fmt))
+    config = next(c for bound, for_fmt, least_weight, c in table
+                  if (bound is None or m <= bound) and for_fmt in (None, fmt)
+                  and weight_size >= least_weight)
     return _adapt(config, group_size, num_groups)
 
 
@@ -274,7 +284,7 @@ def matmul(x, fmt, qweight, scales, zeros, group_size, bias, y, config=None,
     tuned = config is None and split_k is None and common.autotune_enabled()
     if not tuned:
         config = config or default_config(common.capability(x.device), m, fmt, x.dtype,
-                                         group_size, num_groups)
+                                         group_size, num_groups, n * k)
         split_k = split_k or _split_k({"M": m, "N": n, "K": k, "y_ptr": y,
                                        "FORMAT": formats.FORMAT_IDS[fmt], **config.kwargs})
     if split_k == 1 or (tuned and m > SPLIT_K_MAX_M):
