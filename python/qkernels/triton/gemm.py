@@ -169,7 +169,7 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # 4-bit at 33-64 rows on weights of HUGE_WEIGHT and more (Llama-70B's MLP): 64 x 128 x 128 with
 # 4 warps and 3 stages (call m9 of 25 Nov, fourth session, M = 48 and 64, int4 / int4-sym /
 # nf4): 1.01-1.27x faster on 28672x8192, 8192x28672 and 57344x8192 (28672x8192 int4-sym at M =
-# 64: 140.4 -> 110.7 us); on 8192x8192 and smaller 0.72-1.10x, 14336x4096 0.91-0.97x.
+# 64: 140.4 -> 110.7 us); on weights of 8192x8192 and smaller 0.72-1.10x (14336x4096 0.91-0.97x).
 # The others (and sm_80) are starting points.
 HUGE_WEIGHT = 1 << 27
 DEFAULT_CONFIGS = {
