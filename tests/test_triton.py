@@ -383,22 +383,24 @@ def test_every_config_in_the_tuning_space(kernel, m, config):
 
 
 def test_default_gemm_config_by_weight_size():
-    # sm_90, 33-64 rows: 4-bit weights of gemm.HUGE_WEIGHT and more take BLOCK_N 128; int8 keeps
-    # its own tile whatever the size.
-    def block_n(fmt, n, k):
-        config = gemm.default_config((9, 0), 64, fmt, torch.float16, 128, k // 128, n * k)
+    # sm_90: 4-bit weights above gemm.HUGE_WEIGHT take BLOCK_N 128 at 33-64 rows (int8 keeps its
+    # own tile whatever the size); above 64 rows, weights above gemm.LARGE_WEIGHT take it too.
+    def block_n(fmt, n, k, m=64):
+        config = gemm.default_config((9, 0), m, fmt, torch.float16, 128, k // 128, n * k)
         return config.kwargs["BLOCK_N"], config.num_warps
 
     assert block_n("int4", 28672, 8192) == (128, 4) and block_n("nf4", 8192, 28672) == (128, 4)
     assert block_n("int4", 14336, 4096) == (64, 4) and block_n("nf4", 8192, 8192) == (64, 4)
     assert block_n("int8", 28672, 8192) == block_n("int8", 4096, 4096) == (128, 8)
+    assert block_n("int4", 14336, 4096, 128) == block_n("int8", 4096, 8192 + 1, 128) == (128, 8)
+    assert block_n("int4", 4096, 4096, 128) == block_n("nf4", 4096, 8192, 128) == (64, 4)
 
 
 # Each entry of the GEMM's untuned table, at the most rows it serves, with the formats it is for.
-@pytest.mark.parametrize("bound,for_fmt,least_weight,config",
+@pytest.mark.parametrize("bound,for_fmt,above,config",
                          [entry for table in gemm.DEFAULT_CONFIGS.values() for entry in table],
                          ids=lambda v: str(v).replace(" ", ""))
-def test_every_default_gemm_config(bound, for_fmt, least_weight, config):
+def test_every_default_gemm_config(bound, for_fmt, above, config):
     m = bound or 100
     for fmt, symmetric in FORMATS:
         if for_fmt in (None, fmt):

@@ -36,22 +36,21 @@ GEMV_MAX_M = 1
 MMA_GEMV_MAX_M = 4
 
 # Rows of x up to which the fused GEMM runs; above, dequant.py writes W out once and cuBLAS
-# multiplies. H100, fp16, us fused / dequantize + cuBLAS, int4 / symmetric int4 / nf4 / int8, the
-# > 64-row tile 128 x 128 x 64 with 8 warps (calls m2, m3 of 25 Nov, fourth session; bench/NOTES.md
-# "Triton"):
-# - 4096x4096: fused at M = 96 and 128 on every format (int4 26.9 / 28.6 at 128); dequantize +
-#   cuBLAS at 192 and 256 on the 4-bit formats (int4 36.6 / 31.2 at 192); int8 1.03-1.07x fused.
+# multiplies. H100, fp16, us fused / dequantize + cuBLAS, int4 / symmetric int4 / nf4 / int8, on
+# the > 64-row tiles of gemm.DEFAULT_CONFIGS (calls m2, m3 of 25 Nov, fourth session;
+# bench/NOTES.md "Triton"):
+# - 4096x4096: fused at M = 96 and 128 on every format (int4 23.3 / 28.6 at 128); dequantize +
+#   cuBLAS at 192 and 256 on the 4-bit formats (int4 36.2 / 31.2 at 192); int8 1.04-1.07x fused.
 # - 14336x4096, 4096x14336, 28672x8192: fused on every cell up to M = 256, 1.12-1.45x faster at
 #   256 (14336x4096 int4 97.7 / 113.6, int8 87.4 / 119.3); at 384 dequantize + cuBLAS on 11 of 12
 #   cells (14336x4096 int4 192.3 / 125.3; 28672x8192 int8 fused 494.1 / 513.0, int4-sym level).
 FUSED_GEMM_MAX_M = 128
-FUSED_GEMM_MAX_M_LARGE = 256  # weights with N K > LARGE_WEIGHT
-LARGE_WEIGHT = 1 << 25
+FUSED_GEMM_MAX_M_LARGE = 256  # weights with N K > gemm.LARGE_WEIGHT
 
 
 def fused_gemm_max_m(n, k):
     """The most rows of x the fused GEMM takes for an N x K weight."""
-    return FUSED_GEMM_MAX_M_LARGE if n * k > LARGE_WEIGHT else FUSED_GEMM_MAX_M
+    return FUSED_GEMM_MAX_M_LARGE if n * k > gemm.LARGE_WEIGHT else FUSED_GEMM_MAX_M
 
 
 def _device_guard(device: torch.device):
