@@ -384,7 +384,7 @@ def test_every_config_in_the_tuning_space(kernel, m, config):
 
 def test_default_gemm_config_by_weight_size():
     # sm_90: 4-bit weights above gemm.HUGE_WEIGHT take BLOCK_N 128 at 33-64 rows (int8 keeps its
-    # own tile whatever the size); above 64 rows, weights above gemm.LARGE_WEIGHT take it too.
+    # own tile whatever the size); above 64 rows, weights above gemm.WIDE_TILE_WEIGHT take it too.
     def block_n(fmt, n, k, m=64):
         config = gemm.default_config((9, 0), m, fmt, torch.float16, 128, k // 128, n * k)
         return config.kwargs["BLOCK_N"], config.num_warps
@@ -392,8 +392,8 @@ def test_default_gemm_config_by_weight_size():
     assert block_n("int4", 28672, 8192) == (128, 4) and block_n("nf4", 8192, 28672) == (128, 4)
     assert block_n("int4", 14336, 4096) == (64, 4) and block_n("nf4", 8192, 8192) == (64, 4)
     assert block_n("int8", 28672, 8192) == block_n("int8", 4096, 4096) == (128, 8)
-    assert block_n("int4", 14336, 4096, 128) == block_n("int8", 4096, 8192 + 1, 128) == (128, 8)
-    assert block_n("int4", 4096, 4096, 128) == block_n("nf4", 4096, 8192, 128) == (64, 4)
+    assert block_n("int4", 14336, 4096, 128) == block_n("int8", 6144, 4096, 128) == (128, 8)
+    assert block_n("int4", 4096, 4096, 128) == block_n("nf4", 2048, 2048, 128) == (64, 4)
 
 
 # Each entry of the GEMM's untuned table, at the most rows it serves, with the formats it is for.

@@ -45,12 +45,13 @@ MMA_GEMV_MAX_M = 4
 #   256 (14336x4096 int4 97.7 / 113.6, int8 87.4 / 119.3); at 384 dequantize + cuBLAS on 11 of 12
 #   cells (14336x4096 int4 192.3 / 125.3; 28672x8192 int8 fused 494.1 / 513.0, int4-sym level).
 FUSED_GEMM_MAX_M = 128
-FUSED_GEMM_MAX_M_LARGE = 256  # weights with N K > gemm.LARGE_WEIGHT
+FUSED_GEMM_MAX_M_LARGE = 256  # weights with N K > LARGE_WEIGHT
+LARGE_WEIGHT = 1 << 25
 
 
 def fused_gemm_max_m(n, k):
     """The most rows of x the fused GEMM takes for an N x K weight."""
-    return FUSED_GEMM_MAX_M_LARGE if n * k > gemm.LARGE_WEIGHT else FUSED_GEMM_MAX_M
+    return FUSED_GEMM_MAX_M_LARGE if n * k > LARGE_WEIGHT else FUSED_GEMM_MAX_M
 
 
 def _device_guard(device: torch.device):

@@ -160,19 +160,21 @@ CONFIG_SPACE += LARGE_M_CONFIGS
 # with 3 stages (call k12 of 25 Nov: 1.03-1.07x at M = 16 on the four gpu-goals shapes, 28672x8192
 # 97.9 -> 91.4 us). The 32-row tile runs 3 stages too (k15, M = 32 against 4 stages: int4
 # 1.09-1.23x, 4096x14336 35.3 -> 28.8 us; nf4 0.99-1.03x; int8 1.00-1.06x).
-# Above 64 rows, 128 x 128 x 64 with 8 warps on weights larger than LARGE_WEIGHT, 128 x 64 x 64
-# with 4 warps on the others (calls m2, m3 of 25 Nov, fourth session; M = 96-256, int4 /
-# symmetric int4 / nf4 / int8): the wider tile was 1.04-1.32x faster on the three large
+# Above 64 rows, 128 x 128 x 64 with 8 warps on weights larger than 4096x4096, 128 x 64 x 64
+# with 4 warps on the others (calls m2, m3, m13 of 25 Nov, fourth session; M = 96-256, int4 /
+# symmetric int4 / nf4 / int8). The wider tile was 1.04-1.32x faster on the three large
 # gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), level on 14336x4096 at
-# M = 128; on 4096x4096 at the 96-128 rows the fused GEMM takes there, 0.87-1.01x (int4 at 128:
-# 23.3 -> 26.9 us). 128 x 256 x 64 was slower everywhere. (Calls l5-l11 had set the wider tile
-# aside for wrong sums: the split-K race that common.store_output's barrier fixes.)
+# M = 128, and 1.00-1.12x on 6144x4096 (m13, M = 96 and 128). At the 96-128 rows the fused GEMM
+# takes on smaller weights it ran 0.85-1.00x as fast (m13: 4096x4096, 1024x4096, 4096x1024,
+# 2048x2048; 4096x4096 int4 at 128: 23.1 -> 26.5 us). 128 x 256 x 64 was slower everywhere.
+# (Calls l5-l11 had set the wider tile aside for wrong sums: the split-K race that
+# common.store_output's barrier fixes.)
 # 4-bit at 33-64 rows on weights larger than HUGE_WEIGHT (Llama-70B's MLP): 64 x 128 x 128 with
 # 4 warps and 3 stages (call m9 of 25 Nov, fourth session, M = 48 and 64, int4 / int4-sym /
 # nf4): 1.01-1.27x faster on 28672x8192, 8192x28672 and 57344x8192 (28672x8192 int4-sym at M =
 # 64: 140.4 -> 110.7 us); on weights of 8192x8192 and smaller 0.72-1.10x (14336x4096 0.91-0.97x).
 # The others (and sm_80) are starting points.
-LARGE_WEIGHT = 1 << 25  # twice 4096x4096
+WIDE_TILE_WEIGHT = 4096 * 4096
 HUGE_WEIGHT = 1 << 27
 DEFAULT_CONFIGS = {
     9: [(16, "int8", None, _config(16, 128, 128, 4, 3)),
@@ -181,7 +183,7 @@ DEFAULT_CONFIGS = {
         (64, "int8", None, _config(64, 128, 128, 8, 3)),
         (64, None, HUGE_WEIGHT, _config(64, 128, 128, 4, 3)),
         (64, None, None, _config(64, 64, 128, 4, 4)),
-        (None, None, LARGE_WEIGHT, _config(128, 128, 64, 8, 3)),
+        (None, None, WIDE_TILE_WEIGHT, _config(128, 128, 64, 8, 3)),
         (None, None, None, _config(128, 64, 64, 4, 4))],
     8: [(16, None, None, _config(16, 128, 128, 4, 4)),
         (32, None, None, _config(32, 128, 64, 4, 4)),
