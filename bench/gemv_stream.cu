@@ -28,6 +28,10 @@
 //               8-byte load per lane gives its two rows' pairs, from the DRAM pages the codes
 //               come from; inline+ adds x; tiled+ is tiled with deep+'s separate scales and x.
 //               Suffix 3: 3 blocks per SM.
+//   deep+u, deep+um  deep+'s loads, then the kernel's arithmetic on them: each step's group
+//               constants and unpack (dequant_int4, fp16; x's loads are then dead code), then
+//               also its mma against x (mma_16816): the real kernel but for its output; um2,
+//               um4: the mma into 2 or 4 accumulators in turn; wide+u, wide+um... likewise.
 //   tma, tma+   deep's blocks with the codes copied by TMA instead: one producer warp issues,
 //               per consumer warp, two 2D boxes (128 bytes x 16 rows, 128-byte swizzle) of the
 //               warp's 4 steps into shared memory, counted on the warp's mbarrier; each warp
@@ -44,6 +48,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/tma.cuh"
+#include "cuda/unpack.cuh"
 
 namespace {
 
@@ -81,6 +86,9 @@ __global__ void __launch_bounds__(256) linear_kernel(const uint4* w, int64_t pie
 
 enum class Scales { kNone, kPerStep, kVector, kShared, kInline };
 enum class X { kNone, kGlobal, kShared };
+enum class Math { kNone, kUnpack, kMma, kMma2, kMma4 };  // what is done with the loaded codes
+// kMma: one fp32 accumulator, as the kernel (every mma of a warp's batch waits on the one before);
+// kMma2, kMma4: two or four accumulators taken in turn, summed at the end.
 // Shared rows padded to 4 mod 32 words: the 8 rows one load reads fall in distinct banks.
 constexpr int kGroupsPerRow = kK / kGroup, kSharedRowStride = kGroupsPerRow + 4;
 // The inline layout: per block of 16 rows, per step (one g128 group), the codes then the pairs.
@@ -89,7 +97,7 @@ constexpr int64_t kInlineBytes = int64_t(kN / 16) * (kK / kGroup) * kInlineStepB
 
 // kScales, kX: how the scales and zero points, and x, are loaded (none: only the codes). kTiled:
 // the batch's bytes read lane-linearly (lane l of warp w takes piece l of each 512-byte run).
-template <int kUnroll, Scales kScales, X kX, bool kTiled>
+template <int kUnroll, Scales kScales, X kX, bool kTiled, Math kMath>
 __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, const float* scales,
                                                            const float* zeros, const uint4* x,
                                                            uint32_t* sink) {
@@ -120,6 +128,8 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
   if constexpr (kScales == Scales::kShared || kX == X::kShared) __syncthreads();
   uint32_t acc = 0;
   float facc = 0.0f;
+  constexpr int kChains = kMath == Math::kMma4 ? 4 : kMath == Math::kMma2 ? 2 : 1;
+  float dacc[kChains][4] = {};  // the mma's fp32 accumulators
   for (int64_t step0 = warp * kUnroll; step0 < kSteps; step0 += kWarps * kUnroll) {
     uint4 codes[kUnroll][2];
     float scale[kUnroll][2], zero[kUnroll][2];
@@ -179,17 +189,46 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
     }
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
+      if constexpr (kMath != Math::kNone) {  // as gemv_mma_kernel's int4 fp16 path
+        static_assert(kScales == Scales::kPerStep && kX == X::kGlobal, "deep+'s loads");
+        half2 magic_zero2[2], zs2[2], s2[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        acc ^= fold(codes[u][r]);
-        if constexpr (kScales != Scales::kNone) facc += scale[u][r] * zero[u][r];
-      }
-      if constexpr (kX != X::kNone) {
+        for (int r = 0; r < 2; ++r) {
+          s2[r] = __floats2half2_rn(scale[u][r], scale[u][r]);
+          int4_group_constants<half>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
+        }
 #pragma unroll
-        for (int v = 0; v < 4; ++v) acc ^= fold(xv[u][v]);
+        for (int j = 0; j < 4; ++j) {
+          uint32_t a0[4], a1[4];
+          dequant_int4<half>(word(codes[u][0], j), magic_zero2[0], s2[0], zs2[0], a0);
+          dequant_int4<half>(word(codes[u][1], j), magic_zero2[1], s2[1], zs2[1], a1);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const uint32_t a[4] = {a0[2 * h], a1[2 * h], a0[2 * h + 1], a1[2 * h + 1]};
+            if constexpr (kMath != Math::kUnpack) {
+              const uint32_t lo = word(xv[u][j], h), hi = word(xv[u][j], h + 2);
+              const uint32_t b[2] = {__byte_perm(lo, hi, 0x5410), __byte_perm(lo, hi, 0x7632)};
+              mma_16816<half>(dacc[(2 * j + h) % kChains], a, b);
+            } else {
+              acc ^= a[0] ^ a[1] ^ a[2] ^ a[3];
+            }
+          }
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          acc ^= fold(codes[u][r]);
+          if constexpr (kScales != Scales::kNone) facc += scale[u][r] * zero[u][r];
+        }
+        if constexpr (kX != X::kNone) {
+#pragma unroll
+          for (int v = 0; v < 4; ++v) acc ^= fold(xv[u][v]);
+        }
       }
     }
   }
+#pragma unroll
+  for (int c = 0; c < kChains; ++c) facc += dacc[c][0] + dacc[c][1] + dacc[c][2] + dacc[c][3];
   acc ^= __float_as_uint(facc);
   partial[threadIdx.x] = acc;  // the GEMV's cross-warp reduction
   __syncthreads();
@@ -325,9 +364,9 @@ void report(const char* name, float us) {
   std::printf("%-10s %8.2f us  %6.0f GB/s (codes)\n", name, us, kWeightBytes / us / 1e3);
 }
 
-template <int kUnroll, Scales kScales, X kX, bool kTiled = false>
+template <int kUnroll, Scales kScales, X kX, bool kTiled = false, Math kMath = Math::kNone>
 void run_pattern(const char* name, const Buffers& b, int blocks_per_sm) {
-  auto kernel = gemv_pattern_kernel<kUnroll, kScales, kX, kTiled>;
+  auto kernel = gemv_pattern_kernel<kUnroll, kScales, kX, kTiled, kMath>;
   const int smem = (227 * 1024) / blocks_per_sm - 2048;  // the next block would not fit
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   report(name, time_us([&](int copy, cudaStream_t stream) {
@@ -402,6 +441,14 @@ int main() {
   run_pattern<2, S::kInline, X::kNone, true>("inline3", b, 3);
   run_pattern<4, S::kInline, X::kGlobal, true>("inline+", b, 2);
   run_pattern<2, S::kInline, X::kGlobal, true>("inline3+", b, 3);
+  run_pattern<4, S::kPerStep, X::kGlobal, false, Math::kUnpack>("deep+u", b, 2);
+  run_pattern<4, S::kPerStep, X::kGlobal, false, Math::kMma>("deep+um", b, 2);
+  run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kUnpack>("wide+u", b, 3);
+  run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kMma>("wide+um", b, 3);
+  run_pattern<4, S::kPerStep, X::kGlobal, false, Math::kMma2>("deep+um2", b, 2);
+  run_pattern<4, S::kPerStep, X::kGlobal, false, Math::kMma4>("deep+um4", b, 2);
+  run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kMma2>("wide+um2", b, 3);
+  run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kMma4>("wide+um4", b, 3);
   run_tma<false>("tma2", b, 2);
   run_tma<false>("tma3", b, 3);
   run_tma<false>("tma4", b, 4);

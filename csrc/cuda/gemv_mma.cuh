@@ -130,7 +130,12 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     }
   }
   wait_for_previous_kernel();  // x, and the weights too if that kernel wrote them
-  float acc[kXTiles][4] = {};
+  // int8 on 8-row tiles: the mma takes two accumulators in turn, so each waits on the one two
+  // back, not the one before (H100, M = 1-8: 1.02-1.10x on 4096x4096, 4096x14336 and
+  // 14336x4096, level on 28672x8192; 4-bit lost up to 1.16x with 2 or 4; bench/NOTES.md "CUDA
+  // GEMV", v1.20).
+  constexpr int kChains = kFmt == Format::kInt8 && kXTiles == 1 ? 2 : 1;
+  float acc[kXTiles][kChains][4] = {};
 
   for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
     // Fetch: kUnroll steps of weights (2 rows) and their scales, all loads issued before any use.
@@ -196,7 +201,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
             const uint32_t x0 = word(xv[xt][j / 2], 2 * (j % 2));
             const uint32_t x1 = word(xv[xt][j / 2], 2 * (j % 2) + 1);
             const uint32_t b[2] = {__byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632)};
-            mma_16816<T>(acc[xt], a, b);
+            mma_16816<T>(acc[xt][j % kChains], a, b);
           }
         } else {
           uint32_t a0[4], a1[4];
@@ -221,7 +226,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
                 b[0] = word(xv[xt][j], 2 * h);
                 b[1] = word(xv[xt][j], 2 * h + 1);
               }
-              mma_16816<T>(acc[xt], a, b);
+              mma_16816<T>(acc[xt][0], a, b);
             }
           }
         }
@@ -229,20 +234,28 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     }
   }
 
+#pragma unroll
+  for (int xt = 0; xt < kXTiles; ++xt) {
+#pragma unroll
+    for (int c = 1; c < kChains; ++c) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[xt][0][e] += acc[xt][c][e];
+    }
+  }
   if constexpr (kRowScale) {  // D elements 0, 1 are row group, 2, 3 row group + 8
     const float row_scale[2] = {row_ok[0] ? __ldg(p.scales + s_row[0]) : 0.0f,
                                 row_ok[1] ? __ldg(p.scales + s_row[1]) : 0.0f};
 #pragma unroll
     for (int xt = 0; xt < kXTiles; ++xt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[xt][e] *= row_scale[e / 2];
+      for (int e = 0; e < 4; ++e) acc[xt][0][e] *= row_scale[e / 2];
     }
   }
 
   // Reduce the warps' D fragments through shared memory, add bias, store.
 #pragma unroll
   for (int xt = 0; xt < kXTiles; ++xt) {
-    const float* d = acc[xt];
+    const float* d = acc[xt][0];
     partial[xt * blockDim.x + threadIdx.x] = make_float4(d[0], d[1], d[2], d[3]);
   }
   __syncthreads();
