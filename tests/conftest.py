@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from hypothesis import strategies as st
 
 import qkernels as qk
 
@@ -14,6 +15,32 @@ ODD_SIZES = (1, 3, 17, 64, 576, 577)
 REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 
 
+# The GPU fuzz tests' sizes: any small size, or one at or next to a threshold of a backend's
+# dispatch (tile edges by M; weights on both sides of 2^24 and 2^25 elements, where the CUDA
+# and Triton GEMMs change their row limits and tiles: csrc/cuda/qmatmul_cuda.h,
+# python/qkernels/triton/__init__.py).
+GPU_FUZZ_ROWS = st.one_of(st.integers(1, 40), st.sampled_from(
+    (63, 64, 65, 96, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1024, 1536, 1537)))
+GPU_FUZZ_N = st.one_of(st.integers(1, 300), st.sampled_from((576, 1024, 4095, 4096, 6144, 8192)))
+GPU_FUZZ_K = st.one_of(st.integers(1, 300), st.sampled_from((576, 577, 1024, 4096, 4160, 8192)))
+# How x is laid out: contiguous, one element past a 16-byte boundary, every other column.
+GPU_FUZZ_X_LAYOUTS = st.sampled_from(("contiguous", "misaligned", "strided"))
+
+
+def laid_out(x, layout):
+    """A copy of x (2-D) in ``layout`` (GPU_FUZZ_X_LAYOUTS), equal in value."""
+    m, k = x.shape
+    if layout == "misaligned":
+        flat = torch.empty(1 + m * k, dtype=x.dtype, device=x.device)
+        out = flat[1:].view(m, k)
+    elif layout == "strided":
+        out = torch.empty(m, 2 * k, dtype=x.dtype, device=x.device)[:, ::2]
+    else:
+        return x
+    out.copy_(x)
+    return out
+
+
 def fp64_reference(x, qw, bias=None):
     """x @ dequantize(qw).T (+ bias) in fp64, from the rounded values the kernel sees."""
     y = x.double() @ qk.dequantize(qw).double().T
@@ -24,6 +51,19 @@ def rel_err(y, ref):
     diff = (y.double() - ref).norm()
     scale = ref.norm()
     return float(diff / scale) if scale > 0 else float(diff)
+
+
+def normwise_rel_err(y, ref, x, w, bias=None):
+    """||y - ref|| over what ||ref|| is for random data: ||x|| ||W|| / sqrt(K), with the bias's
+    share, sqrt(M) ||bias||, added in quadrature. Unlike ||ref|| it cannot collapse when a few
+    outputs cancel to near zero (one output of N = M = 1), and a y dominated by its bias is
+    rounded at the bias's scale."""
+    rows = x.numel() // x.shape[-1]
+    scale = (x.double().norm() * w.double().norm()) ** 2 / x.shape[-1]
+    if bias is not None:
+        scale = scale + rows * bias.double().norm() ** 2
+    diff = (y.double() - ref).norm()
+    return float(diff / scale.sqrt()) if scale > 0 else float(diff)
 
 
 def random_weight(n, k, dtype=torch.float32, device="cpu"):

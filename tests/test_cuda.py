@@ -1,8 +1,9 @@
 """The CUDA backend (csrc/cuda, csrc/torch/bind_cuda.cpp) against the fp64 oracle.
 
 Every case checks shape, dtype and device, that y is finite, and its error against x @ W^T in
-fp64 computed from the same rounded x and the dequantized weights. The error is norm-wise,
-||y - ref|| / (||x|| ||W|| / sqrt(K)): the denominator is what ||ref|| is for random data, but it
+fp64 computed from the same rounded x and the dequantized weights. The error is norm-wise
+(conftest.normwise_rel_err), ||y - ref|| / (||x|| ||W|| / sqrt(K)), with the bias's share
+sqrt(M) ||bias|| added in quadrature: the denominator is what ||ref|| is for random data, but it
 cannot collapse when a few outputs happen to cancel to near zero (one output of N = M = 1).
 Bounds, from the roundings the kernels add: fp16 x: the fast path rounds each weight to fp16
 for the tensor cores (2^-11 relative, the int4 zero-point term adds as much again) and y is
@@ -12,9 +13,13 @@ fp32 x: fp32 arithmetic only (K-term sums), bound 2e-5.
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import qkernels as qk
 from qkernels import formats, ops
+
+from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS, laid_out,
+                      normwise_rel_err as rel_err)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -43,12 +48,6 @@ def fp64_reference(x, qw, bias=None):
     return y if bias is None else y + bias.double()
 
 
-def rel_err(y, ref, x, w):
-    scale = x.double().norm() * w.double().norm() / x.shape[-1] ** 0.5
-    diff = (y.double() - ref).norm()
-    return float(diff / scale) if scale > 0 else float(diff)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -59,7 +58,7 @@ def check(x, qw, bias=None):
     assert y.shape == (*x.shape[:-1], qw.shape[0])
     assert y.dtype == x.dtype and y.device == x.device
     assert bool(torch.isfinite(y).all())
-    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw))
+    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw), bias)
     assert err < REL_TOL[x.dtype], f"relative error {err:.2e} >= {REL_TOL[x.dtype]:.0e}"
     return y
 
@@ -247,7 +246,7 @@ def test_cuda_graph_capture(m, mode):
     x.copy_(torch.randn_like(x))
     graph.replay()
     torch.cuda.synchronize()
-    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw))
+    err = rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw), bias)
     assert err < REL_TOL[torch.float16]
 
 
@@ -312,6 +311,19 @@ def test_torch_compile_fullgraph(mode):
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         ref = torch.relu(fp64_reference(x, qw, bias)) * 2
         assert rel_err(layer(x), ref, x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
+
+
+@settings(max_examples=1000, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K, mode=st.sampled_from(MODES),
+       group=st.sampled_from(GROUPS), dtype=st.sampled_from(DTYPES + (torch.float32,)),
+       with_bias=st.booleans(), layout=GPU_FUZZ_X_LAYOUTS)
+def test_fuzz_through_the_dispatch(m, n, k, mode, group, dtype, with_bias, layout):
+    """Random shapes, formats and layouts of x, on every path the dispatch picks by M and by
+    the weight's size (the cases above each fix one path)."""
+    qw = quantize(n, k, mode, group)
+    x = laid_out(torch.randn(m, k, device="cuda", dtype=dtype), layout)
+    check(x, qw, bias=torch.randn(n, device="cuda", dtype=dtype) if with_bias else None)
 
 
 # --- the tensor-core GEMM and the dequantize + cuBLAS path, each forced at every M ----------------

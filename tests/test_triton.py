@@ -13,6 +13,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -25,6 +26,9 @@ from qkernels import formats, ops  # noqa: E402
 from qkernels import triton as qk_triton  # noqa: E402  (registers matmul_triton's impls)
 from qkernels.triton import common, dequant, gemm, gemv  # noqa: E402
 from qkernels.triton.common import nf4_value  # noqa: E402
+
+from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,  # noqa: E402
+                      laid_out, normwise_rel_err, random_weight)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {"gemv": gemv, "gemm": gemm}
@@ -787,6 +791,31 @@ def test_default_gemm_repeats_on_large_weights(fmt, group_size, m, n, k):
     # Every call of the default tiles there (the last: int8's 64-row tile) must be right.
     x, qw, _ = sample_inputs(m, n, k, fmt, group_size=group_size)
     assert_right_every_call(lambda: triton_op(x, qw), x, qw)
+
+
+@pytest.mark.cuda
+@cuda_only
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K,
+       mode=st.sampled_from([("int8", {}), ("int4", {}), ("int4", {"symmetric": True}),
+                             ("nf4", {}), ("nf4", {"double_quant": True})]),
+       group_size=st.sampled_from([32, 64, 128, 256, -1]),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+       with_bias=st.booleans(), layout=GPU_FUZZ_X_LAYOUTS)
+def test_fuzz_through_the_dispatch(m, n, k, mode, group_size, dtype, with_bias, layout):
+    """Random shapes, formats and layouts of x, compiled, on every path the op picks by M
+    and by the weight's size: the GEMV, the fused GEMM and dequantize + cuBLAS."""
+    fmt, options = mode
+    qw = qk.quantize(random_weight(n, k, device=DEVICE), fmt, group_size, **options)
+    x = laid_out(torch.randn(m, k, device=DEVICE, dtype=dtype), layout)
+    bias = torch.randn(n, device=DEVICE, dtype=dtype) if with_bias else None
+    y = qk.matmul(x, qw, bias, backend="triton")
+    assert y.shape == (m, n) and y.dtype == dtype and bool(torch.isfinite(y).all())
+    # Norm-wise: a single output (N = M = 1) may cancel to near zero, which ||ref|| would not
+    # survive.
+    err = normwise_rel_err(y, fp64_reference(x, qw, bias), x, qk.dequantize(qw), bias)
+    assert err <= REL_TOL[dtype], f"relative error {err:.2e} > {REL_TOL[dtype]:.0e}"
 
 
 @pytest.mark.cuda
