@@ -403,15 +403,16 @@ def test_default_gemm_config_by_weight_size():
 
 
 # Each entry of the GEMM's untuned table, at the most rows it serves, with the formats it is for.
-@pytest.mark.parametrize("bound,for_fmt,above,config",
-                         [entry for table in gemm.DEFAULT_CONFIGS.values() for entry in table],
-                         ids=lambda v: str(v).replace(" ", ""))
-def test_every_default_gemm_config(bound, for_fmt, above, config):
-    m = bound or 100
+@pytest.mark.parametrize("tile",
+                         [tile for table in gemm.DEFAULT_CONFIGS.values() for tile in table],
+                         ids=lambda t: "-".join(str(v).replace(" ", "") for v in t))
+def test_every_default_gemm_config(tile):
+    m = tile.max_m or 100
     for fmt, symmetric in FORMATS:
-        if for_fmt in (None, fmt):
+        if tile.fmt in (None, fmt):
             x, qw, _ = sample_inputs(m, 150, 300, fmt, symmetric, group_size=64)
-            adapted = gemm._adapt(config, qw.group_size, formats.num_groups(300, qw.group_size))
+            adapted = gemm._adapt(tile.config, qw.group_size,
+                                  formats.num_groups(300, qw.group_size))
             assert_close(run_kernel(gemm, x, qw, config=adapted, split_k=2), x, qw)
 
 

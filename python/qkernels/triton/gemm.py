@@ -10,6 +10,8 @@ from L2; split-K (reduced by common.store_output) fills the SMs when M is small.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 import torch
 import triton
 import triton.language as tl
@@ -148,47 +150,51 @@ CONFIG_SPACE = [_config(bm, bn, bk, w, s)
                 for bm in (16, 32, 64) for (bn, bk, w, s) in SMALL_M_TILES]
 CONFIG_SPACE += LARGE_M_CONFIGS
 
-# Without autotuning (the default, common.autotune_enabled): per compute-capability major, the
-# first entry whose bound >= M, whose format is the weight's or None and whose weight size (N K,
-# or None) the weight exceeds.
-# sm_90, 64 rows: the tuner's choice for int4 and int8 on 14336x4096 and 4096x4096, cold L2 and
-# graph replay on an H100 (call a11 of 24 Nov, "Triton" in bench/NOTES.md): int4 14336x4096 68.9
-# -> 46.4 us against the 64 x 128 x 64 tile, 4096x4096 24.0 -> 18.7. int8 takes 64 x 128 x 128
-# with 8 warps there (swept in calls j2, j3 of 25 Nov, "GEMM at 64 rows"; through the op in j4:
-# 28672x8192 172.1 -> 134.5 us, 4096x14336 45.2 -> 38.2). The 16-row tile is the one the tuner's
-# picks lost to by up to 1.26x at M = 4-16; int8, decoded by inline PTX since, runs it faster
-# with 3 stages (call k12 of 25 Nov: 1.03-1.07x at M = 16 on the four gpu-goals shapes, 28672x8192
-# 97.9 -> 91.4 us). The 32-row tile runs 3 stages too (k15, M = 32 against 4 stages: int4
-# 1.09-1.23x, 4096x14336 35.3 -> 28.8 us; nf4 0.99-1.03x; int8 1.00-1.06x).
-# Above 64 rows, 128 x 128 x 64 with 8 warps on weights larger than 4096x4096, 128 x 64 x 64
-# with 4 warps on the others (calls m2, m3, m13 of 25 Nov, fourth session; M = 96-256, int4 /
-# symmetric int4 / nf4 / int8). The wider tile was 1.04-1.32x faster on the three large
-# gpu-goals shapes (28672x8192 int4 at M = 128: 245.3 -> 196.8 us), level on 14336x4096 at
-# M = 128, and 1.00-1.12x on 6144x4096 (m13, M = 96 and 128). At the 96-128 rows the fused GEMM
-# takes on smaller weights it ran 0.85-1.00x as fast (m13: 4096x4096, 1024x4096, 4096x1024,
-# 2048x2048; 4096x4096 int4 at 128: 23.1 -> 26.5 us). 128 x 256 x 64 was slower everywhere.
-# (Calls l5-l11 had set the wider tile aside for wrong sums: the split-K race that
-# common.store_output's barrier fixes.)
-# 4-bit at 33-64 rows on weights larger than HUGE_WEIGHT (Llama-70B's MLP): 64 x 128 x 128 with
-# 4 warps and 3 stages (call m9 of 25 Nov, fourth session, M = 48 and 64, int4 / int4-sym /
-# nf4): 1.01-1.27x faster on 28672x8192, 8192x28672 and 57344x8192 (28672x8192 int4-sym at M =
-# 64: 140.4 -> 110.7 us); on weights of 8192x8192 and smaller 0.72-1.10x (14336x4096 0.91-0.97x).
-# The others (and sm_80) are starting points.
+class DefaultTile(NamedTuple):
+    """A row of DEFAULT_CONFIGS: ``config`` serves up to ``max_m`` rows of x (None: any),
+    weights of format ``fmt`` (None: any) with more than ``above_weight`` elements, N K (None:
+    any size)."""
+    max_m: Optional[int]
+    fmt: Optional[str]
+    above_weight: Optional[int]
+    config: triton.Config
+
+
 WIDE_TILE_WEIGHT = 4096 * 4096
-HUGE_WEIGHT = 1 << 27
+HUGE_WEIGHT = 1 << 27  # Llama-70B's MLP weights are larger
+# Without autotuning (the default, common.autotune_enabled): per compute-capability major, the
+# first row that matches. sm_90's were measured on an H100 (cold L2, CUDA-graph replay; the
+# calls named are in bench/NOTES.md, "Triton"); sm_80's are starting points.
 DEFAULT_CONFIGS = {
-    9: [(16, "int8", None, _config(16, 128, 128, 4, 3)),
-        (16, None, None, _config(16, 128, 128, 4, 4)),
-        (32, None, None, _config(32, 128, 128, 4, 3)),
-        (64, "int8", None, _config(64, 128, 128, 8, 3)),
-        (64, None, HUGE_WEIGHT, _config(64, 128, 128, 4, 3)),
-        (64, None, None, _config(64, 64, 128, 4, 4)),
-        (None, None, WIDE_TILE_WEIGHT, _config(128, 128, 64, 8, 3)),
-        (None, None, None, _config(128, 64, 64, 4, 4))],
-    8: [(16, None, None, _config(16, 128, 128, 4, 4)),
-        (32, None, None, _config(32, 128, 64, 4, 4)),
-        (64, None, None, _config(64, 128, 64, 4, 4)),
-        (None, None, None, _config(128, 128, 64, 8, 3))],
+    9: [
+        # int8, decoded by inline PTX, at 3 stages: 1.03-1.07x at M = 16 (k12; 28672x8192
+        # 97.9 -> 91.4 us).
+        DefaultTile(16, "int8", None, _config(16, 128, 128, 4, 3)),
+        # The tile the tuner's picks lost to by up to 1.26x at M = 4-16 (a11).
+        DefaultTile(16, None, None, _config(16, 128, 128, 4, 4)),
+        # 3 stages against 4 (k15, M = 32): int4 1.09-1.23x, nf4 0.99-1.03x, int8 1.00-1.06x.
+        DefaultTile(32, None, None, _config(32, 128, 128, 4, 3)),
+        # int8 at 64 rows, swept in j2, j3 (through the op in j4: 28672x8192 172.1 -> 134.5 us).
+        DefaultTile(64, "int8", None, _config(64, 128, 128, 8, 3)),
+        # 4-bit at 33-64 rows on the largest weights (m9, m10): 1.01-1.30x on 28672x8192,
+        # 8192x28672 and 57344x8192; 0.72-1.10x on 8192x8192 and smaller.
+        DefaultTile(64, None, HUGE_WEIGHT, _config(64, 128, 128, 4, 3)),
+        # The tuner's choice for int4 on 14336x4096 and 4096x4096 (a11: 68.9 -> 46.4 us and
+        # 24.0 -> 18.7 against 64 x 128 x 64).
+        DefaultTile(64, None, None, _config(64, 64, 128, 4, 4)),
+        # From 65 rows up to the fused GEMM's limit (fused_gemm_max_m, __init__.py): 1.04-1.32x
+        # on the three large gpu-goals shapes, 1.00-1.12x on 6144x4096 (m2, m13); 128 x 256 x 64
+        # was slower everywhere (m3).
+        DefaultTile(None, None, WIDE_TILE_WEIGHT, _config(128, 128, 64, 8, 3)),
+        # ... and on the smaller weights, 1.00-1.18x faster than the wider tile (m13).
+        DefaultTile(None, None, None, _config(128, 64, 64, 4, 4)),
+    ],
+    8: [
+        DefaultTile(16, None, None, _config(16, 128, 128, 4, 4)),
+        DefaultTile(32, None, None, _config(32, 128, 64, 4, 4)),
+        DefaultTile(64, None, None, _config(64, 128, 64, 4, 4)),
+        DefaultTile(None, None, None, _config(128, 128, 64, 8, 3)),
+    ],
 }
 # fp32 x (rare on GPUs): an exact fp32 dot runs on CUDA cores, not tensor cores, so it is a
 # correctness path with one config, the largest that compiles without register spills on sm_80
@@ -245,10 +251,10 @@ def default_config(cap, m: int, fmt: str, dtype: torch.dtype, group_size: int,
     if dtype == torch.float32:
         return _adapt(FP32_CONFIG, group_size, num_groups)
     table = DEFAULT_CONFIGS.get(cap[0], DEFAULT_CONFIGS[8]) if cap else DEFAULT_CONFIGS[8]
-    config = next(c for bound, for_fmt, above, c in table
-                  if (bound is None or m <= bound) and for_fmt in (None, fmt)
-                  and (above is None or weight_size > above))
-    return _adapt(config, group_size, num_groups)
+    tile = next(t for t in table
+                if (t.max_m is None or m <= t.max_m) and t.fmt in (None, fmt)
+                and (t.above_weight is None or weight_size > t.above_weight))
+    return _adapt(tile.config, group_size, num_groups)
 
 
 def _split_k(args) -> int:
