@@ -38,6 +38,9 @@
 //               reads its codes from there (rows mapped so the 8 lanes of a phase hit 8 bank
 //               groups); tma+ adds deep+'s per-step scales, zero points and x. Suffix: blocks
 //               per SM (2-4: the codes no longer live in registers).
+//   inline+um   inline+'s loads with deep+um's arithmetic (the pairs converted to the fp32 scale
+//               and zero point the kernel starts from); inline3+um at 3 blocks per SM; um4 /
+//               um2: 4 or 2 accumulators.
 // The real kernel takes about deep+'s time, but cheaper scale loads in it did not gain what
 // deep+s against deep+ss promises: the loads alone are not a full model of it (NOTES, v1.13).
 #include <algorithm>
@@ -154,8 +157,17 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
             asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];"
                 : "=r"(pairs.x), "=r"(pairs.y)
                 : "l"(block_w + (step0 + u) * kInlineStepBytes + 1024 + group * 8));
-            scale[u][0] = __uint_as_float(pairs.x), zero[u][0] = 1.0f;
-            scale[u][1] = __uint_as_float(pairs.y), zero[u][1] = 1.0f;
+            if constexpr (kMath == Math::kNone) {
+              scale[u][0] = __uint_as_float(pairs.x), zero[u][0] = 1.0f;
+              scale[u][1] = __uint_as_float(pairs.y), zero[u][1] = 1.0f;
+            } else {  // the pairs' values, for the kernel's arithmetic
+              const uint32_t both[2] = {pairs.x, pairs.y};
+#pragma unroll
+              for (int rr = 0; rr < 2; ++rr) {
+                const half2 pair = *reinterpret_cast<const half2*>(&both[rr]);
+                scale[u][rr] = __low2float(pair), zero[u][rr] = __high2float(pair);
+              }
+            }
           }
         } else if constexpr (kScales == Scales::kPerStep) {
           scale[u][r] = __ldg(scales + (n_base + row) * kGroupsPerRow + g);
@@ -190,7 +202,7 @@ __global__ void __launch_bounds__(256) gemv_pattern_kernel(const uint8_t* w, con
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       if constexpr (kMath != Math::kNone) {  // as gemv_mma_kernel's int4 fp16 path
-        static_assert(kScales == Scales::kPerStep && kX == X::kGlobal, "deep+'s loads");
+        static_assert(kScales != Scales::kNone && kX == X::kGlobal, "scales and x loaded");
         half2 magic_zero2[2], zs2[2], s2[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
@@ -449,6 +461,16 @@ int main() {
   run_pattern<4, S::kPerStep, X::kGlobal, false, Math::kMma4>("deep+um4", b, 2);
   run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kMma2>("wide+um2", b, 3);
   run_pattern<2, S::kPerStep, X::kGlobal, false, Math::kMma4>("wide+um4", b, 3);
+  run_pattern<4, S::kVector, X::kGlobal, false, Math::kMma>("deep+svum", b, 2);
+  run_pattern<2, S::kVector, X::kGlobal, false, Math::kMma>("wide+svum", b, 3);
+  run_pattern<4, S::kShared, X::kGlobal, false, Math::kMma>("deep+ssum", b, 2);
+  run_pattern<2, S::kShared, X::kGlobal, false, Math::kMma>("wide+ssum", b, 3);
+  run_pattern<4, S::kPerStep, X::kGlobal, true, Math::kMma>("tiled+um", b, 2);
+  run_pattern<2, S::kPerStep, X::kGlobal, true, Math::kMma>("tiled3+um", b, 3);
+  run_pattern<4, S::kInline, X::kGlobal, true, Math::kMma>("inline+um", b, 2);
+  run_pattern<2, S::kInline, X::kGlobal, true, Math::kMma>("inline3+um", b, 3);
+  run_pattern<4, S::kInline, X::kGlobal, true, Math::kMma4>("inline+um4", b, 2);
+  run_pattern<2, S::kInline, X::kGlobal, true, Math::kMma2>("inline3+um2", b, 3);
   run_tma<false>("tma2", b, 2);
   run_tma<false>("tma3", b, 3);
   run_tma<false>("tma4", b, 4);
