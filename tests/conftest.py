@@ -1,5 +1,7 @@
 """Shared test helpers: the fp64 oracle, norm-wise relative error, and the odd-shape grid."""
 
+import os
+
 import pytest
 import torch
 from hypothesis import strategies as st
@@ -23,6 +25,15 @@ GPU_FUZZ_ROWS = st.one_of(st.integers(1, 40), st.sampled_from(
     (63, 64, 65, 96, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1024, 1536, 1537)))
 GPU_FUZZ_N = st.one_of(st.integers(1, 300), st.sampled_from((576, 1024, 4095, 4096, 6144, 8192)))
 GPU_FUZZ_K = st.one_of(st.integers(1, 300), st.sampled_from((576, 577, 1024, 4096, 4160, 8192)))
+# Examples per GPU fuzz test: QKERNELS_FUZZ_EXAMPLES scales them (under compute-sanitizer, where
+# every launch is much slower, a fraction of them).
+GPU_FUZZ_SCALE = float(os.environ.get("QKERNELS_FUZZ_EXAMPLES", "1"))
+
+
+def gpu_fuzz_examples(default: int) -> int:
+    return max(1, round(default * GPU_FUZZ_SCALE))
+
+
 # How x is laid out: contiguous, one element past a 16-byte boundary, every other column.
 GPU_FUZZ_X_LAYOUTS = st.sampled_from(("contiguous", "misaligned", "strided"))
 

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import qkernels as qk
 from qkernels import formats, ops
 
-from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS, laid_out,
-                      normwise_rel_err as rel_err)
+from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,
+                      gpu_fuzz_examples, laid_out, normwise_rel_err as rel_err)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -313,7 +313,7 @@ def test_torch_compile_fullgraph(mode):
         assert rel_err(layer(x), ref, x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
 
 
-@settings(max_examples=1000, deadline=None,
+@settings(max_examples=gpu_fuzz_examples(1000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K, mode=st.sampled_from(MODES),
        group=st.sampled_from(GROUPS), dtype=st.sampled_from(DTYPES + (torch.float32,)),

@@ -28,7 +28,7 @@ from qkernels.triton import common, dequant, gemm, gemv  # noqa: E402
 from qkernels.triton.common import nf4_value  # noqa: E402
 
 from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,  # noqa: E402
-                      laid_out, normwise_rel_err, random_weight)
+                      gpu_fuzz_examples, laid_out, normwise_rel_err, random_weight)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {"gemv": gemv, "gemm": gemm}
@@ -796,7 +796,7 @@ def test_default_gemm_repeats_on_large_weights(fmt, group_size, m, n, k):
 
 @pytest.mark.cuda
 @cuda_only
-@settings(max_examples=100, deadline=None,
+@settings(max_examples=gpu_fuzz_examples(100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K,
        mode=st.sampled_from([("int8", {}), ("int4", {}), ("int4", {"symmetric": True}),
