@@ -19,7 +19,8 @@ import qkernels as qk
 from qkernels import formats, ops
 
 from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,
-                      gpu_fuzz_examples, laid_out, normwise_rel_err as rel_err)
+                      gpu_fuzz_examples, gpu_fuzz_weight, laid_out,
+                      normwise_rel_err as rel_err)
 
 pytestmark = [
     pytest.mark.cuda,
@@ -321,7 +322,8 @@ def test_torch_compile_fullgraph(mode):
 def test_fuzz_through_the_dispatch(m, n, k, mode, group, dtype, with_bias, layout):
     """Random shapes, formats and layouts of x, on every path the dispatch picks by M and by
     the weight's size (the cases above each fix one path)."""
-    qw = quantize(n, k, mode, group)
+    fmt, options = mode
+    qw = qk.quantize(gpu_fuzz_weight(n, k, "cuda"), fmt, group_size=group, **options)
     x = laid_out(torch.randn(m, k, device="cuda", dtype=dtype), layout)
     check(x, qw, bias=torch.randn(n, device="cuda", dtype=dtype) if with_bias else None)
 

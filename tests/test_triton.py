@@ -28,7 +28,7 @@ from qkernels.triton import common, dequant, gemm, gemv  # noqa: E402
 from qkernels.triton.common import nf4_value  # noqa: E402
 
 from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,  # noqa: E402
-                      gpu_fuzz_examples, laid_out, normwise_rel_err, random_weight)
+                      gpu_fuzz_examples, gpu_fuzz_weight, laid_out, normwise_rel_err)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {"gemv": gemv, "gemm": gemm}
@@ -808,7 +808,7 @@ def test_fuzz_through_the_dispatch(m, n, k, mode, group_size, dtype, with_bias, 
     """Random shapes, formats and layouts of x, compiled, on every path the op picks by M
     and by the weight's size: the GEMV, the fused GEMM and dequantize + cuBLAS."""
     fmt, options = mode
-    qw = qk.quantize(random_weight(n, k, device=DEVICE), fmt, group_size, **options)
+    qw = qk.quantize(gpu_fuzz_weight(n, k, DEVICE), fmt, group_size, **options)
     x = laid_out(torch.randn(m, k, device=DEVICE, dtype=dtype), layout)
     bias = torch.randn(n, device=DEVICE, dtype=dtype) if with_bias else None
     y = qk.matmul(x, qw, bias, backend="triton")
