@@ -128,6 +128,17 @@ def test_formats_and_groups(fmt, symmetric, group_size, m, n, k):
     assert_close(triton_op(x, qw), x, qw)
 
 
+@pytest.mark.parametrize("kernel,m", [("gemv", 1), ("gemm", 20)])
+def test_int8_row_scales_below_fp16s_normal_range(kernel, m):
+    # Per-channel int8 scales of 1e-6 to 2e-6 (subnormal in fp16, 2^-24 apart: up to 3% off
+    # once rounded) multiply the fp32 sums, so fp16 x keeps fp16's accuracy while y (~1e-3)
+    # is normal. Compiled, the GEMM rounded each scale to fp16 before (relative error 7.8e-2
+    # on scales near 1e-7: H100 call n13 of 25 Nov, fifth session).
+    x, qw, _ = sample_inputs(m, 40, 256, "int8", group_size=-1)
+    qw.scales.copy_(torch.rand_like(qw.scales) * 1e-6 + 1e-6)
+    assert_close(run_kernel(KERNELS[kernel], x, qw), x, qw)
+
+
 # Odd sizes (1, prime, one past a multiple of 64): every M, N and K value at least twice, on
 # both sides of the GEMV/GEMM threshold.
 ODD_SHAPES = [(1, 1, 1), (1, 3, 17), (1, 64, 3), (3, 17, 1), (3, 1, 577), (3, 64, 64),

@@ -358,6 +358,16 @@ def _int8_values_by_magic(codes, scale):
 
 
 @triton.jit
+def int8_codes_for_dot(codes, DTYPE: tl.constexpr, PTX_DECODE: tl.constexpr):
+    """The int8 ``codes`` [R, C] as their exact values in DTYPE (|q| <= 127 is exact in fp16 and
+    bf16), for a dot whose sums the row's scale multiplies afterwards: fp16 by INT8_SCALED_ASM
+    with a scale of one where PTX_DECODE, otherwise by conversion."""
+    if PTX_DECODE and DTYPE == tl.float16:
+        return _int8_values_by_magic(codes, tl.full([codes.shape[0], 1], 1.0, tl.float32))
+    return codes.to(tl.float32).to(DTYPE)
+
+
+@triton.jit
 def _int4_values_by_magic(packed, scale, zero, DTYPE: tl.constexpr):
     """s (q - z) of every nibble of uint8 ``packed`` [R, C] in DTYPE (fp16 / bf16), [R, 2 C] in
     k order, by INT4_SCALED_ASM, rounded as the CUDA backend rounds: q - round(z) exact, then one

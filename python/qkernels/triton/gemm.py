@@ -3,8 +3,9 @@ fused_gemm_max_m(), dequant.py above): y[M, N] = x[M, K] @ dequant(W[N, K]).T.
 
 Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps: it loads the x
 tile and the packed weight tile, dequantizes the weights in registers (fp32, then rounded to x's
-dtype, the precision the tensor cores take), and accumulates tl.dot in fp32. W is never written
-out dequantized. Programs are ordered in GROUP_M-row bands so a band's weight tiles are reused
+dtype, the precision the tensor cores take), and accumulates tl.dot in fp32. Per-channel int8
+(ROW_SCALE) goes into the dot as its exact codes and its scale multiplies the fp32 sums, as the
+CUDA backend does. W is never written out dequantized. Programs are ordered in GROUP_M-row bands so a band's weight tiles are reused
 from L2; split-K (reduced by common.store_output) fills the SMs when M is small.
 """
 
@@ -19,8 +20,8 @@ from triton.language.extra.cuda import gdc_wait
 
 from .. import formats
 from . import common
-from .common import (dequantize_tile, four_bit_values, load_group_scales, load_packed,
-                     store_output)
+from .common import (dequantize_tile, four_bit_values, int8_codes_for_dot, load_group_scales,
+                     load_int8_codes, load_packed, store_output)
 
 # tl.dot needs every tile dimension >= 16; tile counters are sized for the smallest tiles.
 MIN_BLOCK = 16
@@ -68,6 +69,7 @@ def gemm_kernel(
     GROUP_M: tl.constexpr,         # row tiles per band of the L2-friendly program order
     SCALE_PER_TILE: tl.constexpr,  # common.scale_per_tile
     SCALES_AHEAD: tl.constexpr,    # scales_ahead
+    ROW_SCALE: tl.constexpr,       # int8 with one scale per row: applied to the fp32 sums
     SPLIT_K: tl.constexpr,
     DEPENDENT_LAUNCH: tl.constexpr,  # launched with launch_pdl (common.dependent_launch)
 ):
@@ -114,6 +116,9 @@ def gemm_kernel(
                                     BLOCK_K)
             w = four_bit_values(packed, scale, zero, FORMAT, x_ptr.dtype.element_ty)
             scale, zero = next_scale, next_zero
+        elif ROW_SCALE:
+            codes = load_int8_codes(qweight_ptr, offs_n, offs_k, N, row_bytes, stride_qn)
+            w = int8_codes_for_dot(codes, x_ptr.dtype.element_ty, PTX_DECODE)
         else:
             w = dequantize_tile(qweight_ptr, scales_ptr, zeros_ptr,
                                 absmax_scales_ptr, absmax_offsets_ptr, offs_n, k_start,
@@ -126,6 +131,8 @@ def gemm_kernel(
         else:
             acc = tl.dot(x, tl.trans(w), acc)
 
+    if ROW_SCALE:  # exact in fp32, where a scale rounded to fp16 can be subnormal
+        acc *= tl.load(scales_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
     store_output(acc, y_ptr, bias_ptr, partials_ptr, tile_counters_ptr, pid, offs_m, offs_n,
                  M, N, stride_ym, HAS_BIAS, SPLIT_K)
 
@@ -273,6 +280,7 @@ _kernel = triton.heuristics({
                                                       a["BLOCK_K"]),
     "SCALES_AHEAD": lambda a: scales_ahead(a["FORMAT"], a["PTX_DECODE"], a["SCALE_PER_TILE"],
                                            a["BLOCK_M"], a["y_ptr"].device),
+    "ROW_SCALE": lambda a: a["FORMAT"] == formats.FORMAT_IDS["int8"] and a["num_groups"] == 1,
     "SPLIT_K": _split_k,
 })(gemm_kernel)
 
