@@ -43,6 +43,8 @@
 //               um2: 4 or 2 accumulators.
 // The real kernel takes about deep+'s time, but cheaper scale loads in it did not gain what
 // deep+s against deep+ss promises: the loads alone are not a full model of it (NOTES, v1.13).
+// The per-group constants stored beside the codes (inline) did gain in the kernel (NOTES, "The
+// scale layouts in the real kernel").
 #include <algorithm>
 #include <cstdio>
 #include <vector>
