@@ -1,4 +1,5 @@
-"""Shared test helpers: the fp64 oracle, norm-wise relative error, and the odd-shape grid."""
+"""Shared test helpers: the fp64 oracle, relative errors, the odd-shape grid, and the GPU fuzz
+tests' strategies and weights."""
 
 import os
 
@@ -40,8 +41,8 @@ GPU_FUZZ_X_LAYOUTS = st.sampled_from(("contiguous", "misaligned", "strided"))
 
 def gpu_fuzz_weight(n, k, device):
     """Random weights, rows of different scale, every |w| >= 0.1: so every group's scale stays in
-    fp16's normal range, the domain README "Use" states for fp16 activations (a lone weight of
-    |w| ~ 8e-4 gave 5e-3 there: H100 call n12 of 25 Nov, fifth session)."""
+    fp16's normal range, the domain README "Use" states for fp16 activations (H100 call n12 of
+    25 Nov, fifth session, drew a lone int8 weight of |w| ~ 8e-4 outside it)."""
     z = torch.randn(n, k, device=device)
     return torch.sign(z) * (z.abs() + 0.2) * (torch.rand(n, 1, device=device) + 0.5)
 

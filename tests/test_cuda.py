@@ -311,7 +311,7 @@ def test_torch_compile_fullgraph(mode):
     for m in (1, 8, 64):
         x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
         ref = torch.relu(fp64_reference(x, qw, bias)) * 2
-        assert rel_err(layer(x), ref, x, qk.dequantize(qw)) < REL_TOL[torch.bfloat16]
+        assert rel_err(layer(x), ref, x, qk.dequantize(qw), bias) < REL_TOL[torch.bfloat16]
 
 
 @settings(max_examples=gpu_fuzz_examples(1000), deadline=None,

@@ -5,8 +5,9 @@ Each program owns a BLOCK_M x BLOCK_N output tile and walks K in BLOCK_K steps: 
 tile and the packed weight tile, dequantizes the weights in registers (fp32, then rounded to x's
 dtype, the precision the tensor cores take), and accumulates tl.dot in fp32. Per-channel int8
 (ROW_SCALE) goes into the dot as its exact codes and its scale multiplies the fp32 sums, as the
-CUDA backend does. W is never written out dequantized. Programs are ordered in GROUP_M-row bands so a band's weight tiles are reused
-from L2; split-K (reduced by common.store_output) fills the SMs when M is small.
+CUDA backend does. W is never written out dequantized. Programs are ordered in GROUP_M-row bands
+so a band's weight tiles are reused from L2; split-K (reduced by common.store_output) fills the
+SMs when M is small.
 """
 
 from __future__ import annotations
