@@ -26,6 +26,13 @@ GPU_FUZZ_ROWS = st.one_of(st.integers(1, 40), st.sampled_from(
     (63, 64, 65, 96, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1024, 1536, 1537)))
 GPU_FUZZ_N = st.one_of(st.integers(1, 300), st.sampled_from((576, 1024, 4095, 4096, 6144, 8192)))
 GPU_FUZZ_K = st.one_of(st.integers(1, 300), st.sampled_from((576, 577, 1024, 4096, 4160, 8192)))
+# The weights both GPU backends take: (format, quantize() options), and group sizes.
+QUANTIZE_MODES = (("int8", {}), ("int4", {}), ("int4", {"symmetric": True}), ("nf4", {}),
+                  ("nf4", {"double_quant": True}))
+GPU_GROUP_SIZES = (32, 64, 128, 256, -1)
+GPU_FUZZ_MODES = st.sampled_from(QUANTIZE_MODES)
+GPU_FUZZ_GROUPS = st.sampled_from(GPU_GROUP_SIZES)
+GPU_FUZZ_DTYPES = st.sampled_from((torch.float16, torch.bfloat16, torch.float32))
 # Examples per GPU fuzz test: QKERNELS_FUZZ_EXAMPLES scales them (under compute-sanitizer, where
 # every launch is much slower, a fraction of them).
 GPU_FUZZ_SCALE = float(os.environ.get("QKERNELS_FUZZ_EXAMPLES", "1"))

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import qkernels as qk
 from qkernels import formats, ops
 
-from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,
+from conftest import (GPU_FUZZ_DTYPES, GPU_FUZZ_GROUPS, GPU_FUZZ_K, GPU_FUZZ_MODES, GPU_FUZZ_N,
+                      GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS, GPU_GROUP_SIZES, QUANTIZE_MODES,
                       gpu_fuzz_examples, gpu_fuzz_weight, laid_out,
                       normwise_rel_err as rel_err)
 
@@ -31,11 +32,10 @@ REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = (torch.float16, torch.bfloat16)
 # (fmt, quantize() options): the five weight formats the kernels distinguish; nf4-dq (double-
 # quantized absmax) runs through torch.ops.qkernels.matmul_nf4_dq, whose kernels decode it.
-MODES = (("int8", {}), ("int4", {}), ("int4", {"symmetric": True}), ("nf4", {}),
-         ("nf4", {"double_quant": True}))
+MODES = QUANTIZE_MODES
 MODE_IDS = ("int8", "int4", "int4sym", "nf4", "nf4dq")
 NF4_MODES = (("nf4", {}), ("nf4", {"double_quant": True}))
-GROUPS = (32, 64, 128, 256, -1)
+GROUPS = GPU_GROUP_SIZES
 ODD_SIZES = (1, 3, 17, 576, 577)
 
 
@@ -316,9 +316,8 @@ def test_torch_compile_fullgraph(mode):
 
 @settings(max_examples=gpu_fuzz_examples(1000), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K, mode=st.sampled_from(MODES),
-       group=st.sampled_from(GROUPS), dtype=st.sampled_from(DTYPES + (torch.float32,)),
-       with_bias=st.booleans(), layout=GPU_FUZZ_X_LAYOUTS)
+@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K, mode=GPU_FUZZ_MODES, group=GPU_FUZZ_GROUPS,
+       dtype=GPU_FUZZ_DTYPES, with_bias=st.booleans(), layout=GPU_FUZZ_X_LAYOUTS)
 def test_fuzz_through_the_dispatch(m, n, k, mode, group, dtype, with_bias, layout):
     """Random shapes, formats and layouts of x, on every path the dispatch picks by M and by
     the weight's size (the cases above each fix one path)."""

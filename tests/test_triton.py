@@ -27,7 +27,8 @@ from qkernels import triton as qk_triton  # noqa: E402  (registers matmul_triton
 from qkernels.triton import common, dequant, gemm, gemv  # noqa: E402
 from qkernels.triton.common import nf4_value  # noqa: E402
 
-from conftest import (GPU_FUZZ_K, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,  # noqa: E402
+from conftest import (GPU_FUZZ_DTYPES, GPU_FUZZ_GROUPS, GPU_FUZZ_K,  # noqa: E402
+                      GPU_FUZZ_MODES, GPU_FUZZ_N, GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS,
                       gpu_fuzz_examples, gpu_fuzz_weight, laid_out, normwise_rel_err)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -809,12 +810,9 @@ def test_default_gemm_repeats_on_large_weights(fmt, group_size, m, n, k):
 @cuda_only
 @settings(max_examples=gpu_fuzz_examples(100), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K,
-       mode=st.sampled_from([("int8", {}), ("int4", {}), ("int4", {"symmetric": True}),
-                             ("nf4", {}), ("nf4", {"double_quant": True})]),
-       group_size=st.sampled_from([32, 64, 128, 256, -1]),
-       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
-       with_bias=st.booleans(), layout=GPU_FUZZ_X_LAYOUTS)
+@given(m=GPU_FUZZ_ROWS, n=GPU_FUZZ_N, k=GPU_FUZZ_K, mode=GPU_FUZZ_MODES,
+       group_size=GPU_FUZZ_GROUPS, dtype=GPU_FUZZ_DTYPES, with_bias=st.booleans(),
+       layout=GPU_FUZZ_X_LAYOUTS)
 def test_fuzz_through_the_dispatch(m, n, k, mode, group_size, dtype, with_bias, layout):
     """Random shapes, formats and layouts of x, compiled, on every path the op picks by M
     and by the weight's size: the GEMV, the fused GEMM and dequantize + cuBLAS."""
