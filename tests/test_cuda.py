@@ -392,6 +392,16 @@ def test_dequantize_path(k, mode, dtype, force_kernel):
               bias=torch.randn(136, device="cuda", dtype=dtype))
 
 
+@pytest.mark.parametrize("mode, m", ((("int4", {}), 768), (("int4", {}), 769), (("nf4", {}), 768)),
+                         ids=("int4-768", "int4-769", "nf4-768"))
+def test_huge_weight_rows_of_x(mode, m):
+    """4-bit weights of more than 2^27 elements take the Hopper GEMM up to 768 rows of x on
+    H100-class GPUs (kGemmWgmmaMaxRowsHugeWeight), dequantize + cuBLAS above: both sides of that
+    threshold, through the dispatch."""
+    qw = quantize(2**27 // 4096 + 16, 4096, mode, 128 if mode[0] == "int4" else 64)
+    check(torch.randn(m, 4096, device="cuda", dtype=torch.float16), qw)
+
+
 def test_forced_kernel_name_is_checked(force_kernel):
     force_kernel("cublas")
     qw = quantize(64, 256, ("int4", {}), 64)

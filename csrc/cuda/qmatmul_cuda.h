@@ -91,19 +91,28 @@ constexpr int64_t kGemmMaxRows = 128;
 //   - M = 9-16, where the GEMV does not take them (gemv_wins_above_8_rows): wgmma / mma.sync
 //     GEMM at M = 16, 14336x4096 int4 24.3 / 28.3, nf4 25.6 / 28.1; 4096x14336 nf4 24.6 / 26.6;
 //     4096x4096 nf4 12.0 / 13.6; 28672x8192 int4 81.3 / 85.6, but nf4 82.3 / 78.9.
-// So the Hopper GEMM from 9 rows on, up to 512 rows on large weights (1536 for int8) and on
-// weights from 2^24 whose 128-row tiles of x fit the SMs in one wave, 256 elsewhere.
+// - 4-bit at M = 512-2048 once more (call p6 of 25 Nov, sixth session; us wgmma / dequantize +
+//   cuBLAS at M = 640 / 768 / 1024): 28672x8192 (Llama-70B's MLP) int4 582 / 674, 687 / 752,
+//   937 / 905; nf4 564 / 686, 686 / 771, 939 / 926. 14336x4096 int4 177 / 173 and 4096x14336
+//   int4 218 / 157 already lose at 640, as before.
+// So the Hopper GEMM from 9 rows on, up to 512 rows on large weights (768 for 4-bit on weights of
+// more than 2^27, 1536 for int8) and on weights from 2^24 whose 128-row tiles of x fit the SMs
+// in one wave, 256 elsewhere.
 constexpr int64_t kGemmWgmmaMinRows = 9;
 constexpr int64_t kGemmWgmmaMaxRows = 256;
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeight = 512;  // N K > kGemmWgmmaLargeWeight
 constexpr int64_t kGemmWgmmaMaxRowsLargeWeightInt8 = 1536;
+constexpr int64_t kGemmWgmmaMaxRowsHugeWeight = 768;  // 4-bit, N K > kGemmWgmmaHugeWeight
 constexpr int64_t kGemmWgmmaLargeWeight = int64_t(1) << 25;
+constexpr int64_t kGemmWgmmaHugeWeight = int64_t(1) << 27;
 constexpr int64_t kGemmWgmmaOneWaveWeight = int64_t(1) << 24;  // N K >= this: by the grid
 
 inline int64_t gemm_wgmma_max_rows(const QMatmulParams& p, int sm_count) {
-  if (p.n * p.k > kGemmWgmmaLargeWeight) {
-    return p.fmt == Format::kInt8 ? kGemmWgmmaMaxRowsLargeWeightInt8 : kGemmWgmmaMaxRowsLargeWeight;
+  if (p.fmt == Format::kInt8 && p.n * p.k > kGemmWgmmaLargeWeight) {
+    return kGemmWgmmaMaxRowsLargeWeightInt8;
   }
+  if (p.n * p.k > kGemmWgmmaHugeWeight) return kGemmWgmmaMaxRowsHugeWeight;
+  if (p.n * p.k > kGemmWgmmaLargeWeight) return kGemmWgmmaMaxRowsLargeWeight;
   if (p.n * p.k < kGemmWgmmaOneWaveWeight) return kGemmWgmmaMaxRows;
   const int64_t weight_tiles = (p.n + wgmma_block_w(128) - 1) / wgmma_block_w(128);
   const int64_t one_wave_rows = sm_count / weight_tiles * 128;
