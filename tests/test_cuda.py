@@ -19,8 +19,8 @@ import qkernels as qk
 from qkernels import formats, ops
 
 from conftest import (GPU_FUZZ_DTYPES, GPU_FUZZ_GROUPS, GPU_FUZZ_K, GPU_FUZZ_MODES, GPU_FUZZ_N,
-                      GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS, GPU_GROUP_SIZES, QUANTIZE_MODES,
-                      gpu_fuzz_examples, gpu_fuzz_weight, laid_out,
+                      GPU_FUZZ_ROWS, GPU_FUZZ_X_LAYOUTS, GPU_GROUP_SIZES, QUANTIZE_MODES, REL_TOL,
+                      fp64_reference, gpu_fuzz_examples, gpu_fuzz_weight, laid_out,
                       normwise_rel_err as rel_err)
 
 pytestmark = [
@@ -28,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
 
-REL_TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 DTYPES = (torch.float16, torch.bfloat16)
 # (fmt, quantize() options): the five weight formats the kernels distinguish; nf4-dq (double-
 # quantized absmax) runs through torch.ops.qkernels.matmul_nf4_dq, whose kernels decode it.
@@ -42,11 +41,6 @@ ODD_SIZES = (1, 3, 17, 576, 577)
 def random_weight(n, k, device="cuda"):
     # Rows of different magnitude, so groups and rows have distinct scales.
     return torch.randn(n, k, device=device) * (torch.rand(n, 1, device=device) + 0.05)
-
-
-def fp64_reference(x, qw, bias=None):
-    y = x.double() @ qk.dequantize(qw).double().T
-    return y if bias is None else y + bias.double()
 
 
 @pytest.fixture(autouse=True)
