@@ -96,24 +96,30 @@ def test_gemv_tall_tiles(n, m, mode, group, dtype, force_kernel):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group", (32, 64, 128, -1))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-def test_gemv_ragged_steps_and_many_tiles(mode, group, dtype, force_kernel):
+@pytest.mark.parametrize("n", (8200, 12017, 20001))
+def test_gemv_ragged_steps_and_many_tiles(n, mode, group, dtype, force_kernel):
     """K = 576 ends inside a step of the tensor-core GEMV (128 k for 4-bit, 64 for int8) and inside
-    a group of 128; N = 8200 makes 513 row tiles, at least 3 blocks per SM on GPUs of up to 171
-    SMs, so the GEMV takes its wide launch shape (test_gemv_fast_path's N = 200 the deep one);
-    M = 9 (GEMV forced) runs a ragged 16-row tile of x."""
+    a group of 128. N takes the launch shapes of grids of several waves (test_gemv_fast_path's
+    N = 200 takes the deep one); on 132 SMs (H100, H200): N = 8200, 513 row tiles, deep in two
+    waves (int8, nf4) or wide (int4); N = 12017 and 20001, 752 and 1251 row tiles, the paired
+    shape's 3 and 4 blocks per SM for nf4, its 3 for int4 at M = 6, wide otherwise. Both end in a
+    tile of 1 row: the second tile of the last pair (12017) or the first, the second wholly past N
+    (20001). M = 9 (GEMV forced) runs a ragged 16-row tile of x."""
     force_kernel("gemv")
-    qw = quantize(8200, 576, mode, group)
-    for m in (1, 9):
+    qw = quantize(n, 576, mode, group)
+    for m in (1, 6, 9):
         check(torch.randn(m, 576, device="cuda", dtype=dtype), qw,
-              bias=torch.randn(8200, device="cuda", dtype=dtype))
+              bias=torch.randn(n, device="cuda", dtype=dtype))
 
 
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("shape", ((200, 16384), (8200, 16384), (136, 256)))
+@pytest.mark.parametrize("shape", ((200, 16384), (8200, 16384), (12017, 16384), (136, 256)))
 def test_gemv_long_and_short_rows(shape, mode, force_kernel):
-    """K = 16384: 4 batches per warp in the deep launch shape (N = 200) and 8 in the wide one
-    (N = 8200; int8 twice as many); K = 256: one batch, so a single warp takes K (but nf4, whose
-    blocks keep 8 warps); M = 16: tall tiles where their grid fills the GPU (N = 8200)."""
+    """K = 16384: 4 batches per warp in the deep launch shape (N = 200, and N = 8200 on 132 SMs,
+    deep in two waves), 8 in the wide one and 16 in the paired one (N = 12017 on 132 SMs: wide
+    for int8, twice as many batches, and for int4 at M = 1; paired for nf4 and for int4 at
+    M = 8); K = 256: one batch, so a single warp takes K (but nf4, whose blocks keep 8 warps);
+    M = 16: tall tiles where their grid fills the GPU (N = 8200, 12017)."""
     force_kernel("gemv")
     qw = quantize(*shape, mode, 128 if mode[0] != "nf4" else 64)
     for m in (1, 8, 16):

@@ -31,36 +31,44 @@ constexpr int kChunkK = kFmt == Format::kInt8 ? 16 : 32;
 
 constexpr int kWarps = 8;  // per block, splitting K
 
-// Two launch shapes; a lane loads kUnroll steps (2 rows x 16 bytes each) before unpacking them.
+// Launch shapes; a lane loads kUnroll steps (2 kWTiles rows x 16 bytes each) before unpacking
+// them. launch_gemv_mma picks one by the grid (H100 measurements in bench/NOTES.md, "CUDA GEMV",
+// v1.3, v1.10 and v1.21).
 // Deep: 4 steps (4 KiB per warp in flight), up to 128 registers, 2 blocks (16 warps) per SM.
-// Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM. Wide wins wherever deep
-// would need a second wave (H100, M = 1, fp16, us deep / wide: 14336x4096 int4 g128 19.7 /
-// 17.6, nf4 g64 24.0 / 21.4; 28672x8192 58.7 / 56.1, 66.9 / 63.1; 6144x4096, 384 blocks on 132
-// SMs, int4 10.5 / 8.2, nf4 13.0 / 10.5, int8 13.2 / 11.1) and mostly loses where deep fits in
-// one (4096x14336, 256 blocks: int4 15.9 / 16.4, nf4 18.4 / 18.9; 2048x8192 int4 7.8 / 8.5);
-// bench/NOTES.md, "CUDA GEMV", v1.3 and v1.10.
+// Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM: more warps to hide each one's
+// round trip, for grids of several waves.
+// Paired (kWTiles = 2): each warp takes two 16-row weight tiles, 32 rows a block, so every x
+// fragment it loads feeds twice the mmas and a block's fixed costs (nf4's 32 KiB table fill, the
+// reduction) are spread over twice the rows; 1 step, 3 blocks per SM (80 registers) or 4 (64).
 // Tall (kXTiles = 2): 16 rows of x per block, two mma n-tiles of 8 against each unpacked weight
-// tile, for M > 8 (launch_gemv_mma says where), where 8-row blocks unpack every weight once per
-// 8 rows of x; 2 steps, 2 blocks per SM (v1.5).
+// tile, for M > 8, where 8-row blocks unpack every weight once per 8 rows of x; 2 steps, 2
+// blocks per SM (v1.5).
 struct GemvDeep {
-  static constexpr int kUnroll = 4, kMinBlocksPerSM = 2, kXTiles = 1;
+  static constexpr int kUnroll = 4, kMinBlocksPerSM = 2, kXTiles = 1, kWTiles = 1;
 };
 struct GemvWide {
-  static constexpr int kUnroll = 2, kMinBlocksPerSM = 3, kXTiles = 1;
+  static constexpr int kUnroll = 2, kMinBlocksPerSM = 3, kXTiles = 1, kWTiles = 1;
+};
+struct GemvPaired3 {
+  static constexpr int kUnroll = 1, kMinBlocksPerSM = 3, kXTiles = 1, kWTiles = 2;
+};
+struct GemvPaired4 {
+  static constexpr int kUnroll = 1, kMinBlocksPerSM = 4, kXTiles = 1, kWTiles = 2;
 };
 struct GemvTall {
-  static constexpr int kUnroll = 2, kMinBlocksPerSM = kGemvTallBlocksPerSM, kXTiles = 2;
+  static constexpr int kUnroll = 2, kMinBlocksPerSM = kGemvTallBlocksPerSM, kXTiles = 2,
+                       kWTiles = 1;
 };
 
 // --- the kernel ---------------------------------------------------------------------------------
 
-// One block = one tile of 16 weight rows x one tile of 8 kXTiles rows of x, the warps splitting K
-// in steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles of a weight
-// tile run side by side and re-read its weights from L2. kDqAbsmax: nf4 with p.absmax_dq
-// (load_scale). kRowScale: int8 with one scale per row, which multiplies the fp32 sums once at
-// the end instead of every weight (the mma takes the exact codes): as fast, and the error
-// against fp64 40% lower, as the scale is no longer rounded to x's dtype (H100; bench/NOTES.md
-// "CUDA GEMV", v1.11).
+// One block = kWTiles tiles of 16 weight rows x one tile of 8 kXTiles rows of x, the warps
+// splitting K in steps of 4 chunks; blockIdx.x = weight tile * m_tiles + x tile, so the x tiles
+// of a weight tile run side by side and re-read its weights from L2. kDqAbsmax: nf4 with
+// p.absmax_dq (load_scale). kRowScale: int8 with one scale per row, which multiplies the fp32
+// sums once at the end instead of every weight (the mma takes the exact codes): as fast, and the
+// error against fp64 40% lower, as the scale is no longer rounded to x's dtype (H100;
+// bench/NOTES.md "CUDA GEMV", v1.11).
 template <Format kFmt, typename T, bool kDqAbsmax, typename Shape, bool kRowScale>
 __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     gemv_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
@@ -70,13 +78,16 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   using T2 = typename Pair<T>::T2;
   constexpr int kK = kChunkK<kFmt>;
   constexpr int kXTiles = Shape::kXTiles;
+  constexpr int kWTiles = Shape::kWTiles;
+  constexpr int kRows = 2 * kWTiles;  // weight rows per lane: group + 8 r
   extern __shared__ uint4 smem[];
-  float4* partial = reinterpret_cast<float4*>(smem);  // [x tiles][warps][32] D fragments
-  uint32_t* lut = reinterpret_cast<uint32_t*>(partial + kXTiles * blockDim.x);  // nf4: [256][32]
+  float4* partial = reinterpret_cast<float4*>(smem);  // [w tiles][x tiles][warps][32] D fragments
+  uint32_t* lut =
+      reinterpret_cast<uint32_t*>(partial + kWTiles * kXTiles * blockDim.x);  // nf4: [256][32]
 
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const int group = lane / 4, quad = lane % 4;
-  const int64_t n_base = int64_t(blockIdx.x / m_tiles) * 16;
+  const int64_t n_base = int64_t(blockIdx.x / m_tiles) * 16 * kWTiles;
   const int64_t m_base = int64_t(blockIdx.x % m_tiles) * 8 * kXTiles;
 
   // Started by launch_dependent (sm_90), the kernel may run while the one before it in the stream
@@ -91,12 +102,12 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   // This lane's A rows (weights) and B columns (an x row per x tile). Rows past the end are
   // clamped to a real row, so every load is in bounds and unconditional; their scale is zeroed
   // below (weights 0) or their output discarded (x rows).
-  bool row_ok[2];
-  const uint8_t* w_row[2];
-  int64_t s_row[2];  // flat index of the row's first scale
-  const float* z_row[2];
+  bool row_ok[kRows];
+  const uint8_t* w_row[kRows];
+  int64_t s_row[kRows];  // flat index of the row's first scale
+  const float* z_row[kRows];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
+  for (int r = 0; r < kRows; ++r) {
     const int64_t n = n_base + group + 8 * r;
     row_ok[r] = n < p.n;
     const int64_t row = row_ok[r] ? n : p.n - 1;
@@ -124,7 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
     if (quad == 0 && first_chunk < chunks) {
       const int64_t end_chunk = min(chunks, first_chunk + kUnroll * 4);
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         prefetch_l2(w_row[r] + first_chunk * 16, uint32_t(end_chunk - first_chunk) * 16);
       }
     }
@@ -135,20 +146,20 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   // 14336x4096, level on 28672x8192; 4-bit lost up to 1.16x with 2 or 4; bench/NOTES.md "CUDA
   // GEMV", v1.20).
   constexpr int kChains = kFmt == Format::kInt8 && kXTiles == 1 ? 2 : 1;
-  float acc[kXTiles][kChains][4] = {};
+  float acc[kWTiles][kXTiles][kChains][4] = {};
 
   for (int64_t step0 = int64_t(warp) * kUnroll; step0 < steps; step0 += int64_t(warps) * kUnroll) {
     // Fetch: kUnroll steps of weights (2 rows) and their scales, all loads issued before any use.
-    uint4 codes[kUnroll][2];
-    [[maybe_unused]] float scale[kUnroll][2];  // all but kRowScale
-    [[maybe_unused]] float zero[kUnroll][2];  // int4 only
+    uint4 codes[kUnroll][kRows];
+    [[maybe_unused]] float scale[kUnroll][kRows];  // all but kRowScale
+    [[maybe_unused]] float zero[kUnroll][kRows];  // int4 only
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t c = (step0 + u) * 4 + quad;
       const int64_t c_in = c < chunks ? c : chunks - 1;
       const int64_t g = c_in >> chunk_group_shift;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         codes[u][r] = load_weights_16B(w_row[r] + c_in * 16, policy);
         if constexpr (!kRowScale) {
           const bool ok = row_ok[r] && c < chunks;
@@ -174,47 +185,54 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
                                                : make_uint4(0, 0, 0, 0);
         }
       }
-      [[maybe_unused]] T2 s2[2];
-      [[maybe_unused]] T2 magic_zero2[2], zs2[2];  // int4: magic + round(z), -s (z - round(z))
+      [[maybe_unused]] T2 s2[kRows];
+      // int4: magic + round(z) and -s (z - round(z))
+      [[maybe_unused]] T2 magic_zero2[kRows], zs2[kRows];
 #pragma unroll
-      for (int r = 0; r < 2 && !kRowScale; ++r) {
+      for (int r = 0; r < kRows && !kRowScale; ++r) {
         s2[r] = Pair<T>::make(scale[u][r], scale[u][r]);
         if constexpr (kFmt == Format::kInt4) {
           int4_group_constants<T>(scale[u][r], zero[u][r], magic_zero2[r], zs2[r]);
         }
       }
-      // Dequant + mma, one 32-bit word of codes per row at a time.
+      // Dequant + mma, one 32-bit word of codes per row at a time; each x fragment meets the
+      // kWTiles weight tiles.
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         if constexpr (kFmt == Format::kInt8) {
-          uint32_t a0[2], a1[2];
-          if constexpr (kRowScale) {
-            int8_values<T>(word(codes[u][0], j), a0);
-            int8_values<T>(word(codes[u][1], j), a1);
-          } else {
-            dequant_int8<T>(word(codes[u][0], j), s2[0], a0);
-            dequant_int8<T>(word(codes[u][1], j), s2[1], a1);
+          uint32_t a[kRows][2];
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if constexpr (kRowScale) {
+              int8_values<T>(word(codes[u][r], j), a[r]);
+            } else {
+              dequant_int8<T>(word(codes[u][r], j), s2[r], a[r]);
+            }
           }
-          const uint32_t a[4] = {a0[0], a1[0], a0[1], a1[1]};
 #pragma unroll
           for (int xt = 0; xt < kXTiles; ++xt) {
             const uint32_t x0 = word(xv[xt][j / 2], 2 * (j % 2));
             const uint32_t x1 = word(xv[xt][j / 2], 2 * (j % 2) + 1);
             const uint32_t b[2] = {__byte_perm(x0, x1, 0x5410), __byte_perm(x0, x1, 0x7632)};
-            mma_16816<T>(acc[xt][j % kChains], a, b);
+#pragma unroll
+            for (int wt = 0; wt < kWTiles; ++wt) {
+              const uint32_t at[4] = {a[2 * wt][0], a[2 * wt + 1][0], a[2 * wt][1],
+                                      a[2 * wt + 1][1]};
+              mma_16816<T>(acc[wt][xt][j % kChains], at, b);
+            }
           }
         } else {
-          uint32_t a0[4], a1[4];
-          if constexpr (kFmt == Format::kInt4) {
-            dequant_int4<T>(word(codes[u][0], j), magic_zero2[0], s2[0], zs2[0], a0);
-            dequant_int4<T>(word(codes[u][1], j), magic_zero2[1], s2[1], zs2[1], a1);
-          } else {
-            dequant_nf4<T>(word(codes[u][0], j), s2[0], lut, 4 * lane, a0);
-            dequant_nf4<T>(word(codes[u][1], j), s2[1], lut, 4 * lane, a1);
+          uint32_t a[kRows][4];
+#pragma unroll
+          for (int r = 0; r < kRows; ++r) {
+            if constexpr (kFmt == Format::kInt4) {
+              dequant_int4<T>(word(codes[u][r], j), magic_zero2[r], s2[r], zs2[r], a[r]);
+            } else {
+              dequant_nf4<T>(word(codes[u][r], j), s2[r], lut, 4 * lane, a[r]);
+            }
           }
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const uint32_t a[4] = {a0[2 * h], a1[2 * h], a0[2 * h + 1], a1[2 * h + 1]};
 #pragma unroll
             for (int xt = 0; xt < kXTiles; ++xt) {
               uint32_t b[2];
@@ -226,7 +244,12 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
                 b[0] = word(xv[xt][j], 2 * h);
                 b[1] = word(xv[xt][j], 2 * h + 1);
               }
-              mma_16816<T>(acc[xt][0], a, b);
+#pragma unroll
+              for (int wt = 0; wt < kWTiles; ++wt) {
+                const uint32_t at[4] = {a[2 * wt][2 * h], a[2 * wt + 1][2 * h],
+                                        a[2 * wt][2 * h + 1], a[2 * wt + 1][2 * h + 1]};
+                mma_16816<T>(acc[wt][xt][0], at, b);
+              }
             }
           }
         }
@@ -235,44 +258,59 @@ __global__ void __launch_bounds__(kWarps * 32, Shape::kMinBlocksPerSM)
   }
 
 #pragma unroll
-  for (int xt = 0; xt < kXTiles; ++xt) {
-#pragma unroll
-    for (int c = 1; c < kChains; ++c) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[xt][0][e] += acc[xt][c][e];
-    }
-  }
-  if constexpr (kRowScale) {  // D elements 0, 1 are row group, 2, 3 row group + 8
-    const float row_scale[2] = {row_ok[0] ? __ldg(p.scales + s_row[0]) : 0.0f,
-                                row_ok[1] ? __ldg(p.scales + s_row[1]) : 0.0f};
+  for (int wt = 0; wt < kWTiles; ++wt) {
 #pragma unroll
     for (int xt = 0; xt < kXTiles; ++xt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[xt][0][e] *= row_scale[e / 2];
+      for (int c = 1; c < kChains; ++c) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[wt][xt][0][e] += acc[wt][xt][c][e];
+      }
+    }
+  }
+  if constexpr (kRowScale) {  // D elements 0, 1 are row group, 2, 3 row group + 8
+#pragma unroll
+    for (int wt = 0; wt < kWTiles; ++wt) {
+      const float row_scale[2] = {
+          row_ok[2 * wt] ? __ldg(p.scales + s_row[2 * wt]) : 0.0f,
+          row_ok[2 * wt + 1] ? __ldg(p.scales + s_row[2 * wt + 1]) : 0.0f};
+#pragma unroll
+      for (int xt = 0; xt < kXTiles; ++xt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[wt][xt][0][e] *= row_scale[e / 2];
+      }
     }
   }
 
   // Reduce the warps' D fragments through shared memory, add bias, store.
 #pragma unroll
-  for (int xt = 0; xt < kXTiles; ++xt) {
-    const float* d = acc[xt][0];
-    partial[xt * blockDim.x + threadIdx.x] = make_float4(d[0], d[1], d[2], d[3]);
+  for (int wt = 0; wt < kWTiles; ++wt) {
+#pragma unroll
+    for (int xt = 0; xt < kXTiles; ++xt) {
+      const float* d = acc[wt][xt][0];
+      partial[(wt * kXTiles + xt) * blockDim.x + threadIdx.x] = make_float4(d[0], d[1], d[2], d[3]);
+    }
   }
   __syncthreads();
   const float* partial_f = reinterpret_cast<const float*>(partial);
 #pragma unroll
-  for (int xt = 0; xt < kXTiles; ++xt) {
-    for (int t = threadIdx.x; t < 128; t += blockDim.x) {
-      float sum = 0.0f;
-      for (int w = 0; w < warps; ++w) sum += partial_f[(xt * warps + w) * 128 + t];
-      // D element t % 4 of lane t / 4: row (lane / 4) + 8 * (element >= 2), column 2 (lane % 4)
-      // + element % 2.
-      const int l = t / 4, e = t % 4;
-      const int64_t n = n_base + l / 4 + 8 * (e / 2);
-      const int64_t m = m_base + 8 * xt + 2 * (l % 4) + e % 2;
-      if (n < p.n && m < p.m) {
-        if (p.bias) sum += to_float(static_cast<const T*>(p.bias)[n]);
-        static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(sum);
+  for (int wt = 0; wt < kWTiles; ++wt) {
+#pragma unroll
+    for (int xt = 0; xt < kXTiles; ++xt) {
+      for (int t = threadIdx.x; t < 128; t += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < warps; ++w) {
+          sum += partial_f[((wt * kXTiles + xt) * warps + w) * 128 + t];
+        }
+        // D element t % 4 of lane t / 4: row (lane / 4) + 8 * (element >= 2), column 2 (lane % 4)
+        // + element % 2.
+        const int l = t / 4, e = t % 4;
+        const int64_t n = n_base + 16 * wt + l / 4 + 8 * (e / 2);
+        const int64_t m = m_base + 8 * xt + 2 * (l % 4) + e % 2;
+        if (n < p.n && m < p.m) {
+          if (p.bias) sum += to_float(static_cast<const T*>(p.bias)[n]);
+          static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(sum);
+        }
       }
     }
   }
@@ -290,9 +328,10 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, bool dependent, cudaStream
                         : int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
   const int64_t x_rows = 8 * Shape::kXTiles;
   const int64_t m_tiles = (p.m + x_rows - 1) / x_rows;
-  const int64_t blocks = (p.n + 15) / 16 * m_tiles;
+  const int64_t w_rows = 16 * Shape::kWTiles;
+  const int64_t blocks = (p.n + w_rows - 1) / w_rows * m_tiles;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const size_t smem = size_t(Shape::kXTiles) * warps * 32 * sizeof(float4) +
+  const size_t smem = size_t(Shape::kWTiles) * Shape::kXTiles * warps * 32 * sizeof(float4) +
                       (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
   return with_row_scale<kFmt>(p, [&](auto row_scale) {
@@ -323,14 +362,41 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
       return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, dependent, stream);
     }
   }
-  const int64_t blocks = (p.n + 15) / 16 * ((p.m + 7) / 8);
-  // The wide shape only where deep would need a second wave. v1.12 also gave int4 with bf16 x
-  // the wide shape on one-wave grids of at least a block per SM; by the ninth session of 24 Nov
-  // that cost it 1.21-1.28x (H100 us wide / deep at M = 1: 4096x4096 8.07 / 6.65, 4096x14336
-  // 21.28 / 16.65; bench/NOTES.md "CUDA GEMV", v1.18).
-  const bool wide = blocks > int64_t(GemvDeep::kMinBlocksPerSM) * sm_count;
-  return wide ? launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream)
-              : launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
+  const int64_t m_tiles = (p.m + 7) / 8;
+  const int64_t blocks = (p.n + 15) / 16 * m_tiles;
+  const int64_t deep_wave = int64_t(GemvDeep::kMinBlocksPerSM) * sm_count;
+  // Deep where its grid fits in one wave. v1.12 also gave int4 with bf16 x the wide shape on
+  // one-wave grids of at least a block per SM; by the ninth session of 24 Nov that cost it
+  // 1.21-1.28x (H100 us wide / deep at M = 1: 4096x4096 8.07 / 6.65, 4096x14336 21.28 / 16.65;
+  // v1.18).
+  if (blocks <= deep_wave) {
+    return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
+  }
+  // Paired on grids of at least 16/3 blocks per SM: nf4 at every M, int4 from 6 rows of x (at 1-4
+  // it lost up to 10%). Paired's grid, half as many blocks, takes 3 per SM while it fits in one
+  // wave and 4 beyond (H100, M = 1 / 8, nf4 fp16: 12288x4096 1.09 / 1.23x, 14336x4096 1.07 /
+  // 1.10x, 28672x8192 1.08 / 1.20x; int4 at M = 8: 1.05-1.18x; v1.21).
+  if constexpr (kFmt != Format::kInt8) {
+    const bool paired = kFmt == Format::kNF4 || p.m >= 6;
+    if (paired && 3 * blocks >= 16 * int64_t(sm_count)) {
+      if constexpr (kFmt == Format::kNF4) {  // int4 spills at 64 registers
+        if ((p.n + 31) / 32 * m_tiles > 3 * int64_t(sm_count)) {
+          return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
+        }
+      }
+      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
+    }
+  }
+  // Deep also where its grid fills at least two thirds of a second wave and needs no third:
+  // there the wide shape's 3 blocks per SM would leave its own second wave nearly empty. Not
+  // for int4 on rows shorter than 12288, where wide kept up to 8% at M = 1 (H100, M = 1 / 8,
+  // fp16: 8192x8192 int8 1.20 / 1.23x, nf4 1.09 / 1.14x; 8192x28672 int4 1.12 / 1.20x;
+  // 7168x4096 int8 1.09 / 1.08x; but 6144x4096, 1.45 waves, int8 and nf4 0.75-0.80x; v1.21).
+  const bool deep_two_waves = kFmt != Format::kInt4 || p.k >= 12288;
+  if (deep_two_waves && 3 * blocks >= 5 * deep_wave && blocks <= 2 * deep_wave) {
+    return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
+  }
+  return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream);
 }
 
 }  // namespace qk::cuda
