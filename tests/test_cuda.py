@@ -80,12 +80,14 @@ def test_gemv_fast_path(m, mode, group, dtype):
 @pytest.mark.parametrize("group", (32, 128, -1))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("m", (9, 16, 17, 40))
-@pytest.mark.parametrize("n", (200, 4100))
+@pytest.mark.parametrize("n", (200, 4100, 6001, 8200))
 def test_gemv_tall_tiles(n, m, mode, group, dtype, force_kernel):
     """Above 8 rows of x the GEMV takes 16 rows per block (two mma n-tiles against each unpacked
     weight tile) where that grid gives every SM a block (N = 4100: 257 row tiles), 8-row tiles on
     smaller grids (N = 200; nf4 takes 16 at K <= 2048 anyway): one ragged tile of 16 (M = 9),
-    one whole (16), a whole and a ragged one (17), three (40)."""
+    one whole (16), a whole and a ragged one (17), three (40). On 132 SMs (H100, H200) N = 6001
+    (376 row tiles) takes the tall shape at 3 blocks per SM, and N = 8200 (513) the tall paired
+    one for 4-bit, each at M = 9 and 16; M = 17 and 40 make their grids 2 and 3 times larger."""
     force_kernel("gemv")
     qw = quantize(n, 1024, mode, group)
     x = torch.randn(m, 1024, device="cuda", dtype=dtype)

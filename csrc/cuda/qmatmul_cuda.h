@@ -21,16 +21,15 @@ namespace qk::cuda {
 constexpr int64_t kGemvMaxRows = 8;
 
 // Above that, up to kGemvTallMaxRows, the GEMV runs where gemv_wins_above_8_rows() says so, with
-// one 16-row tile of x per block where its grid allows (the tall shape, gemv_mma.cuh). H100, fp16
-// x, us GEMV (tall) / GEMM at M = 16 (bench/cuda_gemm.py, call a6 of 24 Nov; "GEMV v1.5" in
+// one 16-row tile of x per block (the tall shapes, gemv_mma.cuh). H100, fp16 x, us GEMV / the
+// faster GEMM at M = 9 / 16 (bench/cuda_gemm.py, call q11 of 25 Nov; "GEMV v1.22" in
 // bench/NOTES.md):
-// - int8 per channel wins on every shape: 4096x4096 10.0 / 14.4, 14336x4096 30.2 / 31.6,
-//   4096x14336 26.2 / 30.0, 28672x8192 96.3 / 100.3 (M = 9 alike);
-// - int4 g128 wins where its 16-row tiles fit in one wave of 2 blocks per SM (4096x4096 10.2 /
-//   13.8, 4096x14336 24.7 / 26.2) and loses on more (14336x4096 29.8 / 29.2, 28672x8192 104.1 /
-//   91.0);
-// - nf4 g64 loses on the large shapes (14336x4096 39.9 / 28.9, 4096x14336 28.4 / 26.3) and stays
-//   with the GEMM.
+// - int8 per channel and int4 g128 on every shape: int4 6144x4096 10.9 / 15.6 and 12.4 / 15.3,
+//   8192x8192 22.4 / 26.0 and 24.2 / 26.3, 28672x8192 73.6 / 79.3 and 76.2 / 80.7; the worst,
+//   28672x4096 at M = 16, 45.2 / 44.0;
+// - nf4 g64 on weights of up to 4 tiles of 16 rows per SM with K <= 8192 (4096x4096 9.6 / 11.9
+//   and 10.7 / 11.8, 8192x8192 23.1 / 26.1 and 24.5 / 26.1); the GEMM on larger or deeper ones
+//   (14336x4096 25.5 / 23.9 and 27.1 / 24.2, 4096x14336 25.4 / 24.5 and 28.1 / 24.4).
 // At M = 24-32 (two tall tiles) the GEMM wins on every large shape.
 constexpr int64_t kGemvTallMaxRows = 16;
 bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count);
