@@ -73,7 +73,8 @@ bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count) {
   if (p.m <= kGemvMaxRows || p.m > kGemvTallMaxRows || !gemv_mma_supported(p)) return false;
   if (p.fmt != Format::kNF4) return true;
   const int64_t tall_blocks = (p.n + 15) / 16;  // one 16-row tile of x
-  return tall_blocks <= 4 * int64_t(sm_count) && p.k <= 8192;
+  const int64_t tall_wave = int64_t(kGemvTallBlocksPerSM) * sm_count;
+  return tall_blocks <= 2 * tall_wave && (tall_blocks > tall_wave || p.k <= 8192);
 }
 
 cudaError_t launch_gemv(const QMatmulParams& p, int sm_count, bool dependent,

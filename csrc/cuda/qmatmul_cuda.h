@@ -22,14 +22,17 @@ constexpr int64_t kGemvMaxRows = 8;
 
 // Above that, up to kGemvTallMaxRows, the GEMV runs where gemv_wins_above_8_rows() says so, with
 // one 16-row tile of x per block (the tall shapes, gemv_mma.cuh). H100, fp16 x, us GEMV / the
-// faster GEMM at M = 9 / 16 (bench/cuda_gemm.py, call q11 of 25 Nov; "GEMV v1.22" in
+// faster GEMM at M = 9 / 16 (bench/cuda_gemm.py, calls q11, q12 of 25 Nov; "GEMV v1.22" in
 // bench/NOTES.md):
 // - int8 per channel and int4 g128 on every shape: int4 6144x4096 10.9 / 15.6 and 12.4 / 15.3,
 //   8192x8192 22.4 / 26.0 and 24.2 / 26.3, 28672x8192 73.6 / 79.3 and 76.2 / 80.7; the worst,
 //   28672x4096 at M = 16, 45.2 / 44.0;
-// - nf4 g64 on weights of up to 4 tiles of 16 rows per SM with K <= 8192 (4096x4096 9.6 / 11.9
-//   and 10.7 / 11.8, 8192x8192 23.1 / 26.1 and 24.5 / 26.1); the GEMM on larger or deeper ones
-//   (14336x4096 25.5 / 23.9 and 27.1 / 24.2, 4096x14336 25.4 / 24.5 and 28.1 / 24.4).
+// - nf4 g64 where its grid has more than one wave of the tall shape and at most two (the tall
+//   wide and paired shapes: 6144x4096 12.4 / 15.8 and 13.5 / 15.6, 8192x8192 23.0 / 26.1 and
+//   24.5 / 25.9, 8192x28672 68.8 / 72.4 and 76.9 / 73.0, where the mma.sync GEMM is the faster
+//   one and the dispatch would take wgmma's 77.9 and 80.6), or one with K <= 8192 (4096x4096
+//   9.5 / 11.7 and 10.4 / 11.6); the GEMM on larger grids and on one wave of long rows
+//   (14336x4096 25.4 / 24.1 and 27.0 / 24.5, 4096x14336 24.6 / 24.3 and 27.7 / 24.6; call q12).
 // At M = 24-32 (two tall tiles) the GEMM wins on every large shape.
 constexpr int64_t kGemvTallMaxRows = 16;
 bool gemv_wins_above_8_rows(const QMatmulParams& p, int sm_count);
