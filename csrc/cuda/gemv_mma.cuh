@@ -33,7 +33,7 @@ constexpr int kWarps = 8;  // per block, splitting K
 
 // Launch shapes; a lane loads kUnroll steps (2 kWTiles rows x 16 bytes each) before unpacking
 // them. launch_gemv_mma picks one by the grid (H100 measurements in bench/NOTES.md, "CUDA GEMV",
-// v1.3, v1.10 and v1.21).
+// v1.3, v1.10, v1.21 and v1.22).
 // Deep: 4 steps (4 KiB per warp in flight), up to 128 registers, 2 blocks (16 warps) per SM.
 // Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM: more warps to hide each one's
 // round trip, for grids of several waves.
@@ -338,8 +338,13 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, bool dependent, cudaStream
   const int64_t w_rows = 16 * Shape::kWTiles;
   const int64_t blocks = (p.n + w_rows - 1) / w_rows * m_tiles;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const size_t smem = size_t(Shape::kWTiles) * Shape::kXTiles * warps * 32 * sizeof(float4) +
-                      (kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0);
+  constexpr size_t kTableBytes = kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0;
+  static_assert(Shape::kWTiles * Shape::kXTiles * kWarps * 32 * sizeof(float4) + kTableBytes <=
+                    48 * 1024,
+                "the partials and the nf4 table must fit the 48 KiB a kernel gets without opt-in "
+                "(nf4 on the tall paired shape takes all of it)");
+  const size_t smem =
+      size_t(Shape::kWTiles) * Shape::kXTiles * warps * 32 * sizeof(float4) + kTableBytes;
   const int shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size / kK);
   return with_row_scale<kFmt>(p, [&](auto row_scale) {
     const auto kernel = gemv_mma_kernel<kFmt, T, kDqAbsmax, Shape, decltype(row_scale)::value>;
