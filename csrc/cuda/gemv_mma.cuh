@@ -67,6 +67,12 @@ struct GemvTallPaired {
                        kWTiles = 2;
 };
 
+// Blocks in one wave of a launch shape: its blocks per SM on every SM.
+template <typename Shape>
+int64_t wave_blocks(int sm_count) {
+  return int64_t(Shape::kMinBlocksPerSM) * sm_count;
+}
+
 // --- the kernel ---------------------------------------------------------------------------------
 
 // One block = kWTiles tiles of 16 weight rows x one tile of 8 kXTiles rows of x, the warps
@@ -375,12 +381,12 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
       // the paired shape beyond for 4-bit (H100, M = 9-16, fp16: 6144x4096 1.16-1.41x;
       // 4-bit 1.13-1.42x on 8192-28672 rows; int8 there level or worse but 14336x4096, 1.05x;
       // v1.22).
-      const int64_t tall_wave = int64_t(kGemvTallBlocksPerSM) * sm_count;
-      if (tall_blocks > tall_wave && tall_blocks <= 3 * int64_t(sm_count)) {
+      const int64_t tall_wide_wave = wave_blocks<GemvTallWide>(sm_count);
+      if (tall_blocks > wave_blocks<GemvTall>(sm_count) && tall_blocks <= tall_wide_wave) {
         return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTallWide>(p, dependent, stream);
       }
       if constexpr (kFmt != Format::kInt8) {
-        if (tall_blocks > 3 * int64_t(sm_count)) {
+        if (tall_blocks > tall_wide_wave) {
           return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTallPaired>(p, dependent, stream);
         }
       }
@@ -389,7 +395,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
   }
   const int64_t m_tiles = (p.m + 7) / 8;
   const int64_t blocks = (p.n + 15) / 16 * m_tiles;
-  const int64_t deep_wave = int64_t(GemvDeep::kMinBlocksPerSM) * sm_count;
+  const int64_t deep_wave = wave_blocks<GemvDeep>(sm_count);
   // Deep where its grid fits in one wave. v1.12 also gave int4 with bf16 x the wide shape on
   // one-wave grids of at least a block per SM; by the ninth session of 24 Nov that cost it
   // 1.21-1.28x (H100 us wide / deep at M = 1: 4096x4096 8.07 / 6.65, 4096x14336 21.28 / 16.65;
@@ -405,7 +411,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
     const bool paired = kFmt == Format::kNF4 || p.m >= 6;
     if (paired && 3 * blocks >= 16 * int64_t(sm_count)) {
       if constexpr (kFmt == Format::kNF4) {  // int4 spills at 64 registers
-        if ((p.n + 31) / 32 * m_tiles > 3 * int64_t(sm_count)) {
+        if ((p.n + 31) / 32 * m_tiles > wave_blocks<GemvPaired3>(sm_count)) {
           return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
         }
       }
