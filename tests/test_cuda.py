@@ -98,15 +98,17 @@ def test_gemv_tall_tiles(n, m, mode, group, dtype, force_kernel):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group", (32, 64, 128, -1))
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("n", (8200, 12017, 20001))
+@pytest.mark.parametrize("n", (8200, 12017, 15001, 20001))
 def test_gemv_ragged_steps_and_many_tiles(n, mode, group, dtype, force_kernel):
     """K = 576 ends inside a step of the tensor-core GEMV (128 k for 4-bit, 64 for int8) and inside
     a group of 128. N takes the launch shapes of grids of several waves (test_gemv_fast_path's
     N = 200 takes the deep one); on 132 SMs (H100, H200): N = 8200, 513 row tiles, deep in two
-    waves (int8, nf4) or wide (int4); N = 12017 and 20001, 752 and 1251 row tiles, the paired
-    shape's 3 and 4 blocks per SM for nf4, its 3 for int4 at M = 6, wide otherwise. Both end in a
-    tile of 1 row: the second tile of the last pair (12017) or the first, the second wholly past N
-    (20001). M = 9 (GEMV forced) runs a ragged 16-row tile of x."""
+    waves (int8, nf4) or wide (int4); N = 12017, 752 row tiles, the paired shape at 3 blocks per
+    SM (nf4, int8, int4 at M = 6); N = 15001 (938) and 20001 (1251) paired at 4 blocks per SM
+    for nf4, and for int8 at 15001; its 3 for int4 at M = 6; wide otherwise. 12017 and 20001 end
+    in a tile of 1 row: the second tile of the last pair (12017) or the first, the second wholly
+    past N (20001); 15001 in a pair's second tile of 9 rows. M = 9 (GEMV forced) runs a ragged
+    16-row tile of x."""
     force_kernel("gemv")
     qw = quantize(n, 576, mode, group)
     for m in (1, 6, 9):

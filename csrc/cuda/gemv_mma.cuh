@@ -33,7 +33,7 @@ constexpr int kWarps = 8;  // per block, splitting K
 
 // Launch shapes; a lane loads kUnroll steps (2 kWTiles rows x 16 bytes each) before unpacking
 // them. launch_gemv_mma picks one by the grid (H100 measurements in bench/NOTES.md, "CUDA GEMV",
-// v1.3, v1.10, v1.21 and v1.22).
+// v1.3, v1.10, v1.21, v1.22 and v1.23).
 // Deep: 4 steps (4 KiB per warp in flight), up to 128 registers, 2 blocks (16 warps) per SM.
 // Wide: 2 steps, at most 80 registers, 3 blocks (24 warps) per SM: more warps to hide each one's
 // round trip, for grids of several waves.
@@ -418,14 +418,33 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
       return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
     }
   }
-  // Deep also where its grid fills at least two thirds of a second wave and needs no third:
-  // there the wide shape's 3 blocks per SM would leave its own second wave nearly empty. Not
-  // for int4 on rows shorter than 12288, where wide kept up to 8% at M = 1 (H100, M = 1 / 8,
-  // fp16: 8192x8192 int8 1.20 / 1.23x, nf4 1.09 / 1.14x; 8192x28672 int4 1.12 / 1.20x;
-  // 7168x4096 int8 1.09 / 1.08x; but 6144x4096, 1.45 waves, int8 and nf4 0.75-0.80x; v1.21).
-  const bool deep_two_waves = kFmt != Format::kInt4 || p.k >= 12288;
-  if (deep_two_waves && 3 * blocks >= 5 * deep_wave && blocks <= 2 * deep_wave) {
+  // Deep also where its grid needs a second wave but no third, and fills enough of the second
+  // that the wide shape's 3 blocks per SM would leave their own second wave nearly empty: two
+  // thirds of it (nf4, and int4 on rows of 12288 or more: on shorter ones wide kept up to 8% at
+  // M = 1), or for int8 any grid past one wide wave (H100, M = 1 / 8, fp16: 8192x8192 int8 1.20 /
+  // 1.23x, nf4 1.09 / 1.14x; 8192x28672 int4 1.12 / 1.20x; 7168x4096 int8 1.09 / 1.08x; but
+  // 6144x4096, 1.45 deep waves and one wide, int8 and nf4 0.75-0.80x; v1.21. int8 on 400-439
+  // blocks, 6400-7024 x 4096: 1.04-1.09x, fp16 and bf16; v1.23).
+  const int64_t wide_wave = wave_blocks<GemvWide>(sm_count);
+  const bool deep_second_wave = kFmt == Format::kInt8
+                                    ? blocks > wide_wave
+                                    : (kFmt == Format::kNF4 || p.k >= 12288) &&
+                                          3 * blocks >= 5 * deep_wave;
+  if (deep_second_wave && blocks <= 2 * deep_wave) {
     return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
+  }
+  // Past deep's two waves, int8 paired while its grid fits in one wave, of 3 blocks per SM or
+  // else of 4, on rows shorter than 8192 (H100, M = 1-8, per channel and g128, fp16 and bf16:
+  // 9216-12288 x 4096 and 10240x5120 1.01-1.09x at 3 per SM, 13312-16384 x 4096 and 13824x5120
+  // 1.01-1.07x at 4; K = 8192 lost up to 3%, 12288x8192; v1.23).
+  if constexpr (kFmt == Format::kInt8) {
+    const int64_t paired_blocks = (p.n + 31) / 32 * m_tiles;
+    if (p.k < 8192 && paired_blocks <= wave_blocks<GemvPaired3>(sm_count)) {
+      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
+    }
+    if (p.k < 8192 && paired_blocks <= wave_blocks<GemvPaired4>(sm_count)) {
+      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
+    }
   }
   return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream);
 }
