@@ -2,9 +2,11 @@
 
 - Cold caches: every timed call reads a different copy of the weights, and the copies together
   exceed the last-level cache several times over, so no call finds its weight in cache.
-- GPU: the calls over all copies are captured in one CUDA graph (no launch overhead) and timed
-  with CUDA events; the time per call is the replay time over the number of calls; median of
-  replays.
+- GPU: the calls over all copies, repeated to at least GRAPH_MIN_CALLS calls, are captured in
+  one CUDA graph (no launch overhead) and timed with CUDA events; the time per call is the
+  replay time over the number of calls; median of replays. A replay has a fixed cost of its
+  own (~11 us on an H100, a graph of one tiny kernel), which one pass over a large weight's 2-7
+  copies spread over too few calls: up to ~3 us a call on fp16 14336x4096.
 - CPU: each call timed with perf_counter after a warm-up pass; median of calls.
 """
 
@@ -21,6 +23,8 @@ import torch
 
 CPU_LAST_LEVEL_CACHE_BYTES = 32 << 20    # the Zen 3 CCX L3 of our machines; a safe upper end
 COLD_CACHE_FACTOR = 4                    # copies together >= 4x the last-level cache
+GRAPH_MIN_CALLS = 40                     # calls per CUDA graph, where a replay stays short:
+GRAPH_MAX_REPLAY_S = 0.05                # calls of a millisecond or more need no repeats
 
 
 def last_level_cache_bytes(device: torch.device) -> int:
@@ -99,14 +103,20 @@ def _time_cuda_graph(calls, budget_s, min_samples, max_samples, warmup_s) -> flo
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm-up outside the graph (autotuning, lazy init)
         for _ in range(2):
+            pass_started = time.perf_counter()
             for call in calls:
                 call()
+            torch.cuda.synchronize()
+            pass_s = time.perf_counter() - pass_started  # an upper bound on the pass's GPU time
     torch.cuda.current_stream().wait_stream(stream)
     torch.cuda.synchronize()
+    # Each copy is still cold at its turn: the pass over all copies is repeated whole.
+    passes = max(1, min(-(-GRAPH_MIN_CALLS // len(calls)), int(GRAPH_MAX_REPLAY_S / pass_s)))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for call in calls:
-            call()
+        for _ in range(passes):
+            for call in calls:
+                call()
     started = time.perf_counter()
     graph.replay()
     torch.cuda.synchronize()
@@ -121,7 +131,7 @@ def _time_cuda_graph(calls, budget_s, min_samples, max_samples, warmup_s) -> flo
         graph.replay()
         end.record()
         end.synchronize()
-        samples.append(begin.elapsed_time(end) / 1e3 / len(calls))
+        samples.append(begin.elapsed_time(end) / 1e3 / (passes * len(calls)))
         if len(samples) >= min_samples and time.perf_counter() - started > budget_s:
             break
     return statistics.median(samples)
