@@ -132,6 +132,18 @@ def test_gemv_long_and_short_rows(shape, mode, force_kernel):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemv_int8_per_channel_long_rows(dtype, force_kernel):
+    """int8 per channel on rows of 8192 or more keeps the deep launch shape up to four of its
+    waves: N = 12017 (752 row tiles; on 132 SMs 2.8 deep waves), K = 8224 (a ragged last step).
+    M = 9 (GEMV forced) takes the tall shapes."""
+    force_kernel("gemv")
+    qw = quantize(12017, 8224, ("int8", {}), -1)
+    for m in (1, 5, 8, 9):
+        check(torch.randn(m, 8224, device="cuda", dtype=dtype), qw,
+              bias=torch.randn(12017, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("n", ODD_SIZES)
 @pytest.mark.parametrize("k", ODD_SIZES + (4096,))

@@ -424,13 +424,17 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
   // M = 1), or for int8 any grid past one wide wave (H100, M = 1 / 8, fp16: 8192x8192 int8 1.20 /
   // 1.23x, nf4 1.09 / 1.14x; 8192x28672 int4 1.12 / 1.20x; 7168x4096 int8 1.09 / 1.08x; but
   // 6144x4096, 1.45 deep waves and one wide, int8 and nf4 0.75-0.80x; v1.21. int8 on 400-439
-  // blocks, 6400-7024 x 4096: 1.04-1.09x, fp16 and bf16; v1.23).
+  // blocks, 6400-7024 x 4096: 1.04-1.09x, fp16 and bf16; v1.23). int8 per channel on rows of
+  // 8192 or more keeps deep up to four of its waves (fp16 and bf16: 9216x8192 and 14336-16384 x
+  // 8192 1.03-1.11x, 12288-16384 x 14336 1.03-1.06x, 10240x8192 0.99-1.08x, 12288x8192 level;
+  // with groups deep lost up to 14%, 12288x8192 bf16; v1.23).
   const int64_t wide_wave = wave_blocks<GemvWide>(sm_count);
   const bool deep_second_wave = kFmt == Format::kInt8
                                     ? blocks > wide_wave
                                     : (kFmt == Format::kNF4 || p.k >= 12288) &&
                                           3 * blocks >= 5 * deep_wave;
-  if (deep_second_wave && blocks <= 2 * deep_wave) {
+  const bool long_rows_per_channel = kFmt == Format::kInt8 && p.group_size >= p.k && p.k >= 8192;
+  if (deep_second_wave && blocks <= (long_rows_per_channel ? 4 : 2) * deep_wave) {
     return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvDeep>(p, dependent, stream);
   }
   // Past deep's two waves, int8 paired while its grid fits in one wave, of 3 blocks per SM or
