@@ -418,16 +418,17 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
       return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
     }
   }
-  // Deep also where its grid needs a second wave but no third, and fills enough of the second
-  // that the wide shape's 3 blocks per SM would leave their own second wave nearly empty: two
-  // thirds of it (nf4, and int4 on rows of 12288 or more: on shorter ones wide kept up to 8% at
-  // M = 1), or for int8 any grid past one wide wave (H100, M = 1 / 8, fp16: 8192x8192 int8 1.20 /
-  // 1.23x, nf4 1.09 / 1.14x; 8192x28672 int4 1.12 / 1.20x; 7168x4096 int8 1.09 / 1.08x; but
-  // 6144x4096, 1.45 deep waves and one wide, int8 and nf4 0.75-0.80x; v1.21. int8 on 400-439
-  // blocks, 6400-7024 x 4096: 1.04-1.09x, fp16 and bf16; v1.23). int8 per channel on rows of
-  // 8192 or more keeps deep up to four of its waves (fp16 and bf16: 9216x8192 and 14336-16384 x
-  // 8192 1.03-1.11x, 12288-16384 x 14336 1.03-1.06x, 10240x8192 0.99-1.08x, 12288x8192 level;
-  // with groups deep lost up to 14%, 12288x8192 bf16; v1.23).
+  // Deep also where its grid needs a second wave but no third, once it fills enough of the second
+  // that wide's 3 blocks per SM would leave their own second wave nearly empty (H100, M = 1 / 8,
+  // fp16 unless said):
+  // - nf4, and int4 on rows of 12288 or more: two thirds of deep's second wave (nf4 8192x8192
+  //   1.09 / 1.14x, int4 8192x28672 1.12 / 1.20x; but 6144x4096, 1.45 deep waves and one wide,
+  //   0.75-0.80x; on shorter rows wide kept int4 up to 8% at M = 1; v1.21);
+  // - int8: any grid past one wide wave (8192x8192 1.20 / 1.23x, 7168x4096 1.09 / 1.08x, v1.21;
+  //   6400-7024 x 4096 1.04-1.09x fp16 and bf16, v1.23), and per channel on rows of 8192 or more
+  //   up to four deep waves (fp16 and bf16: 9216x8192 and 14336-16384 x 8192 1.03-1.11x,
+  //   12288-16384 x 14336 1.03-1.06x, 10240x8192 0.99-1.08x, 12288x8192 level; with groups deep
+  //   lost up to 14%, 12288x8192 bf16; v1.23).
   const int64_t wide_wave = wave_blocks<GemvWide>(sm_count);
   const bool deep_second_wave = kFmt == Format::kInt8
                                     ? blocks > wide_wave
@@ -443,11 +444,13 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
   // 1.01-1.07x at 4; K = 8192 lost up to 3%, 12288x8192; v1.23).
   if constexpr (kFmt == Format::kInt8) {
     const int64_t paired_blocks = (p.n + 31) / 32 * m_tiles;
-    if (p.k < 8192 && paired_blocks <= wave_blocks<GemvPaired3>(sm_count)) {
-      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
-    }
-    if (p.k < 8192 && paired_blocks <= wave_blocks<GemvPaired4>(sm_count)) {
-      return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
+    if (p.k < 8192) {
+      if (paired_blocks <= wave_blocks<GemvPaired3>(sm_count)) {
+        return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
+      }
+      if (paired_blocks <= wave_blocks<GemvPaired4>(sm_count)) {
+        return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
+      }
     }
   }
   return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvWide>(p, dependent, stream);

@@ -23,8 +23,8 @@ import torch
 
 CPU_LAST_LEVEL_CACHE_BYTES = 32 << 20    # the Zen 3 CCX L3 of our machines; a safe upper end
 COLD_CACHE_FACTOR = 4                    # copies together >= 4x the last-level cache
-GRAPH_MIN_CALLS = 40                     # calls per CUDA graph, where a replay stays short:
-GRAPH_MAX_REPLAY_S = 0.05                # calls of a millisecond or more need no repeats
+GRAPH_MIN_CALLS = 40                     # calls a CUDA graph holds (the pass over the copies
+GRAPH_MAX_REPLAY_S = 0.05                # repeated), unless a replay would outlast this
 
 
 def last_level_cache_bytes(device: torch.device) -> int:
