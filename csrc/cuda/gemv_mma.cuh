@@ -73,6 +73,18 @@ int64_t wave_blocks(int sm_count) {
   return int64_t(Shape::kMinBlocksPerSM) * sm_count;
 }
 
+// Rows of x a block of a launch shape takes, and its grid for p: tiles of 16 kWTiles weight rows
+// times tiles of x_tile_rows rows of x.
+template <typename Shape>
+constexpr int64_t x_tile_rows() {
+  return 8 * Shape::kXTiles;
+}
+template <typename Shape>
+int64_t grid_blocks(const QMatmulParams& p) {
+  constexpr int64_t kWRows = 16 * Shape::kWTiles;
+  return (p.n + kWRows - 1) / kWRows * ((p.m + x_tile_rows<Shape>() - 1) / x_tile_rows<Shape>());
+}
+
 // --- the kernel ---------------------------------------------------------------------------------
 
 // One block = kWTiles tiles of 16 weight rows x one tile of 8 kXTiles rows of x, the warps
@@ -339,10 +351,8 @@ cudaError_t launch_gemv_shape(const QMatmulParams& p, bool dependent, cudaStream
   const int warps = kFmt == Format::kNF4
                         ? kWarps
                         : int(std::min<int64_t>(kWarps, (steps + Shape::kUnroll - 1) / Shape::kUnroll));
-  const int64_t x_rows = 8 * Shape::kXTiles;
-  const int64_t m_tiles = (p.m + x_rows - 1) / x_rows;
-  const int64_t w_rows = 16 * Shape::kWTiles;
-  const int64_t blocks = (p.n + w_rows - 1) / w_rows * m_tiles;
+  const int64_t m_tiles = (p.m + x_tile_rows<Shape>() - 1) / x_tile_rows<Shape>();
+  const int64_t blocks = grid_blocks<Shape>(p);
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   constexpr size_t kTableBytes = kFmt == Format::kNF4 ? kNF4TableWords * sizeof(uint32_t) : 0;
   static_assert(Shape::kWTiles * Shape::kXTiles * kWarps * 32 * sizeof(float4) + kTableBytes <=
@@ -375,7 +385,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
     // SmolLM2's 192-1536 x 576-1536 layers (576x576 M = 16: 4.9 / 5.6), where K = 4096 lost
     // (1024x4096: 7.7 / 5.7); measured before the fill took all 8 warps. bench/NOTES.md, "CUDA
     // GEMV", v1.5.
-    const int64_t tall_blocks = (p.n + 15) / 16 * ((p.m + 15) / 16);
+    const int64_t tall_blocks = grid_blocks<GemvTall>(p);
     if (tall_blocks >= sm_count || (kFmt == Format::kNF4 && p.k <= 2048)) {
       // Past one wave of the tall shape: one step at 3 blocks per SM while that fits one wave,
       // the paired shape beyond for 4-bit (H100, M = 9-16, fp16: 6144x4096 1.16-1.41x;
@@ -393,8 +403,8 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
       return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvTall>(p, dependent, stream);
     }
   }
-  const int64_t m_tiles = (p.m + 7) / 8;
-  const int64_t blocks = (p.n + 15) / 16 * m_tiles;
+  const int64_t blocks = grid_blocks<GemvDeep>(p);
+  const int64_t paired_blocks = grid_blocks<GemvPaired3>(p);  // GemvPaired4's alike
   const int64_t deep_wave = wave_blocks<GemvDeep>(sm_count);
   // Deep where its grid fits in one wave. v1.12 also gave int4 with bf16 x the wide shape on
   // one-wave grids of at least a block per SM; by the ninth session of 24 Nov that cost it
@@ -411,7 +421,7 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
     const bool paired = kFmt == Format::kNF4 || p.m >= 6;
     if (paired && 3 * blocks >= 16 * int64_t(sm_count)) {
       if constexpr (kFmt == Format::kNF4) {  // int4 spills at 64 registers
-        if ((p.n + 31) / 32 * m_tiles > wave_blocks<GemvPaired3>(sm_count)) {
+        if (paired_blocks > wave_blocks<GemvPaired3>(sm_count)) {
           return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired4>(p, dependent, stream);
         }
       }
@@ -443,7 +453,6 @@ cudaError_t launch_gemv_mma(const QMatmulParams& p, int sm_count, bool dependent
   // 9216-12288 x 4096 and 10240x5120 1.01-1.09x at 3 per SM, 13312-16384 x 4096 and 13824x5120
   // 1.01-1.07x at 4; K = 8192 lost up to 3%, 12288x8192; v1.23).
   if constexpr (kFmt == Format::kInt8) {
-    const int64_t paired_blocks = (p.n + 31) / 32 * m_tiles;
     if (p.k < 8192) {
       if (paired_blocks <= wave_blocks<GemvPaired3>(sm_count)) {
         return launch_gemv_shape<kFmt, T, kDqAbsmax, GemvPaired3>(p, dependent, stream);
