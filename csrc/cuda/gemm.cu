@@ -11,15 +11,17 @@ namespace {
 
 constexpr int kFinalizeThreads = 256;
 
-// y[m, n] = T(workspace[m, n] + bias[n]).
+// y[m, n] = T(sum over the slices s of workspace[s][m, n] + bias[n]), in slice order: split-K
+// results do not depend on which slice finished first.
 template <typename T>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    split_k_finalize_kernel(const QMatmulParams p, const float* workspace) {
+    split_k_finalize_kernel(const QMatmulParams p, const float* workspace, int slices) {
   wait_for_previous_kernel();  // the GEMM's sums
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= p.m * p.n) return;
   const int64_t m = i / p.n, n = i % p.n;
   float v = workspace[i];
+  for (int s = 1; s < slices; ++s) v += workspace[s * p.m * p.n + i];
   if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
   static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
 }
@@ -78,6 +80,12 @@ bool gemm_wgmma_runs(int cc_major, int cc_minor) {
 #endif
 }
 
+int64_t gemm_workspace_floats(const QMatmulParams& p, const GemmPlan& plan) {
+  if (plan.split_k == 1) return 0;
+  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  return gemm_k_slices(k_blocks, plan.split_k) * p.m * p.n;
+}
+
 int64_t gemm_x_perm_elements(const QMatmulParams& p, const GemmPlan& plan) {
   if (plan.wgmma_x_rows == 0) return 0;  // the mma.sync GEMM reads x as it is
   const int64_t rows = (p.m + plan.wgmma_x_rows - 1) / plan.wgmma_x_rows * plan.wgmma_x_rows;
@@ -92,10 +100,6 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   }
   const int rows = plan.x_rows_per_warp, splits = plan.split_k;
   const bool f16 = p.x_dtype == DType::kF16;
-  if (splits > 1 && plan.wgmma_x_rows == 0) {  // the Hopper GEMM's permutation kernel zeroes it
-    const cudaError_t error = cudaMemsetAsync(workspace, 0, p.m * p.n * sizeof(float), stream);
-    if (error != cudaSuccess) return error;
-  }
   auto launch = [&](auto fmt_tag, auto dq_tag) {
     constexpr Format kFmt = decltype(fmt_tag)::value;
     constexpr bool kDq = decltype(dq_tag)::value;
@@ -122,10 +126,12 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
                                                  : split_k_finalize_kernel<__nv_bfloat16>;
   const auto* sums = static_cast<const float*>(workspace);
+  const int slices = int(gemm_workspace_floats(p, plan) / (p.m * p.n));
   if (plan.wgmma_x_rows > 0) {  // sm_90, where the Hopper GEMM lets it start early
-    return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p, sums);
+    return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p, sums,
+                            slices);
   }
-  finalize<<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, sums);  // any GPU
+  finalize<<<unsigned(blocks), kFinalizeThreads, 0, stream>>>(p, sums, slices);  // any GPU
   return cudaGetLastError();
 }
 

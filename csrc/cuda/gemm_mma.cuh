@@ -13,8 +13,8 @@
 //           so the k-slots of an mma hold a permutation of k, and x is permuted to match with
 //           byte_perm after a 16-byte shared-memory load (ldmatrix cannot permute within a row).
 //           Quad q of a warp owns k [32 q, 32 q + 32) of each stage.
-//   store   fp32 -> T with bias into y, or (split-K) fp32 atomics into a workspace that
-//           gemm.cu's finalize kernel turns into y.
+//   store   fp32 -> T with bias into y, or (split-K) the slice's fp32 partial sums into its slab
+//           of a workspace, which gemm.cu's finalize kernel adds up into y.
 #pragma once
 
 #include <algorithm>
@@ -90,7 +90,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
     gemm_mma_kernel(const QMatmulParams p,  // x [m, k] T, qweight canonical, y [m, n] T
                     int group_shift,        // group of k = k >> shift (62: one group per row)
                     int k_blocks_per_split,  // 128-k blocks per gridDim.z slice
-                    float* workspace)        // split-K: fp32 [m, n] partial sums, else null
+                    float* workspace)  // split-K: fp32 [gridDim.z][m, n] partial sums, else null
 {
   using Tile = GemmTile<kFmt, kWarpRowsX>;
   using T2 = typename Pair<T>::T2;
@@ -312,7 +312,7 @@ __global__ void __launch_bounds__(GemmTile<kFmt, kWarpRowsX>::kThreads,
         float v = acc[t][i][e];
         if constexpr (kRowScale) v *= row_scale[t][e / 2];
         if (workspace) {
-          atomicAdd(workspace + m * p.n + n, v);
+          workspace[(int64_t(blockIdx.z) * p.m + m) * p.n + n] = v;
         } else {
           if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
           static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);

@@ -135,8 +135,8 @@ inline int gemm_wgmma_smem_bytes(Format fmt, int x_rows_per_block) {
 }
 
 // T = half or __nv_bfloat16. x_rows_per_warp (16, 32 or 64) picks the tile (GemmTile);
-// split_k > 1 splits K over gridDim.z, each split adding its partial sums
-// to `workspace` (fp32 [m, n], zeroed by the caller) instead of writing y.
+// split_k > 1 splits K over gridDim.z = gemm_k_slices(k blocks, split_k) slices, each storing
+// its partial sums to its own slab of `workspace` (fp32 [slices][m, n]) instead of writing y.
 // kDqAbsmax: nf4 whose absmax is p.absmax_dq.
 template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int split_k,
@@ -144,8 +144,7 @@ cudaError_t launch_gemm_mma(const QMatmulParams& p, int x_rows_per_warp, int spl
 
 // The Hopper GEMM (gemm_wgmma.cuh): x_rows_per_block 64 or 128; x_perm is a workspace of p.m
 // rounded up to x_rows_per_block x gemm_x_perm_row(p.k) elements of T that it fills with the
-// permuted x first, in a kernel that also zeroes the split-K workspace (not zeroed by the
-// caller here).
+// permuted x first. Split-K as launch_gemm_mma.
 template <Format kFmt, typename T, bool kDqAbsmax = false>
 cudaError_t launch_gemm_wgmma(const QMatmulParams& p, int x_rows_per_block, int split_k,
                               float* workspace, void* x_perm, cudaStream_t stream);

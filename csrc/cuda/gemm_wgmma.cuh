@@ -21,9 +21,10 @@
 //       other (H100 microbenchmark, bench/wgmma_structure.cu: 1511 against 1844 cycles a stage
 //       for cp.async by every thread with a __syncthreads a stage; bench/NOTES.md "GEMM v8").
 //   scales, split-K and store as in gemm_mma.cuh.
-//   launch: the GEMM is a programmatic dependent launch after the permutation (which also zeroes
-//       the split-K sums): its launch, nf4 table, scales and first weights overlap that kernel,
-//       and only x waits for it (H100: 1.02-1.20x at M = 17-256, bench/NOTES.md "GEMM v6.1").
+//   launch: the GEMM is a programmatic dependent launch after the permutation: its launch, nf4
+//       table, scales and first weights overlap that kernel, and only x waits for it (H100:
+//       1.02-1.20x at M = 17-256, bench/NOTES.md "GEMM v6.1"). Permuting x inside the GEMM
+//       instead, by its producer warpgroup, was slower (bench/NOTES.md "GEMM v9").
 #pragma once
 
 #include "gemm_mma.cuh"
@@ -64,38 +65,72 @@ static_assert(wgmma_x_slots_permute_k<Format::kInt4>() &&
                   wgmma_x_slots_permute_k<Format::kInt8>(),
               "wgmma_x_slot_k must permute the 128 k of a block");
 
+// Word w of the permuted 16-byte chunk 4 cc + t (t = 0..3) of a block (slots 8 (4 cc + t) + 2 w
+// and + 1) comes from x's chunk 4 w + cc of the block (wgmma_x_slot_k's k is 32 quad + 8 cc +
+// less than 8, and quad = w), elements x_slot_element(t, w, 0) and (t, w, 1): one byte_perm of
+// that chunk's words e / 2, taking their halves e % 2.
+template <Format kFmt>
+__host__ __device__ constexpr int x_slot_element(int t, int w, int e) {
+  return wgmma_x_slot_k<kFmt>(8 * t + 2 * w + e) % 8;
+}
+template <Format kFmt>
+__host__ __device__ constexpr uint32_t x_slot_selector(int t, int w) {
+  const int lo = 2 * (x_slot_element<kFmt>(t, w, 0) % 2);
+  const int hi = 4 + 2 * (x_slot_element<kFmt>(t, w, 1) % 2);
+  return uint32_t(lo | (lo + 1) << 4 | hi << 8 | (hi + 1) << 12);
+}
+template <Format kFmt>
+constexpr bool x_slots_come_from_their_chunk() {
+  for (int s = 0; s < kGemmBlockK; ++s) {
+    if (wgmma_x_slot_k<kFmt>(s) / 8 != 4 * (s % 8 / 2) + s / 32) return false;
+  }
+  return true;
+}
+static_assert(x_slots_come_from_their_chunk<Format::kInt4>() &&
+                  x_slots_come_from_their_chunk<Format::kNF4>() &&
+                  x_slots_come_from_their_chunk<Format::kInt8>(),
+              "permute_x_kernel reads slot s from x's chunk 4 (s % 8 / 2) + s / 32");
+
 constexpr int kPermuteThreads = 256;
 
 // out[m, kb * 128 + s] = x[m, kb * 128 + wgmma_x_slot_k(s)] for m < rows of x, 0 past K and in
-// the padding rows up to out_rows; 8 slots (16 bytes) per thread. Also zeroes the split-K
-// workspace (zero_floats floats; none if null), which saves a memset kernel per call.
+// the padding rows up to out_rows. One thread per row, 128-k block and 8-k column cc: four
+// 16-byte loads of x (chunks 4 w + cc: the 4 threads of a block read 64 contiguous bytes each
+// time), 16 byte_perms, four 16-byte stores (chunks 4 cc .. 4 cc + 3). x's rows are 16-byte
+// aligned and K a multiple of 8 (gemm_supported).
 template <Format kFmt, typename T>
 __global__ void __launch_bounds__(kPermuteThreads)
     permute_x_kernel(const T* x, int64_t x_row_stride, int64_t m, int64_t k, int64_t out_rows,
-                     T* out, float* zero, int64_t zero_floats) {
+                     T* out) {
   // Started by launch_dependent, so its launch overlaps the tail of the kernel before the op; it
   // lets the GEMM start only once that kernel has ended: the GEMM's first weight copies, issued
   // before it waits for this kernel, then follow everything before the op.
   wait_for_previous_kernel();
-  allow_next_kernel_to_start();  // the GEMM waits for this kernel before it reads x or the sums
+  allow_next_kernel_to_start();  // the GEMM waits for this kernel before it reads x
   const int64_t i = int64_t(blockIdx.x) * kPermuteThreads + threadIdx.x;
-  if (zero) {
-    for (int64_t j = i; j < zero_floats; j += int64_t(gridDim.x) * kPermuteThreads) zero[j] = 0.0f;
-  }
-  const int64_t row_chunks = gemm_x_perm_row(k) / 8;
-  if (i >= out_rows * row_chunks) return;
-  const int64_t row = i / row_chunks, slot0 = i % row_chunks * 8;
-  const int64_t kb0 = slot0 / kGemmBlockK * kGemmBlockK;
-  union {
-    T v[8];
-    uint4 u;
-  } chunk;
+  const int64_t row_units = gemm_x_perm_row(k) / 32;  // 4 per 128-k block
+  if (i >= out_rows * row_units) return;
+  const int64_t row = i / row_units, unit = i % row_units;
+  const int cc = int(unit % 4);
+  const int64_t k0 = unit / 4 * kGemmBlockK + 8 * cc;
+  uint4 in[4];
 #pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    const int64_t kk = kb0 + wgmma_x_slot_k<kFmt>(int(slot0 % kGemmBlockK) + j);
-    chunk.v[j] = kk < k && row < m ? x[row * x_row_stride + kk] : from_float<T>(0.0f);
+  for (int w = 0; w < 4; ++w) {
+    in[w] = row < m && k0 + 32 * w < k ? load_cached_16B(x + row * x_row_stride + k0 + 32 * w)
+                                       : make_uint4(0, 0, 0, 0);
   }
-  reinterpret_cast<uint4*>(out)[i] = chunk.u;
+  uint4* out_row = reinterpret_cast<uint4*>(out + row * gemm_x_perm_row(k) + (k0 - 8 * cc));
+#pragma unroll
+  for (int t = 0; t < 4; ++t) {
+    uint32_t v[4];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      v[w] = __byte_perm(word(in[w], x_slot_element<kFmt>(t, w, 0) / 2),
+                         word(in[w], x_slot_element<kFmt>(t, w, 1) / 2),
+                         x_slot_selector<kFmt>(t, w));
+    }
+    out_row[4 * cc + t] = make_uint4(v[0], v[1], v[2], v[3]);
+  }
 }
 
 // The PTX of the warpgroup MMA: fences, commit and wait (PTX ISA, "asynchronous warpgroup level
@@ -385,7 +420,10 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     if (it + 1 < slice.count) iteration(it + 1, sc[1], a[1], a[0]);
   }
   wgmma_wait<0>();
-  wait_for_previous_kernel();  // the zeroed split-K sums (returns at once: x waited for it)
+  // y and the split-K slabs may be memory that kernels before this one still read (an earlier
+  // call's workspace, freed to the allocator): this thread waits for them too (at once: x, which
+  // its stages needed, waited for the permutation, which waited for everything before it).
+  wait_for_previous_kernel();
 
   [[maybe_unused]] float row_scale[2];  // kRowScale: the lane's two weight rows
   if constexpr (kRowScale) {
@@ -407,7 +445,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       float v = acc[i][c];
       if constexpr (kRowScale) v *= row_scale[e / 2];
       if (workspace) {
-        atomicAdd(workspace + m * p.n + n, v);
+        workspace[(int64_t(blockIdx.z) * p.m + m) * p.n + n] = v;
       } else {
         if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
         static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
@@ -425,14 +463,12 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
                                    void* x_perm, cudaStream_t stream) {
   using Tile = WgmmaTile<kFmt, kBlockX>;
   const int64_t x_perm_rows = (p.m + kBlockX - 1) / kBlockX * kBlockX;
-  const int64_t chunks = x_perm_rows * gemm_x_perm_row(p.k) / 8;
-  const int64_t permute_blocks = (chunks + kPermuteThreads - 1) / kPermuteThreads;
+  const int64_t units = x_perm_rows * gemm_x_perm_row(p.k) / 32;
+  const int64_t permute_blocks = (units + kPermuteThreads - 1) / kPermuteThreads;
   if (permute_blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const bool split = split_k > 1;
   cudaError_t error = launch_dependent(
       permute_x_kernel<kFmt, T>, unsigned(permute_blocks), kPermuteThreads, 0, stream,
-      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm),
-      split ? workspace : nullptr, split ? p.m * p.n : 0);
+      static_cast<const T*>(p.x), p.x_row_stride, p.m, p.k, x_perm_rows, static_cast<T*>(x_perm));
   if (error != cudaSuccess) return error;
 
   CUtensorMap x_map, w_map;
@@ -461,7 +497,7 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
     if (smem_error != cudaSuccess) return smem_error;
     return launch_dependent(kKernel, grid, Tile::kThreads, Tile::kSmemBytes, stream, p, x_map,
                             w_map, group_shift, int(gemm_k_blocks_per_slice(k_blocks, split_k)),
-                            split ? workspace : nullptr);
+                            split_k > 1 ? workspace : nullptr);
   });
 }
 

@@ -171,9 +171,9 @@ bool gemm_supported(const QMatmulParams& p);
 // 16, 32 or 64) or, with the Hopper kernel (wgmma = true, where gemm_wgmma_runs()), the rows of x
 // per block (64 or 128); 0 where no tile fits and the GEMM cannot run. Then the number of slices
 // K is split into, and whether that leaves most SMs idle. split_k > 1 needs an fp32 workspace
-// of p.m x p.n (launch_gemm zeroes it); the Hopper kernel needs x_perm,
-// gemm_x_perm_elements(p, plan) elements of x's dtype. few_blocks: the grid has fewer blocks
-// than half the SMs (see kGemvMaxRowsSmallGemm).
+// of gemm_workspace_floats(p, plan) (each slice's partial sums; nothing to zero); the Hopper
+// kernel needs x_perm, gemm_x_perm_elements(p, plan) elements of x's dtype. few_blocks: the grid
+// has fewer blocks than half the SMs (see kGemvMaxRowsSmallGemm).
 struct GemmPlan {
   int x_rows_per_warp;
   int split_k;
@@ -186,6 +186,7 @@ GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block, boo
 // Whether the Hopper GEMM runs on a GPU of this compute capability: 9.0, with the extension built
 // for sm_90a (TORCH_CUDA_ARCH_LIST with 9.0a; wgmma is not in plain sm_90 code).
 bool gemm_wgmma_runs(int cc_major, int cc_minor);
+int64_t gemm_workspace_floats(const QMatmulParams& p, const GemmPlan& plan);
 int64_t gemm_x_perm_elements(const QMatmulParams& p, const GemmPlan& plan);
 
 // y = x @ dequant(W)^T (+ bias) on the tensor cores, for p that gemm_supported() accepts.

@@ -75,10 +75,10 @@ cuda::GemmPlan plan_gemm(const QMatmulParams& p, const cudaDeviceProp& gpu) {
 
 void run_gemm(const QMatmulParams& p, const cuda::GemmPlan& plan, const at::Tensor& x2d,
               cudaStream_t stream) {
-  // One allocation for both scratch buffers: the split-K partial sums (fp32, added atomically;
-  // launch_gemm zeroes them) and, 256 bytes aligned after them, the Hopper GEMM's permuted copy
+  // One allocation for both scratch buffers: the split-K slices' fp32 partial sums (which the
+  // finalize kernel adds up) and, 256 bytes aligned after them, the Hopper GEMM's permuted copy
   // of x.
-  const int64_t sums_bytes = plan.split_k > 1 ? p.m * p.n * int64_t(sizeof(float)) : 0;
+  const int64_t sums_bytes = cuda::gemm_workspace_floats(p, plan) * int64_t(sizeof(float));
   const int64_t x_perm_offset = (sums_bytes + 255) / 256 * 256;
   const int64_t x_perm_bytes = cuda::gemm_x_perm_elements(p, plan) * x2d.element_size();
   at::Tensor scratch;
