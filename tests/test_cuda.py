@@ -386,8 +386,8 @@ def test_gemm_rows_of_x(m, mode, dtype, kernel, force_kernel):
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 def test_gemm_row_strided_x_and_repeatable_split_k(mode, kernel, force_kernel):
     """x as the rows of a wider tensor (the GEMMs read it at its row stride), and split-K (a 512
-    x 4096 weight at M = 100: 4 tiles, K split 8 ways), whose slices' sums are added in a fixed
-    order: the same call gives bit-identical results every time."""
+    x 4096 weight at M = 100 makes few tiles, so both GEMMs split K), whose slices' sums are
+    added in a fixed order: the same call gives bit-identical results every time."""
     force_kernel(kernel)
     qw = quantize(512, 4096, mode, 128 if mode[0] != "nf4" else 64)
     x = torch.randn(100, 4096 + 64, device="cuda", dtype=torch.float16)[:, 64:]

@@ -126,7 +126,7 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
                                                  : split_k_finalize_kernel<__nv_bfloat16>;
   const auto* sums = static_cast<const float*>(workspace);
-  const int slices = int(gemm_workspace_floats(p, plan) / (p.m * p.n));
+  const int slices = int(gemm_k_slices((p.k + kGemmBlockK - 1) / kGemmBlockK, splits));
   if (plan.wgmma_x_rows > 0) {  // sm_90, where the Hopper GEMM lets it start early
     return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p, sums,
                             slices);
