@@ -61,7 +61,7 @@ GemmPlan plan_gemm(const QMatmulParams& p, int sm_count, int smem_per_block, boo
             ((p.n + gemm_block_w(rows) - 1) / gemm_block_w(rows));
     resident_per_sm = gemm_blocks_per_sm(rows);
   }
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t k_blocks = gemm_k_blocks(p.k);
   // Split K so that one wave of blocks covers the GPU as fully as it can without a second,
   // partial wave (two blocks per SM fit for the short tiles, one for the tallest), keeping >= 4
   // k-blocks per split so the pipeline fills.
@@ -82,8 +82,7 @@ bool gemm_wgmma_runs(int cc_major, int cc_minor) {
 
 int64_t gemm_workspace_floats(const QMatmulParams& p, const GemmPlan& plan) {
   if (plan.split_k == 1) return 0;
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
-  return gemm_k_slices(k_blocks, plan.split_k) * p.m * p.n;
+  return gemm_k_slices(gemm_k_blocks(p.k), plan.split_k) * p.m * p.n;
 }
 
 int64_t gemm_x_perm_elements(const QMatmulParams& p, const GemmPlan& plan) {
@@ -126,7 +125,7 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
   const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
                                                  : split_k_finalize_kernel<__nv_bfloat16>;
   const auto* sums = static_cast<const float*>(workspace);
-  const int slices = int(gemm_k_slices((p.k + kGemmBlockK - 1) / kGemmBlockK, splits));
+  const int slices = int(gemm_k_slices(gemm_k_blocks(p.k), splits));
   if (plan.wgmma_x_rows > 0) {  // sm_90, where the Hopper GEMM lets it start early
     return launch_dependent(finalize, unsigned(blocks), kFinalizeThreads, 0, stream, p, sums,
                             slices);

@@ -62,7 +62,7 @@ struct KSlice {
   int count;
 };
 __device__ __forceinline__ KSlice this_k_slice(int64_t k, int k_blocks_per_split) {
-  const int64_t k_blocks = (k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t k_blocks = gemm_k_blocks(k);
   const int64_t first = int64_t(blockIdx.z) * k_blocks_per_split;
   return {first, int(min64(k_blocks - first, k_blocks_per_split))};
 }
@@ -328,7 +328,7 @@ cudaError_t launch_gemm_tile(const QMatmulParams& p, int split_k, float* workspa
   using Tile = GemmTile<kFmt, kWarpRowsX>;
   const int64_t m_tiles = (p.m + Tile::kBlockX - 1) / Tile::kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t k_blocks = gemm_k_blocks(p.k);
   const int64_t per_split = gemm_k_blocks_per_slice(k_blocks, split_k);
   if (m_tiles > 0x7fffffff || n_tiles > 65535) return cudaErrorInvalidConfiguration;
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);

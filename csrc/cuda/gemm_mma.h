@@ -32,6 +32,10 @@ constexpr int gemm_block_x(int x_rows_per_warp) {
 // Blocks per SM the GEMM is compiled for (__launch_bounds__), by tile height: see GemmTile.
 constexpr int gemm_blocks_per_sm(int x_rows_per_warp) { return x_rows_per_warp <= 32 ? 2 : 1; }
 
+// The 128-k blocks that cover K (the last may be partial).
+__host__ __device__ constexpr int64_t gemm_k_blocks(int64_t k) {
+  return (k + kGemmBlockK - 1) / kGemmBlockK;
+}
 // K split into split_k slices of whole 128-k blocks: blocks per slice, and the slices that makes
 // (fewer than split_k when the blocks do not divide evenly).
 constexpr int64_t gemm_k_blocks_per_slice(int64_t k_blocks, int split_k) {
@@ -83,7 +87,7 @@ inline int gemm_smem_bytes(Format fmt, int x_rows_per_warp) {
 
 // Rows of the permuted x: K rounded up to whole 128-k blocks.
 __host__ __device__ constexpr int64_t gemm_x_perm_row(int64_t k) {
-  return (k + kGemmBlockK - 1) / kGemmBlockK * kGemmBlockK;
+  return gemm_k_blocks(k) * kGemmBlockK;
 }
 
 // The Hopper GEMM's block: 64 weight rows per consumer warpgroup (each warp 16) x kBlockX rows of

@@ -485,7 +485,7 @@ cudaError_t launch_gemm_wgmma_tile(const QMatmulParams& p, int split_k, float* w
 
   const int64_t m_tiles = (p.m + kBlockX - 1) / kBlockX;
   const int64_t n_tiles = (p.n + Tile::kBlockW - 1) / Tile::kBlockW;
-  const int64_t k_blocks = (p.k + kGemmBlockK - 1) / kGemmBlockK;
+  const int64_t k_blocks = gemm_k_blocks(p.k);
   if (m_tiles > 0x7fffffff || n_tiles > 65535) return cudaErrorInvalidConfiguration;
   const int group_shift = p.group_size >= p.k ? 62 : log2_exact(p.group_size);
   const dim3 grid{unsigned(m_tiles), unsigned(n_tiles),
