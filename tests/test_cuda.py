@@ -397,6 +397,22 @@ def test_gemm_row_strided_x_and_repeatable_split_k(mode, kernel, force_kernel):
 
 
 @pytest.mark.parametrize("kernel", GEMM_KERNELS)
+@pytest.mark.parametrize("k", (1024, 1536, 2432, 2560, 3072, 3584, 9984))
+def test_gemm_k_split_2_to_16_ways(k, kernel, force_kernel):
+    """A 512-row weight makes few tiles, so K is split into up to a quarter of its k-blocks: on
+    the Hopper GEMM 2 to 7 slices for K = 1024-3584 (2432: 19 k-blocks in 4 slices of 5, the
+    last of 4) and 16 for 9984 (78 k-blocks, slices of 5, the last of 3), each added in a fixed
+    order. Both of its tile heights (64 and 100 rows of x), with bias; int4 g128 and int8 per
+    channel (whose row scale multiplies each slice's sums)."""
+    force_kernel(kernel)
+    for mode, group in ((("int4", {}), 128), (("int8", {}), -1)):
+        qw = quantize(512, k, mode, group)
+        for m, dtype in ((64, torch.float16), (100, torch.bfloat16)):
+            check(torch.randn(m, k, device="cuda", dtype=dtype), qw,
+                  bias=torch.randn(512, device="cuda", dtype=dtype))
+
+
+@pytest.mark.parametrize("kernel", GEMM_KERNELS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("group", GROUPS)
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
