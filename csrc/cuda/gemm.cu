@@ -12,18 +12,38 @@ namespace {
 constexpr int kFinalizeThreads = 256;
 
 // y[m, n] = T(sum over the slices s of workspace[s][m, n] + bias[n]), in slice order: split-K
-// results do not depend on which slice finished first.
-template <typename T>
+// results do not depend on which slice finished first. kVector: N is a multiple of 4 and each
+// thread takes 4 consecutive outputs of a row (16-byte loads of the slabs); else one.
+template <typename T, bool kVector>
 __global__ void __launch_bounds__(kFinalizeThreads)
     split_k_finalize_kernel(const QMatmulParams p, const float* workspace, int slices) {
   wait_for_previous_kernel();  // the GEMM's sums
-  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.m * p.n) return;
-  const int64_t m = i / p.n, n = i % p.n;
-  float v = workspace[i];
-  for (int s = 1; s < slices; ++s) v += workspace[s * p.m * p.n + i];
-  if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
-  static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
+  constexpr int kOutputs = kVector ? 4 : 1;
+  const int64_t first = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * kOutputs;
+  if (first >= p.m * p.n) return;
+  const int64_t m = first / p.n, n = first % p.n, slab = p.m * p.n;
+  float v[kOutputs];
+  auto load = [&](int s, float (&out)[kOutputs]) {
+    if constexpr (kVector) {
+      const float4 w = *reinterpret_cast<const float4*>(workspace + s * slab + first);
+      out[0] = w.x, out[1] = w.y, out[2] = w.z, out[3] = w.w;
+    } else {
+      out[0] = workspace[s * slab + first];
+    }
+  };
+  load(0, v);
+  for (int s = 1; s < slices; ++s) {
+    float w[kOutputs];
+    load(s, w);
+#pragma unroll
+    for (int e = 0; e < kOutputs; ++e) v[e] += w[e];
+  }
+  T* y = static_cast<T*>(p.y) + m * p.y_row_stride + n;
+#pragma unroll
+  for (int e = 0; e < kOutputs; ++e) {
+    if (p.bias) v[e] += to_float(static_cast<const T*>(p.bias)[n + e]);
+    y[e] = from_float<T>(v[e]);
+  }
 }
 
 }  // namespace
@@ -120,10 +140,14 @@ cudaError_t launch_gemm(const QMatmulParams& p, const GemmPlan& plan, float* wor
     });
   }
   if (error != cudaSuccess || plan.split_k == 1) return error;
-  const int64_t blocks = (p.m * p.n + kFinalizeThreads - 1) / kFinalizeThreads;
+  const bool vector = p.n % 4 == 0;
+  const int64_t threads = vector ? p.m * p.n / 4 : p.m * p.n;
+  const int64_t blocks = (threads + kFinalizeThreads - 1) / kFinalizeThreads;
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  const auto finalize = p.x_dtype == DType::kF16 ? split_k_finalize_kernel<half>
-                                                 : split_k_finalize_kernel<__nv_bfloat16>;
+  const auto finalize = vector ? (f16 ? split_k_finalize_kernel<half, true>
+                                      : split_k_finalize_kernel<__nv_bfloat16, true>)
+                               : (f16 ? split_k_finalize_kernel<half, false>
+                                      : split_k_finalize_kernel<__nv_bfloat16, false>);
   const auto* sums = static_cast<const float*>(workspace);
   const int slices = int(gemm_k_slices(gemm_k_blocks(p.k), splits));
   if (plan.wgmma_x_rows > 0) {  // sm_90, where the Hopper GEMM lets it start early

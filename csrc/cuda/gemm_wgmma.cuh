@@ -20,7 +20,9 @@
 //       warp's wgmmas that read it are done (empty). The consumer warpgroups never wait for each
 //       other (H100 microbenchmark, bench/wgmma_structure.cu: 1511 against 1844 cycles a stage
 //       for cp.async by every thread with a __syncthreads a stage; bench/NOTES.md "GEMM v8").
-//   scales, split-K and store as in gemm_mma.cuh.
+//   scales and store as in gemm_mma.cuh; split-K as there (a slab per slice, then the finalize
+//       kernel), each slice's sums leaving through shared memory in 16-byte pieces of rows
+//       (0.99-1.07x on the split cells, bench/NOTES.md "GEMM v9.3").
 //   launch: the GEMM is a programmatic dependent launch after the permutation: its launch, nf4
 //       table, scales and first weights overlap that kernel, and only x waits for it (H100:
 //       1.02-1.20x at M = 17-256, bench/NOTES.md "GEMM v6.1"). Permuting x inside the GEMM
@@ -162,6 +164,13 @@ __device__ __forceinline__ void wgmma_wait_1_holding(const uint32_t (&a)[8][4]) 
       "r"(a[5][2]), "r"(a[5][3]), "r"(a[6][0]), "r"(a[6][1]), "r"(a[6][2]), "r"(a[6][3]),
       "r"(a[7][0]), "r"(a[7][1]), "r"(a[7][2]), "r"(a[7][3])
       : "memory");
+}
+
+// A barrier among the kThreads consumer threads (named barrier 1, which the producer warpgroup
+// does not use).
+template <int kThreads>
+__device__ __forceinline__ void consumer_barrier() {
+  asm volatile("bar.sync 1, %0;" ::"n"(kThreads) : "memory");
 }
 
 // Shared-memory descriptor of a K-major B operand in the 128-byte swizzle: start address >> 4
@@ -432,8 +441,58 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       row_scale[r] = __ldg(p.scales + min64(lane_row + 8 * r, p.n - 1) * p.scales_row_stride);
     }
   }
-  // --- store: accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
+  // Accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
   // kN i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
+  auto this_slice_sum = [&](int i, int c) {
+    float v = acc[i][c];
+    if constexpr (kRowScale) v *= row_scale[c % 4 / 2];
+    return v;
+  };
+  if (workspace) {
+    // --- split-K: this slice's sums to its slab, through shared memory (over the x stages, done
+    // with once every consumer warp's wgmmas are), so that they leave as whole 16-byte pieces of
+    // rows rather than the accumulators' scattered 4 bytes. sums[x row][weight row]: rows of
+    // kSumsRow floats, 4 more than the tile's weight rows, so that a warp's 8 groups x 4 quads
+    // store to 32 different banks.
+    constexpr int kSumsRow = Tile::kBlockW + 4;
+    static_assert(kBlockX * kSumsRow * 4 <= kStages * Tile::kXStageBytes, "sums fit the x stages");
+    fence_proxy_async_shared();
+    consumer_barrier<Tile::kConsumers>();
+    float* sums = reinterpret_cast<float*>(x_smem);
+#pragma unroll
+    for (int i = 0; i < Tile::kXTiles; ++i) {
+#pragma unroll
+      for (int c = 0; c < Tile::kN / 2; ++c) {
+        const int j = c / 4, e = c % 4;
+        sums[(Tile::kN * i + 8 * j + 2 * quad + e % 2) * kSumsRow + 16 * warp + group +
+             8 * (e / 2)] = this_slice_sum(i, c);
+      }
+    }
+    consumer_barrier<Tile::kConsumers>();
+    float* slab = workspace + int64_t(blockIdx.z) * p.m * p.n;
+    constexpr int kUnitsPerRow = Tile::kBlockW / 4, kUnits = kBlockX * kUnitsPerRow;
+    static_assert(kUnits % Tile::kConsumers == 0, "whole passes over the tile");
+#pragma unroll
+    for (int pass = 0; pass < kUnits / Tile::kConsumers; ++pass) {
+      const int u = pass * Tile::kConsumers + tid, row = u / kUnitsPerRow;
+      const int col = u % kUnitsPerRow * 4;
+      const int64_t m = m_block + row, n = n_block + col;
+      if (m >= p.m || n >= p.n) continue;
+      const float4 v = *reinterpret_cast<const float4*>(sums + row * kSumsRow + col);
+      float* out = slab + m * p.n + n;
+      if (p.n % 4 == 0) {  // 16-byte aligned (the workspace is), and n + 3 < N
+        *reinterpret_cast<float4*>(out) = v;
+      } else {
+        const float values[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (n + e < p.n) out[e] = values[e];
+        }
+      }
+    }
+    return;
+  }
+  // --- store y.
 #pragma unroll
   for (int i = 0; i < Tile::kXTiles; ++i) {
 #pragma unroll
@@ -442,14 +501,9 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       const int64_t n = lane_row + 8 * (e / 2);
       const int64_t m = m_block + Tile::kN * i + 8 * j + 2 * quad + e % 2;
       if (n >= p.n || m >= p.m) continue;
-      float v = acc[i][c];
-      if constexpr (kRowScale) v *= row_scale[e / 2];
-      if (workspace) {
-        workspace[(int64_t(blockIdx.z) * p.m + m) * p.n + n] = v;
-      } else {
-        if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
-        static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
-      }
+      float v = this_slice_sum(i, c);
+      if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
+      static_cast<T*>(p.y)[m * p.y_row_stride + n] = from_float<T>(v);
     }
   }
 #else

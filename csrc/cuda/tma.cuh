@@ -61,6 +61,11 @@ template <int kRegisters>
 __device__ __forceinline__ void setmaxnreg_inc() {
   asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegisters));
 }
+// Orders this thread's generic-proxy shared-memory accesses after its async-proxy ones (TMA
+// writes, wgmma reads), before the memory is reused for something else.
+__device__ __forceinline__ void fence_proxy_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // A 2D tensor map (the TMA's description of a row-major array: `inner` elements a row, `outer`
