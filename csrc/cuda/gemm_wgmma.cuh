@@ -441,8 +441,10 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
       row_scale[r] = __ldg(p.scales + min64(lane_row + 8 * r, p.n - 1) * p.scales_row_stride);
     }
   }
-  // Accumulator 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
-  // kN i + 8 j + 2 quad + e % 2 (wgmma's D layout: mma.sync's, once per 8 columns).
+  // Accumulator c = 4 j + e of x tile i is weight row group + 8 (e / 2) of the warp, x row
+  // kN i + 8 j + 2 quad + e % 2 of the tile (wgmma's D layout: mma.sync's, once per 8 columns).
+  auto tile_w_row = [&](int c) { return 16 * warp + group + 8 * (c % 4 / 2); };
+  auto tile_x_row = [&](int i, int c) { return Tile::kN * i + 8 * (c / 4) + 2 * quad + c % 2; };
   auto this_slice_sum = [&](int i, int c) {
     float v = acc[i][c];
     if constexpr (kRowScale) v *= row_scale[c % 4 / 2];
@@ -463,9 +465,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
     for (int i = 0; i < Tile::kXTiles; ++i) {
 #pragma unroll
       for (int c = 0; c < Tile::kN / 2; ++c) {
-        const int j = c / 4, e = c % 4;
-        sums[(Tile::kN * i + 8 * j + 2 * quad + e % 2) * kSumsRow + 16 * warp + group +
-             8 * (e / 2)] = this_slice_sum(i, c);
+        sums[tile_x_row(i, c) * kSumsRow + tile_w_row(c)] = this_slice_sum(i, c);
       }
     }
     consumer_barrier<Tile::kConsumers>();
@@ -497,9 +497,7 @@ __global__ void __launch_bounds__(WgmmaTile<kFmt, kBlockX>::kThreads,
   for (int i = 0; i < Tile::kXTiles; ++i) {
 #pragma unroll
     for (int c = 0; c < Tile::kN / 2; ++c) {
-      const int j = c / 4, e = c % 4;
-      const int64_t n = lane_row + 8 * (e / 2);
-      const int64_t m = m_block + Tile::kN * i + 8 * j + 2 * quad + e % 2;
+      const int64_t n = n_block + tile_w_row(c), m = m_block + tile_x_row(i, c);
       if (n >= p.n || m >= p.m) continue;
       float v = this_slice_sum(i, c);
       if (p.bias) v += to_float(static_cast<const T*>(p.bias)[n]);
